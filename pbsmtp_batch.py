@@ -1,0 +1,1136 @@
+"""pbsmtp-batch: POP-before-SMTP relay authorisation for Postfix, as a batch job.
+
+A mail client logs in over POP3 or IMAP; the server logs that login. Each run of
+pbsmtp-batch, started by cron or a systemd path unit, does one pass:
+
+1. takes an exclusive lock in the state directory (a second run exits 0);
+2. reads the log lines written since the saved offset (pygtail);
+3. finds the successful POP/IMAP logins with the pattern files, taking each
+   login's time from its own log line;
+4. merges their client addresses into the Postfix access map (key: the
+   address, value: the login time as an all-digit epoch, which access(5)
+   treats as OK) and drops entries older than the grace window;
+5. writes the map atomically through postmap and rename, and only then
+   commits the new log offset.
+
+Postfix then relays for those clients through
+``check_client_access hash:/etc/postfix/pop-before-smtp`` in
+``smtpd_relay_restrictions``.
+
+Exit codes: 0 success (also when another run holds the lock), 1 an error
+(one ``Error:`` line; the map and the offset are left as they were),
+2 a command-line usage error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import errno
+import fcntl
+import ipaddress
+import json
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import click
+from pygtail import Pygtail
+
+__version__ = "0.1.0"
+
+DEFAULT_DBFILE = "/etc/postfix/pop-before-smtp"
+DEFAULT_GRACE = 1800
+DEFAULT_STATE_DIR = "/var/lib/pbsmtp-batch"
+DEFAULT_CONFIG = "/etc/pbsmtp-batch.conf"
+ADMIN_PATTERNS_DIR = "/etc/pbsmtp-batch/patterns"
+# The classic daemon's default, then where Debian, some BSDs and RHEL put it.
+DEFAULT_LOGFILES = ("/var/log/maillog", "/var/log/mail.log", "/var/log/mail/info",
+                    "/var/log/messages")
+# cron's PATH is /usr/bin:/bin, but postmap and postconf live in /usr/sbin.
+SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
+
+# What postmap writes for each map type we support, and the file it writes.
+MAP_SUFFIXES = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
+# A new map is world-readable like Postfix's own tables: smtpd may read it
+# after dropping privileges.
+NEW_MAP_MODE = 0o644
+
+
+###############################################################################
+# Errors and data #############################################################
+###############################################################################
+
+class PbsmtpError(Exception):
+    """A failure the admin must see: one line, exit 1, nothing changed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    line: str
+    ip: str | None = None        # expected normalised address; None: must not match
+    user: str | None = None
+    injection: bool = False      # a crafted line that imitates a success
+    desc: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pattern:
+    """One server family, loaded from patterns/NAME.toml."""
+    name: str
+    path: str
+    description: str
+    version: str
+    program: re.Pattern[str]     # must match the whole syslog tag
+    pid: bool                    # the tag must carry [PID]
+    contains: tuple[str, ...]    # one must occur in the line: a cheap pre-filter
+    unique: tuple[str, ...]      # each may occur at most once: an injection guard
+    regexes: tuple[re.Pattern[str], ...]
+    samples: tuple[Sample, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Prefix:
+    """What comes before the message of a log line."""
+    when: float | None           # epoch seconds, None when the line carries no time
+    host: str | None
+    program: str
+    pid: str | None
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Login:
+    ip: str
+    when: int
+    user: str | None
+    pattern: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Offset:
+    """How far the log has been read: the file's inode and a byte offset."""
+    inode: int
+    offset: int
+
+
+@dataclasses.dataclass
+class Plan:
+    """The merged map and what changed, before anything is written."""
+    entries: dict[str, int]
+    added: dict[str, int] = dataclasses.field(default_factory=dict)
+    refreshed: dict[str, int] = dataclasses.field(default_factory=dict)
+    expired: dict[str, int] = dataclasses.field(default_factory=dict)
+    invalid: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.refreshed or self.expired or self.invalid)
+
+
+###############################################################################
+# Patterns: load and check ####################################################
+###############################################################################
+
+def shipped_patterns_dir() -> str:
+    """The pattern directory that came with this copy of the program.
+
+    From a source checkout (or an editable install) it sits beside the module;
+    a plain ``pip install .`` puts it under the install scheme's data path
+    (setup.cfg's data_files).
+    """
+    candidates = [Path(__file__).resolve().parent / "patterns"]
+    for base in (sysconfig.get_path("data"), sys.prefix):
+        candidates.append(Path(base) / "share" / "pbsmtp-batch" / "patterns")
+    for candidate in candidates:
+        if candidate.is_dir():
+            return str(candidate)
+    return str(candidates[0])
+
+
+def default_patterns_dir() -> str:
+    """The admin's own copy wins over the shipped one, when it exists."""
+    return ADMIN_PATTERNS_DIR if os.path.isdir(ADMIN_PATTERNS_DIR) else shipped_patterns_dir()
+
+
+_GREEDY = re.compile(r"(?<!\\)\.[*+](?!\?)")
+
+
+def pattern_problems(source: str) -> list[str]:
+    """Why a login regex is too loose to trust with the relay (empty: fine).
+
+    A regex must start at the beginning of the message, must capture ``ip``,
+    and must not skip over arbitrary text greedily before the address: a
+    greedy ``.*`` lets a user name that carries ``rip=ATTACKER`` win.
+    """
+    problems = []
+    if not source.startswith("^"):
+        problems.append("does not start with ^ (anchor it right after the program tag)")
+    head, sep, _ = source.partition("(?P<ip>")
+    if not sep:
+        problems.append("has no (?P<ip>...) group")
+    elif _GREEDY.search(head):
+        problems.append("has a greedy .* or .+ before the ip group")
+    return problems
+
+
+def _sample(raw: object, where: str) -> Sample:
+    if not isinstance(raw, dict) or not isinstance(raw.get("line"), str):
+        raise PbsmtpError(f"{where}: every [[sample]] needs a line = '...'")
+    matches = raw.get("match", True)
+    ip = raw.get("ip")
+    if matches and not ip:
+        raise PbsmtpError(f"{where}: a sample needs ip = '...' or match = false")
+    if not matches and ip:
+        raise PbsmtpError(f"{where}: a sample with match = false cannot name an ip")
+    return Sample(line=raw["line"], ip=ip if matches else None, user=raw.get("user"),
+                  injection=bool(raw.get("injection", False)), desc=raw.get("desc", ""))
+
+
+def load_pattern(path: str) -> Pattern:
+    """Read and check one pattern file; any problem names the file."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        # tomllib's message already ends with "(at line N, column M)".
+        raise PbsmtpError(f"pattern file {path}: {e}") from None
+    except OSError as e:
+        raise PbsmtpError(f"cannot read pattern file {path}: {e.strerror}") from None
+
+    def need(key: str, kind: type) -> object:
+        value = data.get(key)
+        if not isinstance(value, kind) or not value:
+            raise PbsmtpError(f"pattern file {path}: missing or empty '{key}'")
+        return value
+
+    def compile_(source: str, what: str) -> re.Pattern[str]:
+        try:
+            return re.compile(source)
+        except re.error as e:
+            raise PbsmtpError(f"pattern file {path}: bad {what} regex: {e}") from None
+
+    known = {"description", "version", "program", "pid", "contains", "unique", "regex",
+             "sample"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise PbsmtpError(f"pattern file {path}: unknown key '{unknown[0]}'")
+    sources = need("regex", list)
+    regexes = []
+    for source in sources:
+        if not isinstance(source, str):
+            raise PbsmtpError(f"pattern file {path}: every regex must be a string")
+        problems = pattern_problems(source)
+        if problems:
+            raise PbsmtpError(f"pattern file {path}: regex {source!r} {problems[0]}")
+        regexes.append(compile_(source, "login"))
+    contains = need("contains", list)
+    return Pattern(
+        name=Path(path).stem,
+        path=path,
+        description=str(need("description", str)),
+        version=str(need("version", str)),
+        program=compile_(str(need("program", str)), "program"),
+        pid=bool(data.get("pid", False)),
+        contains=tuple(str(c) for c in contains),
+        unique=tuple(str(u) for u in data.get("unique", [])),
+        regexes=tuple(regexes),
+        samples=tuple(_sample(s, path) for s in data.get("sample", [])),
+    )
+
+
+def load_patterns(directory: str, names: Sequence[str] = ()) -> list[Pattern]:
+    """Every ``*.toml`` in the directory, or only the named ones."""
+    try:
+        files = {p.stem: str(p) for p in sorted(Path(directory).glob("*.toml"))}
+    except OSError as e:
+        raise PbsmtpError(f"cannot read patterns directory {directory}: {e.strerror}") from None
+    if not files:
+        raise PbsmtpError(f"no pattern files (*.toml) in {directory}")
+    for name in names:
+        if name not in files:
+            raise PbsmtpError(f"no pattern '{name}' in {directory} (have: {', '.join(files)})")
+    return [load_pattern(files[n]) for n in (names or files)]
+
+
+###############################################################################
+# Parsing: timestamps, prefixes, addresses, logins (all pure) #################
+###############################################################################
+
+_MONTHS = {m: i for i, m in enumerate(
+    "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split(), start=1)}
+_ISO = r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?"
+_TAG = r"(?P<program>[^\s\[\]:]+)(?:\[(?P<pid>\d+)\])?:(?: |$)"
+
+# One shared parse of the prefix, so that the patterns only see the message.
+# Forms, in the order tried:
+#   RFC 5424:        <22>1 2026-11-24T23:20:23.036349+00:00 host app pid msgid sd msg
+#   RFC 3164 et al.: [<PRI>] TIME [<facility.level>] [host] tag[pid]: msg
+#     TIME is RFC 3164 ("Nov  4 23:01:02", journalctl short/short-precise),
+#     RFC 3339 (rsyslog precise, journalctl short-iso[-precise], Dovecot's
+#     log_timestamp "%Y-%m-%d %H:%M:%S") or journalctl short-full
+#     ("Tue 2026-11-24 23:20:23 UTC"). Dovecot's own log_path file has no
+#     host: "Nov  4 23:01:02 imap-login: Info: Login: ...".
+#   Dovecot 1.x own log: dovecot: 2008-10-02 23:34:07 Info: pop3-login: ...
+_RFC5424 = re.compile(
+    r"<\d{1,3}>1 (?P<iso>\S+) (?P<host>\S+) (?P<program>\S+) (?P<pid>\S+) \S+ "
+    r"(?:-|(?:\[(?:[^\]\\\"]|\\.|\"(?:[^\"\\]|\\.)*\")*\])+)(?: \ufeff?(?P<message>.*))?",
+    re.DOTALL)
+_SYSLOG = re.compile(
+    r"(?:<\d{1,3}>)?"
+    r"(?:(?P<iso>" + _ISO + r")"
+    r"|(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (?P<fulldate>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)"
+    r" (?P<zone>[A-Za-z][\w+/-]*)"
+    r"|(?P<month>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) (?P<day>[ 0-3]?\d)"
+    r" (?P<hms>\d\d:\d\d:\d\d)(?:\.\d+)?)"
+    r" +(?:<[a-z0-9]+\.[a-z]+> )?"
+    r"(?:(?P<host>[^\s\[\]:<]+) )??" + _TAG + r"(?P<message>.*)",
+    re.DOTALL)
+_TAG_FIRST = re.compile(_TAG + r"(?P<iso>" + _ISO + r") (?P<message>.*)", re.DOTALL)
+
+
+def bsd_time(month: int, day: int, hms: str, now: float) -> float | None:
+    """An RFC 3164 time (no year, local time) as epoch seconds.
+
+    The year is this year, or last year when that would put the line more than
+    a day in the future: "Dec 31 23:59:50" read on Jan 1 is last year's.
+    Local time honours TZ; an hour that DST makes ambiguous resolves as
+    mktime() chooses, which is at most an hour off and only ever shortens or
+    lengthens one login's grace once a year.
+    """
+    hour, minute, second = (int(x) for x in hms.split(":"))
+    year = time.localtime(now).tm_year
+    for y in (year, year - 1):
+        try:
+            dt.date(y, month, day)
+        except ValueError:           # Feb 29 in a common year, day 31 in April...
+            continue
+        when = time.mktime((y, month, day, hour, minute, second, 0, 0, -1))
+        if when <= now + 86400:
+            return when
+    return None
+
+
+def iso_time(text: str) -> float | None:
+    """RFC 3339 / ISO 8601; without an offset it is local time."""
+    try:
+        return dt.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def parse_prefix(line: str, now: float) -> Prefix | None:
+    """Split a log line into its time, host, program tag and message."""
+    m = _RFC5424.match(line)
+    if m:
+        pid = m["pid"] if m["pid"].isdigit() else None
+        host = None if m["host"] == "-" else m["host"]
+        return Prefix(iso_time(m["iso"]), host, m["program"], pid, m["message"] or "")
+    m = _SYSLOG.match(line)
+    if m:
+        if m["month"]:
+            when = bsd_time(_MONTHS[m["month"]], int(m["day"]), m["hms"], now)
+        elif m["fulldate"]:
+            # journalctl short-full names the zone; only UTC/GMT are
+            # unambiguous, anything else is the reader's local zone.
+            suffix = "+00:00" if m["zone"] in ("UTC", "GMT", "Z") else ""
+            when = iso_time(m["fulldate"] + suffix)
+        else:
+            when = iso_time(m["iso"])
+        return Prefix(when, m["host"], m["program"], m["pid"], m["message"])
+    m = _TAG_FIRST.match(line)
+    if m:
+        return Prefix(iso_time(m["iso"]), None, m["program"], m["pid"], m["message"])
+    return None
+
+
+_IPV4 = re.compile(r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}")
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
+def normalise_ip(text: str) -> str | None:
+    """The address as Postfix will look it up, or None if it is not one.
+
+    IPv4 stays a dotted quad (no leading zeros, which some resolvers read as
+    octal). IPv6 takes inet_ntop's form, which is what Postfix's
+    getnameinfo() gives. An IPv4-mapped address becomes plain IPv4, since
+    that is what Postfix looks up for such clients. Zone ids, partial
+    addresses and host names are refused: a partial key opens a whole net.
+    """
+    if _IPV4.fullmatch(text):
+        return text
+    if ":" not in text or "%" in text:
+        return None
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, text)
+    except (OSError, ValueError):
+        return None
+    if packed.startswith(_V4_MAPPED):
+        return socket.inet_ntop(socket.AF_INET, packed[12:])
+    return socket.inet_ntop(socket.AF_INET6, packed)
+
+
+def match_login(line: str, patterns: Sequence[Pattern], now: float
+                ) -> tuple[Login | None, str | None]:
+    """The successful login this line records, if any.
+
+    Returns (login, None) for a login, (None, reason) for a line that a
+    pattern recognised but that must not be trusted, and (None, None) for
+    anything else.
+    """
+    if not any(k in line for p in patterns for k in p.contains):
+        return None, None
+    prefix = parse_prefix(line, now)
+    if prefix is None:
+        return None, None
+    for pattern in patterns:
+        if not pattern.program.fullmatch(prefix.program):
+            continue
+        if pattern.pid and prefix.pid is None:
+            continue
+        for regex in pattern.regexes:
+            m = regex.match(prefix.message)
+            if not m:
+                continue
+            for token in pattern.unique:
+                if prefix.message.count(token) > 1:
+                    return None, (f"{pattern.name}: '{token}' occurs more than once "
+                                  f"(a crafted user name?)")
+            ip = normalise_ip(m["ip"])
+            if ip is None:
+                return None, f"{pattern.name}: {m['ip']!r} is not a full IP address"
+            if prefix.when is None:
+                return None, f"{pattern.name}: the line carries no usable time"
+            user = m.groupdict().get("user")
+            return Login(ip, int(prefix.when), user, pattern.name), None
+    return None, None
+
+
+###############################################################################
+# Networks that never go into the map #########################################
+###############################################################################
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_network(text: str) -> Network:
+    """A CIDR as Postfix writes it: ``10.0.0.0/8``, ``[2001:db8::]/32``, ``192.0.2.1``."""
+    text = text.strip()
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](/\d+)?", text)
+    if m:
+        text = m[1] + (m[2] or "")
+    return ipaddress.ip_network(text, strict=False)
+
+
+def parse_mynetworks(value: str, read_file=lambda p: Path(p).read_text()
+                     ) -> tuple[list[tuple[bool, Network]], list[str]]:
+    """Postfix's expanded mynetworks as (negated, network) in list order.
+
+    ``/file`` entries are read (their content is more entries, # comments
+    allowed); ``type:table`` entries cannot be enumerated and are skipped.
+    Returns the networks and notes on what was skipped.
+    """
+    nets: list[tuple[bool, Network]] = []
+    notes: list[str] = []
+    for item in re.split(r"[\s,]+", value.strip()):
+        if not item:
+            continue
+        negated = item.startswith("!")
+        entry = item.lstrip("!")
+        if entry.startswith("/"):
+            try:
+                text = read_file(entry)
+            except OSError as e:
+                notes.append(f"mynetworks file {entry}: {e.strerror}")
+                continue
+            text = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+            sub, sub_notes = parse_mynetworks(text, read_file)
+            nets.extend((negated != n, net) for n, net in sub)
+            notes.extend(sub_notes)
+        elif re.match(r"^[a-z0-9_-]+:", entry) and not re.match(r"^[0-9a-fA-F:]+(/\d+)?$", entry):
+            notes.append(f"mynetworks entry {item} is a lookup table; not read")
+        else:
+            try:
+                nets.append((negated, parse_network(entry)))
+            except ValueError:
+                notes.append(f"mynetworks entry {item} is not a network; not read")
+    return nets, notes
+
+
+def excluded_reason(ip: str, mynetworks: Sequence[tuple[bool, Network]],
+                    ignore: Sequence[Network]) -> str | None:
+    """Why this address must not be written to the map (None: write it)."""
+    addr = ipaddress.ip_address(ip)
+    if addr.is_unspecified or addr.is_multicast:
+        return "unspecified or multicast address"
+    if addr == ipaddress.IPv4Address("255.255.255.255"):
+        return "broadcast address"
+    if any(addr in net for net in ignore if net.version == addr.version):
+        return "in --ignore-net"
+    # Postfix's match lists are first match wins, and "!net" stops the search.
+    for negated, net in mynetworks:
+        if net.version == addr.version and addr in net:
+            return None if negated else "in mynetworks (relays anyway)"
+    return None
+
+
+###############################################################################
+# The map: merge and purge (pure) #############################################
+###############################################################################
+
+def merge(existing: dict[str, str], logins: Iterable[Login], now: float, grace: int) -> Plan:
+    """The new map: existing entries plus logins, newest login per address,
+    nothing older than now - grace.
+
+    Existing entries whose key is not a full normalised address, or whose
+    value is not an all-digit epoch, are dropped (``invalid``): such a value
+    would never expire, and such a key could open a whole network.
+    """
+    cutoff = now - grace
+    plan = Plan(entries={})
+    for key, value in existing.items():
+        if normalise_ip(key) != key:
+            plan.invalid[key] = value
+        elif not value.isdigit():
+            plan.invalid[key] = value
+        elif int(value) < cutoff:
+            plan.expired[key] = int(value)
+        else:
+            plan.entries[key] = int(value)
+    for login in logins:
+        when = min(login.when, int(now))     # clock skew: never in the future
+        if when < cutoff:
+            continue
+        old = plan.entries.get(login.ip)
+        if old is not None and when <= old:
+            continue
+        plan.entries[login.ip] = when
+        plan.expired.pop(login.ip, None)
+        if old is None or login.ip in plan.added:
+            plan.added[login.ip] = when
+        else:
+            plan.refreshed[login.ip] = when
+    return plan
+
+
+###############################################################################
+# The map: postmap I/O ########################################################
+###############################################################################
+
+def find_tool(name: str) -> str:
+    path = os.pathsep.join([os.environ.get("PATH", os.defpath), *SBIN_DIRS])
+    found = shutil.which(name, path=path)
+    if not found:
+        raise PbsmtpError(f"{name} not found in PATH or {', '.join(SBIN_DIRS)}: "
+                          f"install the Debian package 'postfix'")
+    return found
+
+
+def postfix_cmd(tool: str, config_dir: str | None, *args: str) -> list[str]:
+    return [find_tool(tool), *(["-c", config_dir] if config_dir else []), *args]
+
+
+def run_tool(cmd: list[str], what: str) -> str:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    except OSError as e:
+        raise PbsmtpError(f"cannot run {cmd[0]}: {e.strerror}") from None
+    if done.returncode != 0:
+        detail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        raise PbsmtpError(f"{what} failed: {detail}")
+    return done.stdout
+
+
+def postconf(name: str, config_dir: str | None) -> str:
+    """A Postfix parameter, with $name references expanded (postconf -x)."""
+    return run_tool(postfix_cmd("postconf", config_dir, "-xh", name),
+                    f"postconf {name}").strip()
+
+
+def default_map_type(config_dir: str | None) -> str:
+    try:
+        return postconf("default_database_type", config_dir) or "hash"
+    except PbsmtpError:
+        return "hash"
+
+
+def map_file(dbfile: str, map_type: str) -> str:
+    return dbfile + MAP_SUFFIXES[map_type]
+
+
+def read_cdb(path: str) -> dict[str, str]:
+    """Every record of a cdb file (postmap -s cannot list cdb in Postfix 3.7).
+
+    Layout (cr.yp.to/cdb/cdb.txt): 256 (position, length) pairs, then the
+    records as klen, dlen, key, data, then the hash tables, which start at the
+    lowest position in the header.
+    """
+    data = Path(path).read_bytes()
+    header = struct.unpack_from("<512I", data)
+    end, pos, entries = min(header[0::2]), 2048, {}
+    while pos < end:
+        klen, dlen = struct.unpack_from("<II", data, pos)
+        key = data[pos + 8:pos + 8 + klen].rstrip(b"\0")
+        value = data[pos + 8 + klen:pos + 8 + klen + dlen].rstrip(b"\0")
+        entries[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+        pos += 8 + klen + dlen
+    return entries
+
+
+def read_map(dbfile: str, map_type: str, config_dir: str | None) -> dict[str, str]:
+    """The map's entries; an absent map is empty."""
+    path = map_file(dbfile, map_type)
+    if not os.path.exists(path):
+        return {}
+    if map_type == "cdb":
+        try:
+            return read_cdb(path)
+        except (OSError, struct.error) as e:
+            raise PbsmtpError(f"cannot read map {path}: {e}") from None
+    out = run_tool(postfix_cmd("postmap", config_dir, "-s", f"{map_type}:{dbfile}"),
+                   f"reading map {path} (postmap -s)")
+    entries = {}
+    for line in out.splitlines():
+        key, _, value = line.partition("\t") if "\t" in line else line.partition(" ")
+        entries[key] = value.strip()
+    return entries
+
+
+def fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_map(dbfile: str, map_type: str, entries: dict[str, int],
+              config_dir: str | None) -> list[str]:
+    """Publish a complete new map atomically. Returns warnings.
+
+    postmap builds a new file beside the old one, so that the format, the
+    NUL convention and the database version are exactly what the local
+    Postfix reads; rename() then swaps it in. A reader sees the old map or
+    the new one, never a torn one, and smtpd notices the replaced file
+    (st_nlink == 0) and restarts without a reload.
+    """
+    target = map_file(dbfile, map_type)
+    directory, base = os.path.split(os.path.abspath(dbfile))
+    warnings = []
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    try:
+        fd, source = tempfile.mkstemp(prefix=f".{base}.", suffix=".new", dir=directory)
+    except OSError as e:
+        raise PbsmtpError(f"cannot write map directory {directory}: {e.strerror}") from None
+    built = source + MAP_SUFFIXES[map_type]
+    try:
+        with os.fdopen(fd, "w") as f:
+            for ip, when in sorted(entries.items()):
+                f.write(f"{ip} {when}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        run_tool(postfix_cmd("postmap", config_dir, f"{map_type}:{source}"),
+                 f"building map {target} (postmap)")
+        with open(built, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(built, st.st_mode & 0o7777 if st else NEW_MAP_MODE)
+        if st and (os.stat(built).st_uid, os.stat(built).st_gid) != (st.st_uid, st.st_gid):
+            try:
+                os.chown(built, st.st_uid, st.st_gid)
+            except PermissionError:
+                warnings.append(f"cannot keep owner {st.st_uid}:{st.st_gid} of {target}")
+        os.replace(built, target)
+        fsync_dir(directory)
+    except OSError as e:
+        raise PbsmtpError(f"cannot write map {target}: {e.strerror or e}") from None
+    finally:
+        for leftover in (source, built):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+    return warnings
+
+
+###############################################################################
+# The log: read what is new, commit the offset ################################
+###############################################################################
+
+def default_logfile() -> str:
+    for candidate in DEFAULT_LOGFILES:
+        if os.path.exists(candidate):
+            return candidate
+    return DEFAULT_LOGFILES[0]
+
+
+def offset_path(state_dir: str, logfile: str) -> str:
+    """One offset file per log, named after the log's path."""
+    name = os.path.abspath(logfile).strip("/").replace("/", "_")
+    return os.path.join(state_dir, f"{name}.offset")
+
+
+def load_offset(path: str) -> tuple[Offset | None, str | None]:
+    """The committed offset, or (None, warning) when it cannot be trusted.
+
+    Our format is JSON. pygtail's and logtail's two-line "inode\\noffset"
+    file is accepted too, so that switching from them resumes in place.
+    """
+    try:
+        text = Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        return None, f"cannot read offset file {path}: {e.strerror}"
+    try:
+        data = json.loads(text)
+        offset = Offset(int(data["inode"]), int(data["offset"]))
+    except (ValueError, TypeError, KeyError):
+        parts = text.split()
+        if len(parts) == 2 and all(p.isdigit() for p in parts):
+            offset = Offset(int(parts[0]), int(parts[1]))
+        else:
+            return None, f"offset file {path} is corrupt; re-reading the grace window"
+    if offset.inode < 0 or offset.offset < 0:
+        return None, f"offset file {path} is corrupt; re-reading the grace window"
+    return offset, None
+
+
+def write_atomically(path: str, text: str) -> None:
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".offset.", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+
+
+def save_offset(path: str, logfile: str, offset: Offset) -> None:
+    data = {"log": os.path.abspath(logfile), "inode": offset.inode, "offset": offset.offset}
+    try:
+        write_atomically(path, json.dumps(data) + "\n")
+    except OSError as e:
+        raise PbsmtpError(f"cannot write offset file {path}: {e.strerror}") from None
+
+
+class NewLines:
+    """The complete lines added to the log since a saved offset (pygtail).
+
+    pygtail gets a scratch offset file of its own, because its constructor
+    and its end-of-file handling write the offset file as they please: the
+    offset that counts is committed by us, after the map is written. It reads
+    with latin-1, which maps every byte to a character, so no byte sequence
+    can raise; candidate lines are decoded as UTF-8 later. full_lines keeps a
+    half-written last line for the next run.
+    """
+
+    def __init__(self, logfile: str, saved: Offset, scratch: str):
+        write_atomically(scratch, f"{saved.inode}\n{saved.offset}\n")
+        self._tail = Pygtail(logfile, offset_file=scratch, save_on_end=False,
+                             full_lines=True, encoding="latin-1")
+        self._scratch = scratch
+
+    def __iter__(self) -> Iterator[str]:
+        for line in self._tail:
+            # A rotated .gz file is read in binary mode by pygtail.
+            yield line.decode("latin-1") if isinstance(line, bytes) else line
+
+    def offset(self) -> Offset:
+        """Where the next run starts: call after the lines are consumed."""
+        self._tail.update_offset_file()
+        inode, offset = Path(self._scratch).read_text().split()
+        return Offset(int(inode), int(offset))
+
+
+def read_whole(logfile: str) -> tuple[Iterator[str], list[Offset]]:
+    """Every complete line of the log, for a first run or --reprocess.
+
+    Reads binary blocks itself (pygtail's per-line tell() is slow for whole
+    files). The offset after the last complete line is put in the returned
+    list once the iterator is exhausted.
+    """
+    result: list[Offset] = []
+
+    def lines() -> Iterator[str]:
+        with open(logfile, "rb") as f:
+            inode, pos, rest = os.fstat(f.fileno()).st_ino, 0, b""
+            while block := f.read(1 << 20):
+                block = rest + block
+                cut = block.rfind(b"\n") + 1
+                rest = block[cut:]
+                pos += cut
+                if cut:
+                    yield from block[:cut - 1].decode("latin-1").split("\n")
+            result.append(Offset(inode, pos))
+
+    return lines(), result
+
+
+def decode(line: str) -> str:
+    """A line read as latin-1, decoded as the UTF-8 it most likely is."""
+    return line.encode("latin-1").decode("utf-8", "replace").rstrip("\r\n")
+
+
+###############################################################################
+# The run #####################################################################
+###############################################################################
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    logfile: str
+    dbfile: str = DEFAULT_DBFILE
+    grace: int = DEFAULT_GRACE
+    map_type: str | None = None
+    state_dir: str = DEFAULT_STATE_DIR
+    patterns_dir: str | None = None
+    patterns: tuple[str, ...] = ()
+    ignore_nets: tuple[Network, ...] = ()
+    postfix_config: str | None = None
+    write: bool = True
+    flock: bool = True
+    reprocess: bool = False
+
+
+@dataclasses.dataclass
+class Summary:
+    lines: int = 0
+    logins: int = 0
+    added: int = 0
+    refreshed: int = 0
+    expired: int = 0
+    active: int = 0
+    locked_out: bool = False     # another run held the lock
+
+    def line(self) -> str:
+        if self.locked_out:
+            return "pbsmtp-batch: another run holds the lock; nothing done"
+        return (f"pbsmtp-batch: {self.lines} lines read, {self.logins} logins, "
+                f"{self.added} added, {self.refreshed} refreshed, "
+                f"{self.expired} expired, {self.active} active")
+
+
+@contextlib.contextmanager
+def run_lock(state_dir: str, enabled: bool) -> Iterator[bool]:
+    """Hold the state directory's lock; yields False if another run has it."""
+    if not enabled:
+        yield True
+        return
+    path = os.path.join(state_dir, "lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise PbsmtpError(f"cannot open lock file {path}: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def ensure_state_dir(state_dir: str) -> None:
+    try:
+        os.makedirs(state_dir, mode=0o750, exist_ok=True)
+    except OSError as e:
+        raise PbsmtpError(f"cannot create state directory {state_dir}: {e.strerror}") from None
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise PbsmtpError(f"cannot write state directory {state_dir}")
+
+
+def check_map_dir(dbfile: str) -> None:
+    directory = os.path.dirname(os.path.abspath(dbfile))
+    if not os.path.isdir(directory):
+        raise PbsmtpError(f"map directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PbsmtpError(f"cannot write map directory {directory}")
+
+
+def read_mynetworks(config_dir: str | None, say) -> list[tuple[bool, Network]]:
+    nets, notes = parse_mynetworks(postconf("mynetworks", config_dir))
+    for note in notes:
+        say(note)
+    return nets
+
+
+def run(opts: Options, now: float | None = None, say=lambda msg: None,
+        warn=lambda msg: None) -> tuple[Summary, Plan | None]:
+    """One pass. ``say`` gets --debug detail, ``warn`` what cron must mail.
+
+    Nothing is written unless opts.write; the offset is committed only after
+    the map is safely in place, so a crash at any point re-reads the same
+    lines next time, and merging them again gives the same map.
+    """
+    now = time.time() if now is None else now
+    summary = Summary()
+    if not os.path.isfile(opts.logfile) or not os.access(opts.logfile, os.R_OK):
+        reason = "does not exist" if not os.path.exists(opts.logfile) else "cannot be read"
+        raise PbsmtpError(f"log {opts.logfile} {reason}")
+    patterns = load_patterns(opts.patterns_dir or default_patterns_dir(), opts.patterns)
+    map_type = opts.map_type or default_map_type(opts.postfix_config)
+    if map_type not in MAP_SUFFIXES:
+        raise PbsmtpError(f"map type {map_type!r} is not supported "
+                          f"(use one of {', '.join(MAP_SUFFIXES)})")
+    mynetworks = read_mynetworks(opts.postfix_config, say)
+    if opts.write:
+        check_map_dir(opts.dbfile)
+    ensure_state_dir(opts.state_dir)
+
+    with run_lock(opts.state_dir, opts.flock) as locked:
+        if not locked:
+            summary.locked_out = True
+            return summary, None
+        existing = read_map(opts.dbfile, map_type, opts.postfix_config)
+
+        offset_file = offset_path(opts.state_dir, opts.logfile)
+        saved, problem = (None, None) if opts.reprocess else load_offset(offset_file)
+        if problem:
+            warn(problem)
+        if saved is None:
+            lines, final = read_whole(opts.logfile)
+            tail = None
+        else:
+            tail = NewLines(opts.logfile, saved, offset_file + ".pygtail")
+            lines, final = iter(tail), []
+
+        logins = []
+        for raw in lines:
+            summary.lines += 1
+            login, reason = match_login(decode(raw), patterns, now)
+            if reason:
+                say(f"ignored: {reason}: {decode(raw)}")
+            if login is None:
+                continue
+            why = excluded_reason(login.ip, mynetworks, opts.ignore_nets)
+            if why:
+                say(f"skipped {login.ip} ({login.pattern}): {why}")
+                continue
+            if login.when < now - opts.grace:
+                say(f"skipped {login.ip} ({login.pattern}): login at {login.when} "
+                    f"is older than the grace window")
+                continue
+            say(f"login {login.ip} user={login.user} at {login.when} ({login.pattern})")
+            summary.logins += 1
+            logins.append(login)
+        new_offset = tail.offset() if tail else final[0]
+
+        plan = merge(existing, logins, now, opts.grace)
+        if plan.invalid:
+            warn(f"dropped {len(plan.invalid)} map entries that are not an address "
+                 f"with an all-digit time, e.g. {next(iter(plan.invalid))!r}")
+        summary.added, summary.refreshed = len(plan.added), len(plan.refreshed)
+        summary.expired, summary.active = len(plan.expired), len(plan.entries)
+        if opts.write:
+            if plan.changed or not os.path.exists(map_file(opts.dbfile, map_type)):
+                for w in write_map(opts.dbfile, map_type, plan.entries, opts.postfix_config):
+                    warn(w)
+            save_offset(offset_file, opts.logfile, new_offset)
+    return summary, plan
+
+
+def list_entries(dbfile: str, map_type: str, config_dir: str | None, now: float,
+                 grace: int) -> list[dict]:
+    rows = []
+    for ip, value in sorted(read_map(dbfile, map_type, config_dir).items()):
+        when = int(value) if value.isdigit() else None
+        rows.append({"ip": ip, "login": when,
+                     "age": None if when is None else int(now - when),
+                     "left": None if when is None else int(when + grace - now)})
+    return rows
+
+
+###############################################################################
+# The command line ############################################################
+###############################################################################
+
+def _config_callback(ctx: click.Context, param: click.Parameter, value: str | None):
+    """Load the config file (TOML, keys named like the long options) into
+    click's default_map, so that the command line and PBSMTP_* variables
+    still win over it."""
+    path = value or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise click.ClickException(f"cannot read config file {path}: {e.strerror}")
+    except tomllib.TOMLDecodeError as e:
+        raise click.ClickException(f"config file {path}: {e}")
+    names = {p.name: p for p in ctx.command.params}
+    default_map = {}
+    for key, val in data.items():
+        name = key.replace("-", "_")
+        if name not in names or name in ("config", "version", "help"):
+            raise click.ClickException(f"config file {path}: unknown setting '{key}'")
+        default_map[name] = val
+    ctx.default_map = {**(ctx.default_map or {}), **default_map}
+    return path
+
+
+def _positive_int(what: str):
+    def check(ctx, param, value):
+        if value is None:
+            return None
+        text = str(value).strip()
+        if not text.isdigit() or int(text) == 0:
+            raise click.ClickException(f"{what} must be a whole number of seconds above 0, "
+                                       f"not {value!r}")
+        return int(text)
+    return check
+
+
+def _networks(ctx, param, values):
+    nets = []
+    for value in values or ():
+        try:
+            nets.append(parse_network(str(value)))
+        except ValueError:
+            raise click.ClickException(f"--ignore-net {value!r} is not a network "
+                                       f"(e.g. 192.0.2.0/24 or 2001:db8::/32)")
+    return tuple(nets)
+
+
+def _map_type(ctx, param, value):
+    if value is not None and value not in MAP_SUFFIXES:
+        raise click.ClickException(f"--map-type {value!r} is not supported "
+                                   f"(use one of {', '.join(MAP_SUFFIXES)})")
+    return value
+
+
+def _now(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise click.ClickException(f"--now {value!r} is not an epoch time")
+
+
+def _age(seconds: int | None) -> str:
+    if seconds is None:
+        return "-"
+    sign, seconds = ("-" if seconds < 0 else ""), abs(seconds)
+    return f"{sign}{seconds // 60}m{seconds % 60:02d}s"
+
+
+@click.command(context_settings={"auto_envvar_prefix": "PBSMTP",
+                                 "help_option_names": ["-h", "--help"]})
+@click.option("--config", metavar="FILE", is_eager=True, callback=_config_callback,
+              expose_value=False,
+              help=f"TOML settings file, keys named like these options "
+                   f"[default: {DEFAULT_CONFIG}, if it exists].")
+@click.option("--logfile", metavar="FILE",
+              help="Mail log to read [default: /var/log/maillog, else the first of "
+                   "/var/log/mail.log, /var/log/mail/info, /var/log/messages].")
+@click.option("--dbfile", metavar="FILE", default=DEFAULT_DBFILE, show_default=True,
+              help="The map, as in main.cf without the type (postmap adds .db/.lmdb/.cdb).")
+@click.option("--map-type", callback=_map_type, metavar="TYPE",
+              help="hash, btree, lmdb or cdb [default: postconf default_database_type].")
+@click.option("--grace", default=str(DEFAULT_GRACE), show_default=True, metavar="SECONDS",
+              callback=_positive_int("--grace"),
+              help="How long a login allows relaying.")
+@click.option("--write/--nowrite", default=True, show_default=True,
+              help="Write the map and commit the offset.")
+@click.option("--dry-run", is_flag=True,
+              help="Print what would be added, refreshed and expired; change nothing.")
+@click.option("--flock/--noflock", default=True, show_default=True,
+              help="Take the state directory's lock, so overlapping runs skip.")
+@click.option("--debug/--nodebug", default=False, help="Explain every matched line.")
+@click.option("-v", "--verbose", is_flag=True, help="Print a one-line summary.")
+@click.option("--reprocess", is_flag=True,
+              help="Ignore the saved offset: read the whole log again and rebuild the "
+                   "grace window (after a lost map).")
+@click.option("--list", "list_", is_flag=True,
+              help="Show the map's entries: IP, login time, age and time left.")
+@click.option("--json", "as_json", is_flag=True, help="With --list: print JSON.")
+@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, metavar="DIR",
+              help="Where the log offset and the lock live.")
+@click.option("--pattern", "patterns", multiple=True, metavar="NAME",
+              help="Use only this pattern file (repeatable) [default: all].")
+@click.option("--patterns-dir", metavar="DIR",
+              help=f"Pattern files [default: {ADMIN_PATTERNS_DIR} if it exists, "
+                   f"else the shipped ones].")
+@click.option("--ignore-net", "ignore_nets", multiple=True, metavar="CIDR",
+              callback=_networks,
+              help="Never add addresses in this network (repeatable). Postfix's "
+                   "mynetworks is always left out.")
+@click.option("--postfix-config", metavar="DIR", envvar=["PBSMTP_POSTFIX_CONFIG", "MAIL_CONFIG"],
+              help="Postfix instance's config directory [default: $MAIL_CONFIG, "
+                   "else the default instance].")
+@click.option("--now", hidden=True, callback=_now)
+@click.version_option(__version__, "--version", prog_name="pbsmtp-batch")
+def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
+        reprocess, list_, as_json, state_dir, patterns, patterns_dir, ignore_nets,
+        postfix_config, now):
+    """Allow relaying for clients that logged in over POP3 or IMAP.
+
+    Reads the mail log lines written since the last run, finds the successful
+    POP/IMAP logins, and merges their client addresses into a Postfix access
+    map that smtpd_relay_restrictions consults. Silent on success. Run it from
+    cron every minute:
+
+    \b
+        * * * * * root pbsmtp-batch
+        pbsmtp-batch --dry-run --debug      # what would change, and why
+        pbsmtp-batch --list                 # who may relay now
+        pbsmtp-batch --reprocess            # rebuild after losing the map
+    """
+    now = time.time() if now is None else now
+    err = lambda msg: click.echo(f"pbsmtp-batch: warning: {msg}", err=True)
+    try:
+        if list_:
+            mtype = map_type or default_map_type(postfix_config)
+            rows = list_entries(dbfile, mtype, postfix_config, now, grace)
+            if as_json:
+                click.echo(json.dumps(rows, indent=2))
+            for row in [] if as_json else rows:
+                stamp = ("-" if row["login"] is None else
+                         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["login"])))
+                click.echo(f"{row['ip']:<40} {stamp}  age {_age(row['age']):>9}  "
+                           f"left {_age(row['left']):>9}")
+            return
+        opts = Options(logfile=logfile or default_logfile(), dbfile=dbfile, grace=grace,
+                       map_type=map_type, state_dir=state_dir, patterns_dir=patterns_dir,
+                       patterns=tuple(patterns), ignore_nets=ignore_nets,
+                       postfix_config=postfix_config, write=write and not dry_run,
+                       flock=flock, reprocess=reprocess)
+        say = (lambda msg: click.echo(f"debug: {msg}")) if debug else (lambda msg: None)
+        summary, plan = run(opts, now=now, say=say, warn=err)
+    except PbsmtpError as e:
+        raise click.ClickException(str(e))
+    if dry_run and plan is not None:
+        for title, items in (("add", plan.added), ("refresh", plan.refreshed),
+                             ("expire", plan.expired), ("drop invalid", plan.invalid)):
+            for ip, value in sorted(items.items()):
+                click.echo(f"would {title} {ip} {value}")
+    if verbose or debug or (dry_run and not summary.locked_out):
+        click.echo(summary.line())
+
+
+def main() -> None:
+    cli(prog_name="pbsmtp-batch")
+
+
+if __name__ == "__main__":
+    main()

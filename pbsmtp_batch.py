@@ -873,6 +873,32 @@ def read_mynetworks(config_dir: str | None, say) -> list[tuple[bool, Network]]:
     return nets
 
 
+def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
+                   mynetworks: Sequence[tuple[bool, Network]], opts: Options, now: float,
+                   summary: Summary, say) -> list[Login]:
+    """The logins in these lines that may go into the map."""
+    logins = []
+    for raw in lines:
+        summary.lines += 1
+        login, reason = match_login(decode(raw), patterns, now)
+        if reason:
+            say(f"ignored: {reason}: {decode(raw)}")
+        if login is None:
+            continue
+        why = excluded_reason(login.ip, mynetworks, opts.ignore_nets)
+        if why:
+            say(f"skipped {login.ip} ({login.pattern}): {why}")
+            continue
+        if login.when < now - opts.grace:
+            say(f"skipped {login.ip} ({login.pattern}): login at {login.when} "
+                f"is older than the grace window")
+            continue
+        say(f"login {login.ip} user={login.user} at {login.when} ({login.pattern})")
+        summary.logins += 1
+        logins.append(login)
+    return logins
+
+
 def run(opts: Options, now: float | None = None, say=lambda msg: None,
         warn=lambda msg: None) -> tuple[Summary, Plan | None]:
     """One pass. ``say`` gets --debug detail, ``warn`` what cron must mail.
@@ -906,33 +932,19 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
         saved, problem = (None, None) if opts.reprocess else load_offset(offset_file)
         if problem:
             warn(problem)
-        if saved is None:
-            lines, final = read_whole(opts.logfile)
-            tail = None
-        else:
-            tail = NewLines(opts.logfile, saved, offset_file + ".pygtail")
-            lines, final = iter(tail), []
-
-        logins = []
-        for raw in lines:
-            summary.lines += 1
-            login, reason = match_login(decode(raw), patterns, now)
-            if reason:
-                say(f"ignored: {reason}: {decode(raw)}")
-            if login is None:
-                continue
-            why = excluded_reason(login.ip, mynetworks, opts.ignore_nets)
-            if why:
-                say(f"skipped {login.ip} ({login.pattern}): {why}")
-                continue
-            if login.when < now - opts.grace:
-                say(f"skipped {login.ip} ({login.pattern}): login at {login.when} "
-                    f"is older than the grace window")
-                continue
-            say(f"login {login.ip} user={login.user} at {login.when} ({login.pattern})")
-            summary.logins += 1
-            logins.append(login)
-        new_offset = tail.offset() if tail else final[0]
+        scratch = offset_file + ".pygtail"
+        try:
+            if saved is None:
+                lines, final = read_whole(opts.logfile)
+                tail = None
+            else:
+                tail = NewLines(opts.logfile, saved, scratch)
+                lines, final = iter(tail), []
+            logins = collect_logins(lines, patterns, mynetworks, opts, now, summary, say)
+            new_offset = tail.offset() if tail else final[0]
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(scratch)
 
         plan = merge(existing, logins, now, opts.grace)
         if plan.invalid:
@@ -944,7 +956,8 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
             if plan.changed or not os.path.exists(map_file(opts.dbfile, map_type)):
                 for w in write_map(opts.dbfile, map_type, plan.entries, opts.postfix_config):
                     warn(w)
-            save_offset(offset_file, opts.logfile, new_offset)
+            if new_offset != saved:
+                save_offset(offset_file, opts.logfile, new_offset)
     return summary, plan
 
 
@@ -977,13 +990,18 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: str | No
         raise click.ClickException(f"cannot read config file {path}: {e.strerror}")
     except tomllib.TOMLDecodeError as e:
         raise click.ClickException(f"config file {path}: {e}")
-    names = {p.name: p for p in ctx.command.params}
+    # Keys are the long option names; "nowrite = true" works like --nowrite.
+    names = {}
+    for param in ctx.command.params:
+        if isinstance(param, click.Option) and param.name not in ("config", "now", "version"):
+            names.update({o.lstrip("-"): (param.name, True) for o in param.opts if o[:2] == "--"})
+            names.update({o.lstrip("-"): (param.name, False) for o in param.secondary_opts})
     default_map = {}
     for key, val in data.items():
-        name = key.replace("-", "_")
-        if name not in names or name in ("config", "version", "help"):
+        if key not in names:
             raise click.ClickException(f"config file {path}: unknown setting '{key}'")
-        default_map[name] = val
+        name, positive = names[key]
+        default_map[name] = val if positive else not val
     ctx.default_map = {**(ctx.default_map or {}), **default_map}
     return path
 

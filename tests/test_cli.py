@@ -1,0 +1,387 @@
+"""The command line, through click's CliRunner, against the real postmap."""
+
+import json
+import os
+import pwd
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+import pbsmtp_batch as pb
+from conftest import NOW, dovecot_failure, dovecot_login, noise
+
+
+def invoke(*args, env=None):
+    return CliRunner().invoke(pb.cli, list(args), env=env, catch_exceptions=False)
+
+
+def query(site, ip, map_type="hash"):
+    """What a Postfix lookup of this key returns: the value, or None."""
+    done = subprocess.run([pb.find_tool("postmap"), "-c", str(site.conf), "-q", ip,
+                           f"{map_type}:{site.map}"], capture_output=True, text=True)
+    assert done.returncode in (0, 1), done.stderr
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def snapshot(site):
+    """Every file of the map and the state, byte for byte."""
+    files = {}
+    for directory in (site.map.parent, site.state):
+        if directory.exists():
+            for path in sorted(directory.iterdir()):
+                if path.is_file() and path.name != "lock":
+                    files[str(path)] = path.read_bytes()
+    return files
+
+
+@pytest.mark.parametrize("map_type", ["hash", "btree", "lmdb", "cdb"])
+def test_a_login_lands_in_the_map(site, map_type):
+    site.append(noise(NOW - 70), dovecot_login(NOW - 60, "192.0.2.10"),
+                dovecot_login(NOW - 50, "2001:db8::10", proto="pop3"),
+                dovecot_failure(NOW - 40, "203.0.113.66"))
+    result = invoke(*site.args(map_type=map_type))
+    assert (result.exit_code, result.output) == (0, "")       # silent under cron
+    assert query(site, "192.0.2.10", map_type) == str(NOW - 60)
+    assert query(site, "2001:db8::10", map_type) == str(NOW - 50)
+    assert query(site, "203.0.113.66", map_type) is None
+    suffix = pb.MAP_SUFFIXES[map_type]
+    assert sorted(p.name for p in site.map.parent.iterdir()) == [f"pop-before-smtp{suffix}"]
+    assert oct(os.stat(f"{site.map}{suffix}").st_mode & 0o777) == "0o644"
+
+
+def test_second_run_without_new_lines_changes_nothing(site):
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    assert invoke(*site.args()).exit_code == 0
+    before = snapshot(site)
+    inode = os.stat(f"{site.map}.db").st_ino
+    result = invoke(*site.args("-v", now=NOW + 30))
+    assert result.output == ("pbsmtp-batch: 0 lines read, 0 logins, 0 added, 0 refreshed, "
+                             "0 expired, 1 active\n")
+    assert snapshot(site) == before
+    assert os.stat(f"{site.map}.db").st_ino == inode   # not even rewritten
+
+
+def test_new_lines_are_read_once(site):
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    invoke(*site.args())
+    site.append(noise(NOW - 5), dovecot_login(NOW - 4, "192.0.2.11"),
+                dovecot_login(NOW - 3, "192.0.2.10"))
+    result = invoke(*site.args("-v"))
+    assert result.output == ("pbsmtp-batch: 3 lines read, 2 logins, 1 added, 1 refreshed, "
+                             "0 expired, 2 active\n")
+    assert query(site, "192.0.2.10") == str(NOW - 3)
+
+
+def test_dry_run_changes_nothing_and_says_what_it_would_do(site):
+    site.append(dovecot_login(NOW - 3000, "192.0.2.9"))
+    assert invoke(*site.args(now=NOW - 2000)).exit_code == 0    # 192.0.2.9 in the map
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    before = snapshot(site)
+    result = invoke(*site.args("--dry-run"))
+    assert result.exit_code == 0
+    assert result.output == (f"would add 192.0.2.10 {NOW - 60}\n"
+                             f"would expire 192.0.2.9 {NOW - 3000}\n"
+                             "pbsmtp-batch: 1 lines read, 1 logins, 1 added, 0 refreshed, "
+                             "1 expired, 1 active\n")
+    assert snapshot(site) == before
+    # The lines were not consumed: a real run still sees them.
+    invoke(*site.args())
+    assert query(site, "192.0.2.10") == str(NOW - 60)
+
+
+def test_classic_flags_work_verbatim(site):
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    before = snapshot(site)
+    result = invoke("--nowrite", "--debug", "--noflock", f"--logfile={site.log}",
+                    f"--dbfile={site.map}", "--grace=1800", f"--state-dir={site.state}",
+                    f"--postfix-config={site.conf}", f"--now={NOW}")
+    assert result.exit_code == 0
+    assert f"debug: login 192.0.2.10 user=alice at {NOW - 60} (dovecot)" in result.output
+    assert snapshot(site) == before
+    result = invoke("--write", "--nodebug", "--flock", f"--logfile={site.log}",
+                    f"--dbfile={site.map}", "--grace=1800", f"--state-dir={site.state}",
+                    f"--postfix-config={site.conf}", f"--now={NOW}")
+    assert (result.exit_code, result.output) == (0, "")
+    assert query(site, "192.0.2.10") == str(NOW - 60)
+
+
+def test_entries_expire_after_the_grace_window(site):
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"), dovecot_login(NOW - 10, "192.0.2.11"))
+    invoke(*site.args("--grace=100"))
+    assert query(site, "192.0.2.10") == str(NOW - 60)
+    result = invoke(*site.args("--grace=100", "-v", now=NOW + 41))
+    assert "1 expired, 1 active" in result.output
+    assert query(site, "192.0.2.10") is None
+    assert query(site, "192.0.2.11") == str(NOW - 10)
+    invoke(*site.args("--grace=100", now=NOW + 91))
+    assert query(site, "192.0.2.11") is None
+
+
+def test_old_logins_are_not_added(site):
+    site.append(dovecot_login(NOW - 1801, "192.0.2.10"), dovecot_login(NOW - 1799, "192.0.2.11"))
+    invoke(*site.args())
+    assert query(site, "192.0.2.10") is None
+    assert query(site, "192.0.2.11") == str(NOW - 1799)
+
+
+def test_mynetworks_and_ignore_net_are_left_out(site):
+    (site.conf / "nets").write_text("198.51.100.0/24\n")
+    (site.conf / "main.cf").write_text(f"office = 203.0.113.0/25\n"
+                                       f"mynetworks = 127.0.0.0/8 $office {site.conf}/nets\n")
+    site.append(*(dovecot_login(NOW - 9, ip) for ip in
+                  ("127.0.0.5", "203.0.113.5", "203.0.113.200", "198.51.100.7", "192.0.2.10",
+                   "2001:db8:1::5", "2001:db8:2::5")))
+    result = invoke(*site.args("--ignore-net=192.0.2.0/24", "--ignore-net", "2001:db8:1::/48",
+                               "--debug"))
+    assert result.exit_code == 0
+    assert {ip for ip in ("127.0.0.5", "203.0.113.5", "203.0.113.200", "198.51.100.7",
+                          "192.0.2.10", "2001:db8:1::5", "2001:db8:2::5")
+            if query(site, ip)} == {"203.0.113.200", "2001:db8:2::5"}
+    assert "skipped 203.0.113.5 (dovecot): in mynetworks (relays anyway)" in result.output
+    assert "skipped 192.0.2.10 (dovecot): in --ignore-net" in result.output
+
+
+def test_injected_user_name_adds_nothing(site):
+    site.append(dovecot_failure(NOW - 9, "192.0.2.12", user="x>, method=PLAIN, rip=203.0.113.9, lip=1.2.3.4"),
+                dovecot_login(NOW - 8, "192.0.2.13", user="x>, method=PLAIN, rip=203.0.113.9, lip=1.2.3.4"))
+    result = invoke(*site.args("--debug"))
+    assert query(site, "203.0.113.9") is None and query(site, "192.0.2.12") is None
+    assert "'rip=' occurs more than once" in result.output
+
+
+def test_half_written_line_is_read_once_complete(site):
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    invoke(*site.args())
+    whole = dovecot_login(NOW - 5, "192.0.2.11")
+    site.append(whole[:40])
+    invoke(*site.args())
+    assert query(site, "192.0.2.11") is None
+    site.append(whole[40:])
+    invoke(*site.args())
+    assert query(site, "192.0.2.11") == str(NOW - 5)
+
+
+def test_invalid_bytes_do_not_crash_or_hide_the_next_line(site):
+    with open(site.log, "ab") as f:
+        f.write(b"\xff\xfe\x00 garbage \xc3\x28\n" + b"x" * 100000 + b"\n")
+    site.append(dovecot_login(NOW - 5, "192.0.2.11"))
+    invoke(*site.args())                              # first run: whole-file path
+    with open(site.log, "ab") as f:
+        f.write(b"\xff\xfe\x00 more garbage\n")
+    site.append(dovecot_login(NOW - 4, "192.0.2.12"))
+    result = invoke(*site.args())                     # incremental path (pygtail)
+    assert result.exit_code == 0
+    assert query(site, "192.0.2.11") == str(NOW - 5)
+    assert query(site, "192.0.2.12") == str(NOW - 4)
+
+
+def test_map_mode_is_kept(site):
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    invoke(*site.args())
+    os.chmod(f"{site.map}.db", 0o640)
+    os.chown(f"{site.map}.db", 0, 4)
+    site.append(dovecot_login(NOW - 5, "192.0.2.11"))
+    invoke(*site.args())
+    st = os.stat(f"{site.map}.db")
+    assert (st.st_mode & 0o777, st.st_gid) == (0o640, 4)
+
+
+def test_foreign_entries_in_the_map_are_dropped_with_a_warning(site):
+    src = site.map.parent / "src"
+    src.write_text(f"192.0.2.1 {NOW - 5}\n192.0.2.2 OK\n192.0.2 {NOW}\n")
+    subprocess.run([pb.find_tool("postmap"), f"hash:{src}"], check=True)
+    os.rename(f"{src}.db", f"{site.map}.db")
+    src.unlink()
+    result = CliRunner().invoke(pb.cli, site.args())
+    assert result.exit_code == 0 and result.stdout == ""
+    assert result.stderr.count("warning") == 1 and "dropped 2 map entries" in result.stderr
+    assert query(site, "192.0.2.1") == str(NOW - 5)
+    assert query(site, "192.0.2.2") is None and query(site, "192.0.2") is None
+
+
+def test_corrupt_offset_warns_and_rereads_the_grace_window(site):
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    invoke(*site.args())
+    offset_file = pb.offset_path(str(site.state), str(site.log))
+    with open(offset_file, "w") as f:
+        f.write("garbage\x00")
+    site.append(dovecot_login(NOW - 5, "192.0.2.11"))
+    result = CliRunner().invoke(pb.cli, site.args())
+    assert result.exit_code == 0
+    assert "offset file" in result.stderr and "corrupt" in result.stderr
+    assert query(site, "192.0.2.11") == str(NOW - 5)
+    assert json.loads(open(offset_file).read())["offset"] == site.log.stat().st_size
+
+
+def test_lock_held_by_another_run_exits_zero(site):
+    import fcntl
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    site.state.mkdir()
+    with open(site.state / "lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        quiet = invoke(*site.args())
+        loud = invoke(*site.args("-v"))
+        nolock = invoke(*site.args("--noflock", "--nowrite", "-v"))
+    assert (quiet.exit_code, quiet.output) == (0, "")
+    assert (loud.exit_code, loud.output) == (0, "pbsmtp-batch: another run holds the lock; "
+                                                "nothing done\n")
+    assert "1 logins" in nolock.output
+    assert query(site, "192.0.2.10") is None
+
+
+def test_list_and_json(site):
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"), dovecot_login(NOW - 30, "2001:db8::10"))
+    invoke(*site.args())
+    args = [f"--dbfile={site.map}", "--map-type=hash", f"--postfix-config={site.conf}",
+            f"--now={NOW}", "--list"]
+    text = invoke(*args)
+    assert text.output.splitlines() == [
+        "192.0.2.10                               2026-11-24 23:29:00  age     1m00s  left    29m00s",
+        "2001:db8::10                             2026-11-24 23:29:30  age     0m30s  left    29m30s"]
+    data = json.loads(invoke(*args, "--json").output)
+    assert data == [{"ip": "192.0.2.10", "login": NOW - 60, "age": 60, "left": 1740},
+                    {"ip": "2001:db8::10", "login": NOW - 30, "age": 30, "left": 1770}]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grace=abc"], "Error: --grace must be a whole number of seconds above 0, not 'abc'"),
+    (["--grace=-5"], "Error: --grace must be a whole number of seconds above 0, not '-5'"),
+    (["--ignore-net=10.0.0.0/33"], "Error: --ignore-net '10.0.0.0/33' is not a network"),
+    (["--map-type=pcre"], "Error: --map-type 'pcre' is not supported"),
+    (["--pattern=nosuch"], "Error: no pattern 'nosuch' in"),
+    (["--now=soon"], "Error: --now 'soon' is not an epoch time"),
+])
+def test_bad_option_values_are_one_line_errors(site, args, message):
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    result = CliRunner().invoke(pb.cli, site.args(*args))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1
+    assert snapshot(site) == {}
+
+
+def test_missing_log_is_an_error_and_changes_nothing(site):
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    invoke(*site.args())
+    before = snapshot(site)
+    site.log.unlink()
+    result = CliRunner().invoke(pb.cli, site.args())
+    assert (result.exit_code, result.stderr) == (1, f"Error: log {site.log} does not exist\n")
+    assert snapshot(site) == before
+
+
+def test_broken_pattern_file_names_file_and_line(site, tmp_path):
+    patterns = tmp_path / "patterns"
+    patterns.mkdir()
+    (patterns / "good.toml").write_text(open(pb.shipped_patterns_dir() + "/dovecot.toml").read())
+    (patterns / "bad.toml").write_text('description = "x"\nversion = "1"\nprogram = oops\n')
+    result = CliRunner().invoke(pb.cli, site.args(f"--patterns-dir={patterns}"))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: pattern file {patterns}/bad.toml: ")
+    assert "(at line 3, column 11)" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_loose_pattern_is_refused(site, tmp_path):
+    patterns = tmp_path / "patterns"
+    patterns.mkdir()
+    (patterns / "loose.toml").write_text(
+        "description = 'x'\nversion = '1'\nprogram = 'dovecot'\ncontains = ['Login']\n"
+        "regex = ['^.*Login: .*rip=(?P<ip>\\S+)']\n")
+    result = CliRunner().invoke(pb.cli, site.args(f"--patterns-dir={patterns}"))
+    assert result.exit_code == 1 and "greedy" in result.stderr
+
+
+def test_missing_postmap_names_the_package(site, monkeypatch, tmp_path):
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    monkeypatch.setattr(pb, "SBIN_DIRS", ())
+    result = CliRunner().invoke(pb.cli, site.args(),
+                                                env={"PATH": str(tmp_path)})
+    assert result.exit_code == 1
+    assert result.stderr == ("Error: postconf not found in PATH or : "
+                             "install the Debian package 'postfix'\n")
+    assert snapshot(site) == {}
+
+
+def test_missing_map_directory_is_an_error(site):
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    result = CliRunner().invoke(
+        pb.cli, site.args(f"--dbfile={site.root}/nodir/map"))
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: map directory {site.root}/nodir does not exist\n"
+
+
+@pytest.fixture
+def nobody_site(site):
+    """The site, world-traversable, for runs as an unprivileged user."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to nobody")
+    path = site.root
+    while str(path) != "/":
+        os.chmod(path, os.stat(path).st_mode | 0o711)
+        path = path.parent
+    return site
+
+
+def run_as_nobody(*args):
+    """Run the CLI in a forked child that has dropped to nobody: root can
+    write and read everything, so only an unprivileged run shows these errors."""
+    nobody = pwd.getpwnam("nobody")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                   # the child
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            result = CliRunner().invoke(pb.cli, list(args))
+            os.write(write_end, json.dumps([result.exit_code, result.stderr]).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    exit_code, stderr = json.loads(data)
+    return exit_code, stderr
+
+
+def test_unwritable_map_directory_and_unreadable_log(nobody_site):
+    site = nobody_site
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    assert invoke(*site.args()).exit_code == 0
+    os.chmod(site.state, 0o777)
+    site.append(dovecot_login(NOW - 5, "192.0.2.11"))
+    before = snapshot(site)
+    assert run_as_nobody(*site.args()) == (
+        1, f"Error: cannot write map directory {site.map.parent}\n")
+    os.chmod(site.map.parent, 0o777)
+    os.chmod(site.log, 0o600)
+    assert run_as_nobody(*site.args()) == (1, f"Error: log {site.log} cannot be read\n")
+    assert snapshot(site) == before
+
+
+def test_config_file_then_environment_then_command_line(site, tmp_path):
+    site.append(dovecot_login(NOW - 100, "192.0.2.10"))
+    config = tmp_path / "pbsmtp.conf"
+    config.write_text(f'grace = 50\nlogfile = "{site.log}"\ndbfile = "{site.map}"\n'
+                      f'state-dir = "{site.state}"\nignore-net = ["198.51.100.0/24"]\n')
+    base = [f"--config={config}", f"--postfix-config={site.conf}", f"--now={NOW}", "--dry-run"]
+    assert "0 logins" in invoke(*base).output                         # grace 50 from the file
+    assert "1 logins" in invoke(*base, env={"PBSMTP_GRACE": "200"}).output
+    assert "0 logins" in invoke(*base, "--grace=60", env={"PBSMTP_GRACE": "200"}).output
+    config.write_text("graze = 5\n")
+    result = CliRunner().invoke(pb.cli, [f"--config={config}"])
+    assert (result.exit_code, result.stderr) == (
+        1, f"Error: config file {config}: unknown setting 'graze'\n")
+
+
+def test_help_documents_every_option():
+    text = invoke("--help").output
+    for param in pb.cli.params:
+        if not param.hidden and isinstance(param, __import__("click").Option):
+            for opt in param.opts:
+                assert opt in text, opt
+    assert "--nowrite" in text and "--noflock" in text and "--nodebug" in text
+    assert invoke("--version").output == f"pbsmtp-batch, version {pb.__version__}\n"

@@ -24,13 +24,16 @@ Exit codes: 0 success (also when another run holds the lock), 1 an error
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import dataclasses
 import datetime as dt
-import errno
 import fcntl
+import gzip
+import hashlib
 import ipaddress
 import json
+import lzma
 import os
 import re
 import shutil
@@ -42,8 +45,10 @@ import sysconfig
 import tempfile
 import time
 import tomllib
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import click
 from pygtail import Pygtail
@@ -120,9 +125,18 @@ class Login:
 
 @dataclasses.dataclass(frozen=True)
 class Offset:
-    """How far the log has been read: the file's inode and a byte offset."""
+    """How far one log file has been read, and how to know it again."""
     inode: int
     offset: int
+    fingerprint: str = ""        # sha256 of the file's first `length` bytes
+    length: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class LogState:
+    """What the offset file holds between runs."""
+    current: Offset
+    previous: Offset | None = None   # the newest rotated file: may get late lines
 
 
 @dataclasses.dataclass
@@ -468,9 +482,23 @@ def parse_mynetworks(value: str, read_file=lambda p: Path(p).read_text()
     return nets, notes
 
 
+def shares_ipv6_key(ip: str) -> bool:
+    """Whether other clients' lookups can also hit this IPv6 key.
+
+    For fixed-key maps Postfix looks up an IPv6 client as its full address,
+    then cuts the key at its last ':' again and again: client 2001:db8::1:5
+    also tries 2001:db8::1. So a stored key whose compressed form has '::'
+    inside can be hit from other addresses (for real global addresses, in
+    the same /64). A key with all 8 groups, or ending in '::', cannot.
+    """
+    return "::" in ip and not ip.endswith("::")
+
+
 def excluded_reason(ip: str, mynetworks: Sequence[tuple[bool, Network]],
-                    ignore: Sequence[Network]) -> str | None:
+                    ignore: Sequence[Network], ipv6_shared_keys: bool = True) -> str | None:
     """Why this address must not be written to the map (None: write it)."""
+    if not ipv6_shared_keys and shares_ipv6_key(ip):
+        return "its key would also match other clients' shortened lookups (--ipv6-shared-keys=skip)"
     addr = ipaddress.ip_address(ip)
     if addr.is_unspecified or addr.is_multicast:
         return "unspecified or multicast address"
@@ -665,8 +693,15 @@ def write_map(dbfile: str, map_type: str, entries: dict[str, int],
 
 
 ###############################################################################
-# The log: read what is new, commit the offset ################################
+# The log: read what is new, across rotations; commit the offset #############
 ###############################################################################
+
+# How much of a log's head identifies it after logrotate has renamed,
+# compressed or copied it.
+FINGERPRINT_BYTES = 1024
+# logrotate's compress (and compresscmd) suffixes that Python reads itself.
+DECOMPRESS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
 
 def default_logfile() -> str:
     for candidate in DEFAULT_LOGFILES:
@@ -675,14 +710,93 @@ def default_logfile() -> str:
     return DEFAULT_LOGFILES[0]
 
 
+def is_compressed(path: str) -> bool:
+    return os.path.splitext(path)[1] in DECOMPRESS
+
+
+def open_log(path: str) -> BinaryIO:
+    opener = DECOMPRESS.get(os.path.splitext(path)[1])
+    return opener(path, "rb") if opener else open(path, "rb")
+
+
+def fingerprint(head: bytes) -> str:
+    return hashlib.sha256(head).hexdigest()
+
+
+def is_same_log(path: str, mark: Offset) -> bool:
+    """Whether this file, perhaps renamed, compressed or copied, starts with
+    the same bytes as the one that was read."""
+    if not mark.length:
+        return False
+    try:
+        with open_log(path) as f:
+            head = f.read(mark.length)
+    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError):
+        return False
+    return len(head) == mark.length and fingerprint(head) == mark.fingerprint
+
+
+_ROTATED = r"(?:\.(?P<n>\d+)|[.-](?P<date>\d[\d-]*\d|\d))(?P<z>\.gz|\.bz2|\.xz)?"
+
+
+def rotated_logs(logfile: str) -> list[str]:
+    """The rotated copies of a log, oldest first.
+
+    logrotate(8) numbers them (mail.log.1, mail.log.2.gz: a higher number is
+    older) or, with dateext, dates them (mail.log-20261124[-1795563000][.gz]:
+    the text sorts by age); savelog(8) starts at .0. Modification times are
+    no guide: compression gives a file a new one.
+    """
+    directory, base = os.path.split(os.path.abspath(logfile))
+    pattern = re.compile(re.escape(base) + _ROTATED)
+    found = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    for name in names:
+        m = pattern.fullmatch(name)
+        if m:
+            key = (0, -int(m["n"]), "") if m["n"] else (1, 0, m["date"])
+            found.append((key, os.path.join(directory, name)))
+    return [path for _, path in sorted(found)]
+
+
+def recent_logs(rotated: Sequence[str], cutoff: float) -> list[str]:
+    """The rotated logs that may hold lines newer than cutoff, oldest first.
+
+    A file's mtime is never earlier than its newest line, so going back from
+    the newest, the first file last changed before the cutoff ends the search.
+    """
+    keep = []
+    for path in reversed(rotated):
+        try:
+            if os.stat(path).st_mtime < cutoff:
+                break
+        except OSError:
+            continue
+        keep.append(path)
+    return keep[::-1]
+
+
 def offset_path(state_dir: str, logfile: str) -> str:
     """One offset file per log, named after the log's path."""
     name = os.path.abspath(logfile).strip("/").replace("/", "_")
     return os.path.join(state_dir, f"{name}.offset")
 
 
-def load_offset(path: str) -> tuple[Offset | None, str | None]:
-    """The committed offset, or (None, warning) when it cannot be trusted.
+def _offset(data: object) -> Offset:
+    if not isinstance(data, dict):
+        raise TypeError("not an object")
+    mark = Offset(int(data["inode"]), int(data["offset"]), str(data.get("fingerprint", "")),
+                  int(data.get("length", 0)))
+    if min(mark.inode, mark.offset, mark.length) < 0:
+        raise ValueError("negative")
+    return mark
+
+
+def load_offset(path: str) -> tuple[LogState | None, str | None]:
+    """The committed state, or (None, warning) when it cannot be trusted.
 
     Our format is JSON. pygtail's and logtail's two-line "inode\\noffset"
     file is accepted too, so that switching from them resumes in place.
@@ -695,16 +809,13 @@ def load_offset(path: str) -> tuple[Offset | None, str | None]:
         return None, f"cannot read offset file {path}: {e.strerror}"
     try:
         data = json.loads(text)
-        offset = Offset(int(data["inode"]), int(data["offset"]))
-    except (ValueError, TypeError, KeyError):
+        previous = data.get("previous")
+        return LogState(_offset(data), _offset(previous) if previous else None), None
+    except (ValueError, TypeError, KeyError, AttributeError):
         parts = text.split()
         if len(parts) == 2 and all(p.isdigit() for p in parts):
-            offset = Offset(int(parts[0]), int(parts[1]))
-        else:
-            return None, f"offset file {path} is corrupt; re-reading the grace window"
-    if offset.inode < 0 or offset.offset < 0:
-        return None, f"offset file {path} is corrupt; re-reading the grace window"
-    return offset, None
+            return LogState(Offset(int(parts[0]), int(parts[1]))), None
+    return None, f"offset file {path} is corrupt; re-reading the grace window"
 
 
 def write_atomically(path: str, text: str) -> None:
@@ -723,65 +834,132 @@ def write_atomically(path: str, text: str) -> None:
     fsync_dir(directory)
 
 
-def save_offset(path: str, logfile: str, offset: Offset) -> None:
-    data = {"log": os.path.abspath(logfile), "inode": offset.inode, "offset": offset.offset}
+def save_offset(path: str, logfile: str, state: LogState) -> None:
+    data = {"log": os.path.abspath(logfile), **dataclasses.asdict(state.current),
+            "previous": state.previous and dataclasses.asdict(state.previous)}
     try:
         write_atomically(path, json.dumps(data) + "\n")
     except OSError as e:
         raise PbsmtpError(f"cannot write offset file {path}: {e.strerror}") from None
 
 
-class NewLines:
-    """The complete lines added to the log since a saved offset (pygtail).
+def read_span(path: str, start: int, marks: list[Offset]) -> Iterator[str]:
+    """The lines of one file from a byte offset, read in large blocks.
 
-    pygtail gets a scratch offset file of its own, because its constructor
-    and its end-of-file handling write the offset file as they please: the
-    offset that counts is committed by us, after the map is written. It reads
-    with latin-1, which maps every byte to a character, so no byte sequence
-    can raise; candidate lines are decoded as UTF-8 later. full_lines keeps a
+    A plain file may still grow, so a last line without its newline is left
+    for the next run; a compressed one is finished. Once the lines are
+    consumed, where reading stopped is appended to ``marks``.
+    """
+    compressed = is_compressed(path)
+    with open_log(path) as f:
+        inode = os.stat(path).st_ino if compressed else os.fstat(f.fileno()).st_ino
+        f.seek(start)
+        pos, rest = start, b""
+        while block := f.read(1 << 20):
+            block = rest + block
+            cut = block.rfind(b"\n") + 1
+            rest, pos = block[cut:], pos + cut
+            if cut:
+                yield from block[:cut - 1].decode("latin-1").split("\n")
+        if rest and compressed:
+            pos += len(rest)
+            yield rest.decode("latin-1")
+        f.seek(0)
+        head = f.read(min(pos, FINGERPRINT_BYTES))
+    marks.append(Offset(inode, pos, fingerprint(head), len(head)))
+
+
+class LogReader:
+    """Every log line written since the saved state, however the log was
+    rotated in between; then the state to commit.
+
+    The ordinary case, the same file grown, is pygtail's: it gets a scratch
+    offset file of its own, because it writes its offset file as it pleases,
+    and the offset that counts is committed by us after the map is written.
+    It reads with latin-1, which maps every byte to a character, so no byte
+    sequence can raise; lines are decoded as UTF-8 later. full_lines keeps a
     half-written last line for the next run.
+
+    pygtail loses lines in the other cases (FACTS: compress without
+    delaycompress, several rotations between runs, copytruncate onto a file
+    that is already longer, late writes to the renamed file), so those are
+    ours: the file read last time is found among the rotated ones by its
+    inode or, once compressed or copied, by a fingerprint of its head; the
+    rest of it is read, then every newer rotated file, then the log itself.
+    When it cannot be found, the rotated files of the grace window are read
+    again: merging is idempotent, so re-reading costs time, never entries.
     """
 
-    def __init__(self, logfile: str, saved: Offset, scratch: str):
-        write_atomically(scratch, f"{saved.inode}\n{saved.offset}\n")
-        self._tail = Pygtail(logfile, offset_file=scratch, save_on_end=False,
-                             full_lines=True, encoding="latin-1")
-        self._scratch = scratch
+    def __init__(self, logfile: str, saved: LogState | None, scratch: str, cutoff: float,
+                 warn=lambda msg: None):
+        self.logfile, self.scratch = logfile, scratch
+        self._marks: list[Offset] = []
+        self._previous = saved.previous if saved else None
+        self._pygtail: Pygtail | None = None
+        rotated = rotated_logs(logfile)
+        current = saved.current if saved else None
+        if current is None:
+            self._spans = [(p, 0) for p in recent_logs(rotated, cutoff)] + [(logfile, 0)]
+            return
+        st = os.stat(logfile)
+        if (st.st_ino == current.inode and st.st_size >= current.offset
+                and (not current.length or is_same_log(logfile, current))):
+            self._spans = self._late_lines(rotated) + [(logfile, None)]
+            write_atomically(scratch, f"{current.inode}\n{current.offset}\n")
+            self._pygtail = Pygtail(logfile, offset_file=scratch, save_on_end=False,
+                                    full_lines=True, encoding="latin-1")
+            return
+        old = next((p for p in reversed(rotated) if self._is(p, current)), None)
+        if old is None:
+            warn(f"{logfile} was rotated or truncated and the part read last time "
+                 f"is gone; re-reading the grace window")
+            self._spans = [(p, 0) for p in recent_logs(rotated, cutoff)] + [(logfile, 0)]
+            return
+        newer = rotated[rotated.index(old) + 1:]
+        self._spans = [(old, current.offset)] + [(p, 0) for p in newer] + [(logfile, 0)]
+
+    @staticmethod
+    def _is(path: str, mark: Offset) -> bool:
+        try:
+            if not is_compressed(path) and os.stat(path).st_ino == mark.inode:
+                return True
+        except OSError:
+            return False
+        return is_same_log(path, mark)
+
+    def _late_lines(self, rotated: Sequence[str]) -> list[tuple[str, int]]:
+        """The lines a daemon wrote to the newest rotated file after the last
+        run had finished it, before the daemon reopened its log."""
+        prev, newest = self._previous, (rotated[-1] if rotated else None)
+        if (prev is None or newest is None or is_compressed(newest)
+                or os.stat(newest).st_ino != prev.inode):
+            self._previous = None      # compressed or gone: nothing more to come
+            return []
+        return [(newest, prev.offset)]
 
     def __iter__(self) -> Iterator[str]:
-        for line in self._tail:
-            # A rotated .gz file is read in binary mode by pygtail.
-            yield line.decode("latin-1") if isinstance(line, bytes) else line
+        for path, start in self._spans:
+            if start is None:
+                for line in self._pygtail:
+                    yield line.decode("latin-1") if isinstance(line, bytes) else line
+            else:
+                yield from read_span(path, start, self._marks)
 
-    def offset(self) -> Offset:
-        """Where the next run starts: call after the lines are consumed."""
-        self._tail.update_offset_file()
-        inode, offset = Path(self._scratch).read_text().split()
-        return Offset(int(inode), int(offset))
-
-
-def read_whole(logfile: str) -> tuple[Iterator[str], list[Offset]]:
-    """Every complete line of the log, for a first run or --reprocess.
-
-    Reads binary blocks itself (pygtail's per-line tell() is slow for whole
-    files). The offset after the last complete line is put in the returned
-    list once the iterator is exhausted.
-    """
-    result: list[Offset] = []
-
-    def lines() -> Iterator[str]:
-        with open(logfile, "rb") as f:
-            inode, pos, rest = os.fstat(f.fileno()).st_ino, 0, b""
-            while block := f.read(1 << 20):
-                block = rest + block
-                cut = block.rfind(b"\n") + 1
-                rest = block[cut:]
-                pos += cut
-                if cut:
-                    yield from block[:cut - 1].decode("latin-1").split("\n")
-            result.append(Offset(inode, pos))
-
-    return lines(), result
+    def state(self) -> LogState:
+        """What to commit: call once the lines are consumed."""
+        if self._pygtail is not None:
+            self._pygtail.update_offset_file()
+            inode, offset = (int(x) for x in Path(self.scratch).read_text().split())
+            with open(self.logfile, "rb") as f:
+                same = os.fstat(f.fileno()).st_ino == inode
+                head = f.read(min(offset, FINGERPRINT_BYTES)) if same else b""
+            current = Offset(inode, offset, fingerprint(head), len(head))
+            return LogState(current, self._marks[-1] if self._marks else self._previous)
+        # The newest rotated file may still get late lines: remember how far
+        # it was read. A compressed one is finished.
+        *older, current = self._marks
+        newest = self._spans[-2][0] if older else None
+        return LogState(current, older[-1] if newest and not is_compressed(newest) else None)
 
 
 def decode(line: str) -> str:
@@ -804,6 +982,7 @@ class Options:
     patterns: tuple[str, ...] = ()
     ignore_nets: tuple[Network, ...] = ()
     postfix_config: str | None = None
+    ipv6_shared_keys: bool = True
     write: bool = True
     flock: bool = True
     reprocess: bool = False
@@ -885,7 +1064,7 @@ def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
             say(f"ignored: {reason}: {decode(raw)}")
         if login is None:
             continue
-        why = excluded_reason(login.ip, mynetworks, opts.ignore_nets)
+        why = excluded_reason(login.ip, mynetworks, opts.ignore_nets, opts.ipv6_shared_keys)
         if why:
             say(f"skipped {login.ip} ({login.pattern}): {why}")
             continue
@@ -934,14 +1113,14 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
             warn(problem)
         scratch = offset_file + ".pygtail"
         try:
-            if saved is None:
-                lines, final = read_whole(opts.logfile)
-                tail = None
-            else:
-                tail = NewLines(opts.logfile, saved, scratch)
-                lines, final = iter(tail), []
-            logins = collect_logins(lines, patterns, mynetworks, opts, now, summary, say)
-            new_offset = tail.offset() if tail else final[0]
+            reader = LogReader(opts.logfile, saved, scratch, now - opts.grace, warn)
+            logins = collect_logins(reader, patterns, mynetworks, opts, now, summary, say)
+            state = reader.state()
+        except OSError as e:
+            raise PbsmtpError(f"cannot read {e.filename or opts.logfile}: {e.strerror}") from None
+        except (EOFError, zlib.error, lzma.LZMAError) as e:
+            # Most likely logrotate is still compressing it: the next run retries.
+            raise PbsmtpError(f"cannot read a rotated log of {opts.logfile}: {e}") from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(scratch)
@@ -956,8 +1135,8 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
             if plan.changed or not os.path.exists(map_file(opts.dbfile, map_type)):
                 for w in write_map(opts.dbfile, map_type, plan.entries, opts.postfix_config):
                     warn(w)
-            if new_offset != saved:
-                save_offset(offset_file, opts.logfile, new_offset)
+            if state != saved:
+                save_offset(offset_file, opts.logfile, state)
     return summary, plan
 
 
@@ -1029,11 +1208,13 @@ def _networks(ctx, param, values):
     return tuple(nets)
 
 
-def _map_type(ctx, param, value):
-    if value is not None and value not in MAP_SUFFIXES:
-        raise click.ClickException(f"--map-type {value!r} is not supported "
-                                   f"(use one of {', '.join(MAP_SUFFIXES)})")
-    return value
+def _choice(option: str, choices: Sequence[str]):
+    def check(ctx, param, value):
+        if value is not None and value not in choices:
+            raise click.ClickException(f"{option} {value!r} is not supported "
+                                       f"(use one of {', '.join(choices)})")
+        return value
+    return check
 
 
 def _now(ctx, param, value):
@@ -1063,7 +1244,7 @@ def _age(seconds: int | None) -> str:
                    "/var/log/mail.log, /var/log/mail/info, /var/log/messages].")
 @click.option("--dbfile", metavar="FILE", default=DEFAULT_DBFILE, show_default=True,
               help="The map, as in main.cf without the type (postmap adds .db/.lmdb/.cdb).")
-@click.option("--map-type", callback=_map_type, metavar="TYPE",
+@click.option("--map-type", callback=_choice("--map-type", list(MAP_SUFFIXES)), metavar="TYPE",
               help="hash, btree, lmdb or cdb [default: postconf default_database_type].")
 @click.option("--grace", default=str(DEFAULT_GRACE), show_default=True, metavar="SECONDS",
               callback=_positive_int("--grace"),
@@ -1096,11 +1277,16 @@ def _age(seconds: int | None) -> str:
 @click.option("--postfix-config", metavar="DIR", envvar=["PBSMTP_POSTFIX_CONFIG", "MAIL_CONFIG"],
               help="Postfix instance's config directory [default: $MAIL_CONFIG, "
                    "else the default instance].")
+@click.option("--ipv6-shared-keys", default="write", show_default=True, metavar="write|skip",
+              callback=_choice("--ipv6-shared-keys", ["write", "skip"]),
+              help="IPv6 keys like 2001:db8::1 are also hit by Postfix's shortened "
+                   "lookups for 2001:db8::1:X (same /64): write them, or skip them "
+                   "(those clients then cannot relay). See the README.")
 @click.option("--now", hidden=True, callback=_now)
 @click.version_option(__version__, "--version", prog_name="pbsmtp-batch")
 def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
         reprocess, list_, as_json, state_dir, patterns, patterns_dir, ignore_nets,
-        postfix_config, now):
+        postfix_config, ipv6_shared_keys, now):
     """Allow relaying for clients that logged in over POP3 or IMAP.
 
     Reads the mail log lines written since the last run, finds the successful
@@ -1131,7 +1317,8 @@ def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
         opts = Options(logfile=logfile or default_logfile(), dbfile=dbfile, grace=grace,
                        map_type=map_type, state_dir=state_dir, patterns_dir=patterns_dir,
                        patterns=tuple(patterns), ignore_nets=ignore_nets,
-                       postfix_config=postfix_config, write=write and not dry_run,
+                       postfix_config=postfix_config,
+                       ipv6_shared_keys=ipv6_shared_keys == "write", write=write and not dry_run,
                        flock=flock, reprocess=reprocess)
         say = (lambda msg: click.echo(f"debug: {msg}")) if debug else (lambda msg: None)
         summary, plan = run(opts, now=now, say=say, warn=err)

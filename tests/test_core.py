@@ -217,17 +217,24 @@ def test_merge_without_change_is_unchanged():
     assert not plan.changed
 
 
-def test_read_whole_stops_at_the_last_complete_line(tmp_path):
+def test_read_span_stops_at_the_last_complete_line(tmp_path):
     log = tmp_path / "log"
     log.write_bytes(b"one\n\xff\xfe bad\x00\ntwo\nhalf")
-    lines, final = pb.read_whole(str(log))
+    marks = []
+    lines = list(pb.read_span(str(log), 0, marks))
     assert [pb.decode(l) for l in lines] == ["one", "\ufffd\ufffd bad\x00", "two"]
-    assert final == [pb.Offset(log.stat().st_ino, 16)]
+    head = log.read_bytes()[:16]
+    assert marks == [pb.Offset(log.stat().st_ino, 16, pb.fingerprint(head), 16)]
 
 
 @pytest.mark.parametrize("text, offset", [
-    ('{"inode": 5, "offset": 10}', pb.Offset(5, 10)),
-    ("5\n10\n", pb.Offset(5, 10)),         # pygtail's / logtail's own format
+    ('{"inode": 5, "offset": 10}', pb.LogState(pb.Offset(5, 10))),
+    ('{"inode": 5, "offset": 10, "fingerprint": "ab", "length": 2, "previous": '
+     '{"inode": 4, "offset": 9}}', pb.LogState(pb.Offset(5, 10, "ab", 2), pb.Offset(4, 9))),
+    ("5\n10\n", pb.LogState(pb.Offset(5, 10))),   # pygtail's / logtail's own format
+    ('{"inode": 5}', None),
+    ('[1, 2]', None),
+    ('{"inode": 5, "offset": 10, "previous": 7}', None),
     ("", None),
     ("garbage", None),
     ('{"inode": -1, "offset": 3}', None),

@@ -48,7 +48,7 @@ import tomllib
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import click
 from pygtail import Pygtail
@@ -692,6 +692,60 @@ def write_map(dbfile: str, map_type: str, entries: dict[str, int],
     return warnings
 
 
+class Store(Protocol):
+    """Where the entries live. The batch logic knows only this interface.
+
+    read()     every entry as {address: value}, values as stored (text);
+    publish()  apply a Plan (its adds, refreshes and expiries, or simply its
+               complete ``entries``) so that readers see all of it or none;
+    exists()   whether there is anything yet (a missing Postfix map makes
+               smtpd answer 451, so the first run must create it);
+    check()    raise PbsmtpError early when publishing cannot work.
+    """
+    def read(self) -> dict[str, str]: ...
+    def publish(self, plan: Plan) -> list[str]: ...
+    def exists(self) -> bool: ...
+    def check(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class PostfixMap:
+    """A Postfix file map (hash, btree, lmdb, cdb), always built by postmap."""
+    dbfile: str
+    map_type: str
+    config_dir: str | None = None
+
+    def read(self) -> dict[str, str]:
+        return read_map(self.dbfile, self.map_type, self.config_dir)
+
+    def publish(self, plan: Plan) -> list[str]:
+        return write_map(self.dbfile, self.map_type, plan.entries, self.config_dir)
+
+    def exists(self) -> bool:
+        return os.path.exists(map_file(self.dbfile, self.map_type))
+
+    def check(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.dbfile))
+        if not os.path.isdir(directory):
+            raise PbsmtpError(f"map directory {directory} does not exist")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PbsmtpError(f"cannot write map directory {directory}")
+
+
+# Other stores register here by --backend name: a function of the Options.
+BACKENDS: dict[str, object] = {}
+
+
+def open_store(opts: "Options") -> Store:
+    if opts.backend != "postfix":
+        return BACKENDS[opts.backend](opts)
+    map_type = opts.map_type or default_map_type(opts.postfix_config)
+    if map_type not in MAP_SUFFIXES:
+        raise PbsmtpError(f"map type {map_type!r} is not supported "
+                          f"(use one of {', '.join(MAP_SUFFIXES)})")
+    return PostfixMap(opts.dbfile, map_type, opts.postfix_config)
+
+
 ###############################################################################
 # The log: read what is new, across rotations; commit the offset #############
 ###############################################################################
@@ -983,6 +1037,7 @@ class Options:
     ignore_nets: tuple[Network, ...] = ()
     postfix_config: str | None = None
     ipv6_shared_keys: bool = True
+    backend: str = "postfix"
     write: bool = True
     flock: bool = True
     reprocess: bool = False
@@ -1037,14 +1092,6 @@ def ensure_state_dir(state_dir: str) -> None:
         raise PbsmtpError(f"cannot write state directory {state_dir}")
 
 
-def check_map_dir(dbfile: str) -> None:
-    directory = os.path.dirname(os.path.abspath(dbfile))
-    if not os.path.isdir(directory):
-        raise PbsmtpError(f"map directory {directory} does not exist")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise PbsmtpError(f"cannot write map directory {directory}")
-
-
 def read_mynetworks(config_dir: str | None, say) -> list[tuple[bool, Network]]:
     nets, notes = parse_mynetworks(postconf("mynetworks", config_dir))
     for note in notes:
@@ -1092,20 +1139,17 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
         reason = "does not exist" if not os.path.exists(opts.logfile) else "cannot be read"
         raise PbsmtpError(f"log {opts.logfile} {reason}")
     patterns = load_patterns(opts.patterns_dir or default_patterns_dir(), opts.patterns)
-    map_type = opts.map_type or default_map_type(opts.postfix_config)
-    if map_type not in MAP_SUFFIXES:
-        raise PbsmtpError(f"map type {map_type!r} is not supported "
-                          f"(use one of {', '.join(MAP_SUFFIXES)})")
+    store = open_store(opts)
     mynetworks = read_mynetworks(opts.postfix_config, say)
     if opts.write:
-        check_map_dir(opts.dbfile)
+        store.check()
     ensure_state_dir(opts.state_dir)
 
     with run_lock(opts.state_dir, opts.flock) as locked:
         if not locked:
             summary.locked_out = True
             return summary, None
-        existing = read_map(opts.dbfile, map_type, opts.postfix_config)
+        existing = store.read()
 
         offset_file = offset_path(opts.state_dir, opts.logfile)
         saved, problem = (None, None) if opts.reprocess else load_offset(offset_file)
@@ -1132,18 +1176,17 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
         summary.added, summary.refreshed = len(plan.added), len(plan.refreshed)
         summary.expired, summary.active = len(plan.expired), len(plan.entries)
         if opts.write:
-            if plan.changed or not os.path.exists(map_file(opts.dbfile, map_type)):
-                for w in write_map(opts.dbfile, map_type, plan.entries, opts.postfix_config):
+            if plan.changed or not store.exists():
+                for w in store.publish(plan):
                     warn(w)
             if state != saved:
                 save_offset(offset_file, opts.logfile, state)
     return summary, plan
 
 
-def list_entries(dbfile: str, map_type: str, config_dir: str | None, now: float,
-                 grace: int) -> list[dict]:
+def list_entries(store: Store, now: float, grace: int) -> list[dict]:
     rows = []
-    for ip, value in sorted(read_map(dbfile, map_type, config_dir).items()):
+    for ip, value in sorted(store.read().items()):
         when = int(value) if value.isdigit() else None
         rows.append({"ip": ip, "login": when,
                      "age": None if when is None else int(now - when),
@@ -1277,6 +1320,9 @@ def _age(seconds: int | None) -> str:
 @click.option("--postfix-config", metavar="DIR", envvar=["PBSMTP_POSTFIX_CONFIG", "MAIL_CONFIG"],
               help="Postfix instance's config directory [default: $MAIL_CONFIG, "
                    "else the default instance].")
+@click.option("--backend", default="postfix", show_default=True, metavar="NAME",
+              callback=_choice("--backend", ["postfix", *BACKENDS]),
+              help="Where the entries go: postfix (a postmap-built file map).")
 @click.option("--ipv6-shared-keys", default="write", show_default=True, metavar="write|skip",
               callback=_choice("--ipv6-shared-keys", ["write", "skip"]),
               help="IPv6 keys like 2001:db8::1 are also hit by Postfix's shortened "
@@ -1286,7 +1332,7 @@ def _age(seconds: int | None) -> str:
 @click.version_option(__version__, "--version", prog_name="pbsmtp-batch")
 def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
         reprocess, list_, as_json, state_dir, patterns, patterns_dir, ignore_nets,
-        postfix_config, ipv6_shared_keys, now):
+        postfix_config, backend, ipv6_shared_keys, now):
     """Allow relaying for clients that logged in over POP3 or IMAP.
 
     Reads the mail log lines written since the last run, finds the successful
@@ -1303,9 +1349,14 @@ def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
     now = time.time() if now is None else now
     err = lambda msg: click.echo(f"pbsmtp-batch: warning: {msg}", err=True)
     try:
+        opts = Options(logfile=logfile or default_logfile(), dbfile=dbfile, grace=grace,
+                       map_type=map_type, state_dir=state_dir, patterns_dir=patterns_dir,
+                       patterns=tuple(patterns), ignore_nets=ignore_nets,
+                       postfix_config=postfix_config,
+                       ipv6_shared_keys=ipv6_shared_keys == "write", write=write and not dry_run,
+                       flock=flock, reprocess=reprocess, backend=backend)
         if list_:
-            mtype = map_type or default_map_type(postfix_config)
-            rows = list_entries(dbfile, mtype, postfix_config, now, grace)
+            rows = list_entries(open_store(opts), now, grace)
             if as_json:
                 click.echo(json.dumps(rows, indent=2))
             for row in [] if as_json else rows:
@@ -1314,12 +1365,6 @@ def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
                 click.echo(f"{row['ip']:<40} {stamp}  age {_age(row['age']):>9}  "
                            f"left {_age(row['left']):>9}")
             return
-        opts = Options(logfile=logfile or default_logfile(), dbfile=dbfile, grace=grace,
-                       map_type=map_type, state_dir=state_dir, patterns_dir=patterns_dir,
-                       patterns=tuple(patterns), ignore_nets=ignore_nets,
-                       postfix_config=postfix_config,
-                       ipv6_shared_keys=ipv6_shared_keys == "write", write=write and not dry_run,
-                       flock=flock, reprocess=reprocess)
         say = (lambda msg: click.echo(f"debug: {msg}")) if debug else (lambda msg: None)
         summary, plan = run(opts, now=now, say=say, warn=err)
     except PbsmtpError as e:

@@ -385,3 +385,19 @@ def test_help_documents_every_option():
                 assert opt in text, opt
     assert "--nowrite" in text and "--noflock" in text and "--nodebug" in text
     assert invoke("--version").output == f"pbsmtp-batch, version {pb.__version__}\n"
+
+
+def test_mail_config_names_the_postfix_instance(site):
+    (site.conf / "main.cf").write_text("mynetworks = 192.0.2.0/24\n")
+    site.append(dovecot_login(NOW - 9, "192.0.2.10"), dovecot_login(NOW - 9, "198.51.100.10"))
+    args = [a for a in site.args() if not a.startswith("--postfix-config")]
+    assert invoke(*args, env={"MAIL_CONFIG": str(site.conf)}).exit_code == 0
+    assert query(site, "192.0.2.10") is None               # that instance's mynetworks
+    assert query(site, "198.51.100.10") == str(NOW - 9)
+
+
+def test_admin_patterns_directory_wins_when_it_exists(tmp_path, monkeypatch):
+    monkeypatch.setattr(pb, "ADMIN_PATTERNS_DIR", str(tmp_path / "absent"))
+    assert pb.default_patterns_dir() == pb.shipped_patterns_dir()
+    monkeypatch.setattr(pb, "ADMIN_PATTERNS_DIR", str(tmp_path))
+    assert pb.default_patterns_dir() == str(tmp_path)

@@ -62,6 +62,14 @@ def noise(epoch: float) -> str:
             f"unknown[198.51.100.77]\n")
 
 
+def write_main_cf(conf, text: str) -> None:
+    """Write a Postfix main.cf dated a minute back: Postfix's config reader
+    waits about 1.5 s for a main.cf changed within the last second to settle."""
+    path = conf / "main.cf"
+    path.write_text(text)
+    os.utime(path, (time.time() - 60, time.time() - 60))
+
+
 class Site:
     """A private layout: log, map, state dir and a Postfix config dir whose
     mynetworks is only 127.0.0.1, so test clients in documentation ranges
@@ -75,7 +83,7 @@ class Site:
         self.conf = root / "postfix-conf"
         self.map.parent.mkdir()
         self.conf.mkdir()
-        (self.conf / "main.cf").write_text("mynetworks = 127.0.0.1/32 [::1]/128\n")
+        write_main_cf(self.conf, "mynetworks = 127.0.0.1/32 [::1]/128\n")
         (self.conf / "master.cf").write_text("")
         self.log.write_text("")
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import pbsmtp_batch as pb
-from conftest import NOW, dovecot_failure, dovecot_login, noise
+from conftest import NOW, dovecot_failure, dovecot_login, noise, write_main_cf
 
 
 def invoke(*args, env=None):
@@ -128,8 +128,8 @@ def test_old_logins_are_not_added(site):
 
 def test_mynetworks_and_ignore_net_are_left_out(site):
     (site.conf / "nets").write_text("198.51.100.0/24\n")
-    (site.conf / "main.cf").write_text(f"office = 203.0.113.0/25\n"
-                                       f"mynetworks = 127.0.0.0/8 $office {site.conf}/nets\n")
+    write_main_cf(site.conf, f"office = 203.0.113.0/25\n"
+                             f"mynetworks = 127.0.0.0/8 $office {site.conf}/nets\n")
     site.append(*(dovecot_login(NOW - 9, ip) for ip in
                   ("127.0.0.5", "203.0.113.5", "203.0.113.200", "198.51.100.7", "192.0.2.10",
                    "2001:db8:1::5", "2001:db8:2::5")))
@@ -388,7 +388,7 @@ def test_help_documents_every_option():
 
 
 def test_mail_config_names_the_postfix_instance(site):
-    (site.conf / "main.cf").write_text("mynetworks = 192.0.2.0/24\n")
+    write_main_cf(site.conf, "mynetworks = 192.0.2.0/24\n")
     site.append(dovecot_login(NOW - 9, "192.0.2.10"), dovecot_login(NOW - 9, "198.51.100.10"))
     args = [a for a in site.args() if not a.startswith("--postfix-config")]
     assert invoke(*args, env={"MAIL_CONFIG": str(site.conf)}).exit_code == 0

@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import fcntl
+import functools
 import gzip
 import hashlib
 import ipaddress
@@ -107,12 +108,31 @@ class Pattern:
 
 @dataclasses.dataclass(frozen=True)
 class Prefix:
-    """What comes before the message of a log line."""
-    when: float | None           # epoch seconds, None when the line carries no time
+    """What comes before the message of a log line.
+
+    Its time is worked out only when asked for: most parsed lines turn out
+    not to be logins, and mktime() is the dearest part of parsing.
+    """
+    stamp: tuple[str, ...]       # ("bsd", month, day, hms), ("iso", text), ("full", text, zone)
+    now: float                   # the run's time, for the year of an RFC 3164 stamp
     host: str | None
     program: str
     pid: str | None
     message: str
+
+    @functools.cached_property
+    def when(self) -> float | None:
+        """Epoch seconds, or None when the line carries no usable time."""
+        kind, *parts = self.stamp
+        if kind == "bsd":
+            month, day, hms = parts
+            return bsd_time(_MONTHS[month], int(day), hms, self.now)
+        if kind == "full":
+            # journalctl short-full names the zone; only UTC/GMT are
+            # unambiguous, anything else is the reader's local zone.
+            text, zone = parts
+            return iso_time(text + ("+00:00" if zone in ("UTC", "GMT", "Z") else ""))
+        return iso_time(parts[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -350,22 +370,19 @@ def parse_prefix(line: str, now: float) -> Prefix | None:
     if m:
         pid = m["pid"] if m["pid"].isdigit() else None
         host = None if m["host"] == "-" else m["host"]
-        return Prefix(iso_time(m["iso"]), host, m["program"], pid, m["message"] or "")
+        return Prefix(("iso", m["iso"]), now, host, m["program"], pid, m["message"] or "")
     m = _SYSLOG.match(line)
     if m:
         if m["month"]:
-            when = bsd_time(_MONTHS[m["month"]], int(m["day"]), m["hms"], now)
+            stamp = ("bsd", m["month"], m["day"], m["hms"])
         elif m["fulldate"]:
-            # journalctl short-full names the zone; only UTC/GMT are
-            # unambiguous, anything else is the reader's local zone.
-            suffix = "+00:00" if m["zone"] in ("UTC", "GMT", "Z") else ""
-            when = iso_time(m["fulldate"] + suffix)
+            stamp = ("full", m["fulldate"], m["zone"])
         else:
-            when = iso_time(m["iso"])
-        return Prefix(when, m["host"], m["program"], m["pid"], m["message"])
+            stamp = ("iso", m["iso"])
+        return Prefix(stamp, now, m["host"], m["program"], m["pid"], m["message"])
     m = _TAG_FIRST.match(line)
     if m:
-        return Prefix(iso_time(m["iso"]), None, m["program"], m["pid"], m["message"])
+        return Prefix(("iso", m["iso"]), now, None, m["program"], m["pid"], m["message"])
     return None
 
 
@@ -748,6 +765,505 @@ def open_store(opts: "Options") -> Store:
 
 
 ###############################################################################
+# Other stores: Sendmail, qmail, Exim, PostgreSQL, memcached ##################
+###############################################################################
+# Each is a small class with the Store interface, registered in BACKENDS by its
+# --backend name. The file stores keep the login time next to each address (a
+# second key, an environment variable, the data field) because the value their
+# MTA needs is not a time; the shared stores keep it as the value itself.
+
+SENDMAIL_TIME_TAG = "pbsmtp-batch:"     # never a tag sendmail looks up
+EXTRA_TOOL_DIRS = ("/usr/libexec/sendmail", "/usr/lib/sendmail")
+
+
+def find_program(name: str, package: str) -> str:
+    path = os.pathsep.join([os.environ.get("PATH", os.defpath), *SBIN_DIRS, *EXTRA_TOOL_DIRS])
+    found = shutil.which(name, path=path)
+    if not found:
+        raise PbsmtpError(f"{name} not found in PATH or {', '.join(SBIN_DIRS)}: "
+                          f"install the Debian package '{package}'")
+    return found
+
+
+def _run_input(cmd: list[str], text: str, what: str) -> str:
+    try:
+        done = subprocess.run(cmd, input=text, capture_output=True, text=True, errors="replace")
+    except OSError as e:
+        raise PbsmtpError(f"cannot run {cmd[0]}: {e.strerror}") from None
+    if done.returncode != 0:
+        detail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        raise PbsmtpError(f"{what} failed: {detail}")
+    return done.stdout
+
+
+def _check_dir(path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise PbsmtpError(f"directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PbsmtpError(f"cannot write directory {directory}")
+
+
+def replace_file(target: str, build) -> list[str]:
+    """Publish a new version of ``target`` atomically.
+
+    ``build(tmp)`` must create the complete new file at ``tmp`` (a fresh name
+    in the same directory); it is then fsynced, given the old file's mode and
+    owner, renamed over ``target``, and the directory is fsynced. Returns
+    warnings."""
+    directory, base = os.path.split(os.path.abspath(target))
+    warnings = []
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    tmp = os.path.join(directory, f".{base}.{os.getpid()}.{time.monotonic_ns()}.new")
+    try:
+        build(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, st.st_mode & 0o7777 if st else NEW_MAP_MODE)
+        if st and (os.stat(tmp).st_uid, os.stat(tmp).st_gid) != (st.st_uid, st.st_gid):
+            try:
+                os.chown(tmp, st.st_uid, st.st_gid)
+            except PermissionError:
+                warnings.append(f"cannot keep owner {st.st_uid}:{st.st_gid} of {target}")
+        os.replace(tmp, target)
+        fsync_dir(directory)
+    except OSError as e:
+        raise PbsmtpError(f"cannot write {target}: {e.strerror or e}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return warnings
+
+
+def _write_text(text: str):
+    def build(tmp: str) -> None:
+        with open(tmp, "x") as f:
+            f.write(text)
+    return build
+
+
+@dataclasses.dataclass(frozen=True)
+class SendmailAccess:
+    """Sendmail's access db (FEATURE(`access_db')), built by ``makemap hash``.
+
+    Each address gets ``Connect:IP RELAY`` (``Connect:IPv6:IP`` for IPv6) and
+    ``pbsmtp-batch:IP EPOCH``, a key sendmail never looks up, for the login
+    time. The db is pbsmtp-batch's own file: it is rebuilt whole each time.
+    """
+    dbfile: str
+
+    @property
+    def path(self) -> str:
+        return self.dbfile + ".db"
+
+    def _makemap(self, *args: str) -> list[str]:
+        # makemap reads sendmail.cf only for TrustedUser; without one it fails.
+        cf = [] if os.path.exists("/etc/mail/sendmail.cf") else ["-C", "/dev/null"]
+        return [find_program("makemap", "sendmail-bin"), *cf, *args]
+
+    def read(self) -> dict[str, str]:
+        if not os.path.exists(self.path):
+            return {}
+        out = run_tool(self._makemap("-u", "hash", self.dbfile),
+                       f"reading {self.path} (makemap -u)")
+        relay, times = {}, {}
+        for line in out.splitlines():
+            key, _, value = line.partition("\t")
+            key = key.lower()                  # makemap folds keys; be sure
+            if key.startswith("connect:"):
+                ip = key[len("connect:"):]
+                relay[ip[5:] if ip.startswith("ipv6:") else ip] = value.strip()
+            elif key.startswith(SENDMAIL_TIME_TAG):
+                times[key[len(SENDMAIL_TIME_TAG):]] = value.strip()
+        # An address without its time reads as its RHS, which merge() drops.
+        return {ip: times.get(ip, rhs) for ip, rhs in relay.items()}
+
+    def publish(self, plan: Plan) -> list[str]:
+        lines = []
+        for ip, when in sorted(plan.entries.items()):
+            tag = "IPv6:" if ":" in ip else ""
+            lines.append(f"Connect:{tag}{ip}\tRELAY\n{SENDMAIL_TIME_TAG}{ip}\t{when}\n")
+        text = "".join(lines)
+
+        def build(tmp: str) -> None:
+            stem = tmp + ".mk"           # makemap appends ".db" to the name
+            try:
+                _run_input(self._makemap("hash", stem), text, f"building {self.path} (makemap)")
+                os.replace(stem + ".db", tmp)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(stem + ".db")
+        return replace_file(self.path, build)
+
+    def exists(self) -> bool:
+        return os.path.exists(self.path)
+
+    def check(self) -> None:
+        _check_dir(self.path)
+        find_program("makemap", "sendmail-bin")
+
+
+# What pbsmtp-batch writes in tcp.smtp: the login time rides along as an
+# environment variable, which qmail-smtpd ignores.
+_QMAIL_RULE = re.compile(r'(?P<ip>[0-9.]+):allow,RELAYCLIENT="",PBSMTP_LOGIN="(?P<when>\d*)"')
+
+
+@dataclasses.dataclass(frozen=True)
+class QmailRules:
+    """tcpserver rules for qmail-smtpd: ``--dbfile`` is the text (tcp.smtp),
+    compiled by ``tcprules FILE.cdb FILE.tmp`` (its own atomic rename).
+
+    pbsmtp-batch owns only its lines, ``IP:allow,RELAYCLIENT="",PBSMTP_LOGIN="EPOCH"``,
+    at the end of the file; every other line (the site's own rules) is kept
+    as it is, and wins for the same address, since tcprules keeps the first
+    rule for a key. tcpserver (ucspi-tcp) is IPv4 only: IPv6 logins are not
+    written.
+    """
+    dbfile: str
+
+    @property
+    def cdb(self) -> str:
+        return self.dbfile + ".cdb"
+
+    def _lines(self) -> list[str]:
+        try:
+            return Path(self.dbfile).read_text(encoding="utf-8", errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise PbsmtpError(f"cannot read {self.dbfile}: {e.strerror}") from None
+
+    def read(self) -> dict[str, str]:
+        entries = {}
+        for line in self._lines():
+            m = _QMAIL_RULE.fullmatch(line.strip())
+            if m:
+                entries[m["ip"]] = m["when"]
+        return entries
+
+    def publish(self, plan: Plan) -> list[str]:
+        own = [line for line in self._lines() if not _QMAIL_RULE.fullmatch(line.strip())]
+        v6 = [ip for ip in plan.added if ":" in ip]
+        ours = [f'{ip}:allow,RELAYCLIENT="",PBSMTP_LOGIN="{when}"'
+                for ip, when in sorted(plan.entries.items()) if ":" not in ip]
+        text = "\n".join(own + ours) + "\n" if own or ours else ""
+        # The cdb first: if tcprules fails, neither file changes, and the
+        # offset is not committed, so the next run tries again.
+        _run_input([find_program("tcprules", "ucspi-tcp"), self.cdb, self.dbfile + ".tmp"],
+                   text, f"compiling {self.cdb} (tcprules)")
+        warnings = replace_file(self.dbfile, _write_text(text))
+        if v6:
+            warnings.append(f"tcpserver rules are IPv4 only: not written: {', '.join(v6)}")
+        return warnings
+
+    def exists(self) -> bool:
+        return os.path.exists(self.cdb)
+
+    def check(self) -> None:
+        _check_dir(self.dbfile)
+        find_program("tcprules", "ucspi-tcp")
+
+
+@dataclasses.dataclass(frozen=True)
+class EximList:
+    """A plain address list for Exim's ``hosts = net-iplsearch;FILE``:
+    ``IP: EPOCH`` per line (IPv6 keys quoted, as iplsearch requires),
+    rewritten whole and renamed into place."""
+    dbfile: str
+
+    def read(self) -> dict[str, str]:
+        try:
+            text = Path(self.dbfile).read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return {}
+        except OSError as e:
+            raise PbsmtpError(f"cannot read {self.dbfile}: {e.strerror}") from None
+        entries = {}
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            m = re.fullmatch(r'"([^"]*)"\s*:?\s*(.*)|([^\s:]+)\s*:?\s*(.*)', line)
+            key, value = (m[1], m[2]) if m[1] is not None else (m[3], m[4])
+            entries[key] = value.strip()
+        return entries
+
+    def publish(self, plan: Plan) -> list[str]:
+        lines = ["# pbsmtp-batch: POP/IMAP clients allowed to relay (address: login time)\n"]
+        for ip, when in sorted(plan.entries.items()):
+            lines.append(f'"{ip}": {when}\n' if ":" in ip else f"{ip}: {when}\n")
+        return replace_file(self.dbfile, _write_text("".join(lines)))
+
+    def exists(self) -> bool:
+        return os.path.exists(self.dbfile)
+
+    def check(self) -> None:
+        _check_dir(self.dbfile)
+
+
+PGSQL_SCHEMA = """\
+CREATE TABLE pbsmtp_relay (
+    ip         text PRIMARY KEY,       -- as Postfix looks it up: text, not inet
+    last_login timestamptz NOT NULL,
+    host       text NOT NULL           -- the POP/IMAP host that saw the login
+);
+CREATE INDEX pbsmtp_relay_last_login ON pbsmtp_relay (last_login);
+"""
+_SQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?")
+
+
+class PgsqlStore:
+    """One PostgreSQL table shared by every POP/IMAP host (see PGSQL_SCHEMA).
+
+    Each host upserts its logins, keeping the newest time whoever wrote it,
+    and deletes a stale row only if it is still as old as when it was read,
+    so hosts never undo each other's work. Postfix's ``pgsql:`` query checks
+    the grace window itself, so a stale row never grants relay.
+    """
+
+    def __init__(self, dsn: str | None, table: str = "pbsmtp_relay",
+                 host: str | None = None):
+        if not dsn:
+            raise PbsmtpError("the pgsql backend needs --pg-dsn (or PBSMTP_PG_DSN), "
+                              "e.g. 'host=db.example.com dbname=mail user=pbsmtp'")
+        if not _SQL_NAME.fullmatch(table):
+            raise PbsmtpError(f"--pg-table {table!r} is not a plain [schema.]table name")
+        self.dsn, self.table = dsn, table
+        self.host = host or socket.gethostname()
+        self._conn = None
+
+    def _db(self):
+        if self._conn is None:
+            try:
+                import psycopg
+            except ImportError:
+                raise PbsmtpError("the pgsql backend needs psycopg 3: "
+                                  "pip install 'pbsmtp-batch[pgsql]'") from None
+            try:
+                self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10,
+                                             application_name="pbsmtp-batch")
+            except psycopg.Error as e:
+                raise PbsmtpError(f"cannot connect to PostgreSQL: {_pg_message(e)}") from None
+        return self._conn
+
+    def _do(self, what: str, work):
+        db = self._db()
+        import psycopg
+        try:
+            return work(db)
+        except psycopg.errors.UndefinedTable as e:
+            raise PbsmtpError(f"PostgreSQL {what}: {_pg_message(e)} (create it with the "
+                              f"schema in the README)") from None
+        except psycopg.Error as e:
+            raise PbsmtpError(f"PostgreSQL {what} on {self.table}: {_pg_message(e)}") from None
+
+    def read(self) -> dict[str, str]:
+        sql = f"SELECT ip, extract(epoch FROM last_login)::bigint FROM {self.table}"
+        rows = self._do("read", lambda db: db.execute(sql).fetchall())
+        return {ip: str(when) for ip, when in rows}
+
+    def publish(self, plan: Plan) -> list[str]:
+        t = self.table
+        upsert = (f"INSERT INTO {t} AS t (ip, last_login, host) "
+                  f"VALUES (%s, to_timestamp(%s), %s) ON CONFLICT (ip) DO UPDATE SET "
+                  f"last_login = GREATEST(t.last_login, EXCLUDED.last_login), "
+                  f"host = CASE WHEN EXCLUDED.last_login > t.last_login "
+                  f"THEN EXCLUDED.host ELSE t.host END")
+        stale = f"DELETE FROM {t} WHERE ip = %s AND last_login <= to_timestamp(%s)"
+        invalid = f"DELETE FROM {t} WHERE ip = %s"
+        fresh = sorted({**plan.added, **plan.refreshed}.items())
+
+        def work(db):
+            with db.transaction(), db.cursor() as cur:
+                if fresh:
+                    cur.executemany(upsert, [(ip, when, self.host) for ip, when in fresh])
+                if plan.expired:
+                    cur.executemany(stale, sorted(plan.expired.items()))
+                if plan.invalid:
+                    cur.executemany(invalid, [(ip,) for ip in sorted(plan.invalid)])
+        self._do("update", work)
+        return []
+
+    def exists(self) -> bool:
+        return True          # a missing row is a plain "not found" for Postfix
+
+    def check(self) -> None:
+        self._do("check", lambda db: db.execute(
+            f"SELECT ip, last_login, host FROM {self.table} LIMIT 0"))
+
+
+def _pg_message(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+class MemcacheStore:
+    """memcached, read by Postfix's ``memcache:`` table.
+
+    Each address is the key ``PREFIX + IP`` (Postfix: ``key_format =
+    PREFIX%s``) with the login time as its value, set to expire when the
+    grace window ends: expiry needs no purge, and a stale entry cannot grant
+    relay. The key ``PREFIX#index`` lists the addresses, for --list and for
+    merging; hosts that share one memcached update it with gets/cas.
+    """
+    MAX_RELATIVE_TTL = 2592000   # memcached reads larger exptimes as epoch times
+
+    def __init__(self, server: str, prefix: str, grace: int, timeout: float = 5.0):
+        if any(c.isspace() for c in prefix) or len(prefix) > 200:
+            raise PbsmtpError(f"--memcache-prefix {prefix!r} cannot be a memcached key prefix")
+        self.server, self.prefix, self.grace, self.timeout = server, prefix, grace, timeout
+        self.index_key = prefix + "#index"
+        self._sock: socket.socket | None = None
+        self._buf = b""
+
+    # -- the text protocol --------------------------------------------------
+    def _connect(self) -> socket.socket:
+        if self._sock is None:
+            spec = self.server.removeprefix("inet:")
+            try:
+                if spec.startswith("unix:") or spec.startswith("/"):
+                    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    s.settimeout(self.timeout)
+                    s.connect(spec.removeprefix("unix:"))
+                else:
+                    m = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\s]+):(\d+)|([^:\s]+)", spec)
+                    if not m:
+                        raise PbsmtpError(f"--memcache-server {self.server!r} is not "
+                                          f"HOST:PORT, [IPV6]:PORT or unix:/PATH")
+                    host = m[1] or m[3] or m[5]
+                    port = int(m[2] or m[4] or 11211)
+                    s = socket.create_connection((host, port), timeout=self.timeout)
+            except OSError as e:
+                raise PbsmtpError(f"cannot connect to memcached {self.server}: "
+                                  f"{e.strerror or e}") from None
+            self._sock, self._buf = s, b""
+        return self._sock
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self._buf:
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise OSError("connection closed by memcached")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\r\n", 1)
+        return line
+
+    def _exact(self, n: int) -> bytes:
+        while len(self._buf) < n + 2:
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise OSError("connection closed by memcached")
+            self._buf += chunk
+        data, self._buf = self._buf[:n], self._buf[n + 2:]
+        return data
+
+    def _call(self, command: str, data: bytes | None = None, values: bool = False):
+        """Send one command; return its status line, or for get/gets
+        {key: (value, cas)}."""
+        sock = self._connect()
+        try:
+            payload = command.encode() + b"\r\n"
+            if data is not None:
+                payload += data + b"\r\n"
+            sock.sendall(payload)
+            if not values:
+                reply = self._line().decode("ascii", "replace")
+                if reply.startswith(("ERROR", "CLIENT_ERROR", "SERVER_ERROR")):
+                    raise PbsmtpError(f"memcached {self.server}: {command.split()[0]}: {reply}")
+                return reply
+            found = {}
+            while True:
+                line = self._line().decode("ascii", "replace")
+                if line == "END":
+                    return found
+                parts = line.split()
+                if parts[:1] != ["VALUE"] or len(parts) < 4:
+                    raise PbsmtpError(f"memcached {self.server}: unexpected reply {line!r}")
+                value = self._exact(int(parts[3]))
+                found[parts[1]] = (value.decode("utf-8", "replace"),
+                                   parts[4] if len(parts) > 4 else None)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                sock.close()
+            self._sock = None
+            raise PbsmtpError(f"memcached {self.server}: {e.strerror or e}") from None
+
+    def _get(self, keys: Sequence[str], cas: bool = False) -> dict:
+        found = {}
+        for i in range(0, len(keys), 100):
+            verb = "gets" if cas else "get"
+            found.update(self._call(f"{verb} {' '.join(keys[i:i + 100])}", values=True))
+        return found
+
+    # -- the Store interface ------------------------------------------------
+    def _index(self) -> tuple[dict[str, int], str | None]:
+        got = self._get([self.index_key], cas=True).get(self.index_key)
+        if got is None:
+            return {}, None
+        entries = {}
+        for line in got[0].splitlines():
+            ip, _, when = line.partition(" ")
+            if when.isdigit():
+                entries[ip] = int(when)
+        return entries, got[1]
+
+    def read(self) -> dict[str, str]:
+        index, _ = self._index()
+        keys = [self.prefix + ip for ip in sorted(index)]
+        values = self._get(keys) if keys else {}
+        # What Postfix would find: an address whose key has expired is gone.
+        return {key[len(self.prefix):]: value for key, (value, _) in values.items()}
+
+    def publish(self, plan: Plan) -> list[str]:
+        now = time.time()
+        for ip, when in sorted({**plan.added, **plan.refreshed}.items()):
+            left = int(when + self.grace - now)
+            if left <= 0:
+                continue
+            exptime = left if left <= self.MAX_RELATIVE_TTL else when + self.grace
+            value = str(when).encode()
+            reply = self._call(f"set {self.prefix}{ip} 0 {exptime} {len(value)}", value)
+            if reply != "STORED":
+                raise PbsmtpError(f"memcached {self.server}: set {ip}: {reply}")
+        for ip in sorted(plan.invalid):
+            if ip and not any(c.isspace() for c in ip):
+                self._call(f"delete {self.prefix}{ip}")
+        # The index: merged with what other hosts wrote meanwhile (cas).
+        for _ in range(20):
+            index, cas = self._index()
+            for ip, when in {**plan.added, **plan.refreshed}.items():
+                index[ip] = max(index.get(ip, 0), when)
+            keep = {ip: when for ip, when in index.items()
+                    if when + self.grace > now and ip not in plan.invalid}
+            data = "".join(f"{ip} {when}\n" for ip, when in sorted(keep.items())).encode()
+            if cas is None:
+                reply = self._call(f"add {self.index_key} 0 0 {len(data)}", data)
+            else:
+                reply = self._call(f"cas {self.index_key} 0 0 {len(data)} {cas}", data)
+            if reply == "STORED":
+                return []
+            if reply not in ("EXISTS", "NOT_STORED", "NOT_FOUND"):
+                raise PbsmtpError(f"memcached {self.server}: index update: {reply}")
+        raise PbsmtpError(f"memcached {self.server}: index kept changing; try again")
+
+    def exists(self) -> bool:
+        return True          # a missing key is a plain "not found" for Postfix
+
+    def check(self) -> None:
+        self._call("version")
+
+
+BACKENDS["sendmail"] = lambda opts: SendmailAccess(opts.dbfile)
+BACKENDS["qmail"] = lambda opts: QmailRules(opts.dbfile)
+BACKENDS["exim"] = lambda opts: EximList(opts.dbfile)
+BACKENDS["pgsql"] = lambda opts: PgsqlStore(opts.pg_dsn, opts.pg_table)
+BACKENDS["memcache"] = lambda opts: MemcacheStore(opts.memcache_server, opts.memcache_prefix,
+                                                  opts.grace)
+
+
+###############################################################################
 # The log: read what is new, across rotations; commit the offset #############
 ###############################################################################
 
@@ -1011,7 +1527,12 @@ class LogReader:
     def _is(path: str, mark: Offset) -> bool:
         try:
             if not is_compressed(path) and os.stat(path).st_ino == mark.inode:
-                return True
+                # Issue 4 fix: ext4 hands a freed inode number to the next new
+                # file at once, so after two rotations (compress) a newer log
+                # can carry the old file's number. Trust the number only when
+                # the head matches too (a mark without a fingerprint, from
+                # pygtail's format, has only the number).
+                return not mark.length or is_same_log(path, mark)
         except OSError:
             return False
         return is_same_log(path, mark)
@@ -1082,6 +1603,10 @@ class Options:
     write: bool = True
     flock: bool = True
     reprocess: bool = False
+    pg_dsn: str | None = None              # --backend pgsql
+    pg_table: str = "pbsmtp_relay"
+    memcache_server: str = "127.0.0.1:11211"  # --backend memcache
+    memcache_prefix: str = "pbsmtp:"
 
 
 @dataclasses.dataclass
@@ -1144,14 +1669,17 @@ def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
                    mynetworks: Sequence[tuple[bool, Network]], opts: Options, now: float,
                    summary: Summary, say) -> list[Login]:
     """The logins in these lines that may go into the map."""
-    logins = []
+    logins, exclusions = [], {}
     for raw in lines:
         login, reason = match_login(decode(raw), patterns, now)
         if reason:
             say(f"ignored: {reason}: {decode(raw)}")
         if login is None:
             continue
-        why = excluded_reason(login.ip, mynetworks, opts.ignore_nets, opts.ipv6_shared_keys)
+        if login.ip not in exclusions:
+            exclusions[login.ip] = excluded_reason(login.ip, mynetworks, opts.ignore_nets,
+                                                   opts.ipv6_shared_keys)
+        why = exclusions[login.ip]
         if why:
             say(f"skipped {login.ip} ({login.pattern}): {why}")
             continue
@@ -1364,7 +1892,17 @@ def _age(seconds: int | None) -> str:
                    "else the default instance].")
 @click.option("--backend", default="postfix", show_default=True, metavar="NAME",
               callback=_choice("--backend", ["postfix", *BACKENDS]),
-              help="Where the entries go: postfix (a postmap-built file map).")
+              help="Where the entries go: postfix (a postmap-built file map), sendmail "
+                   "(access db), qmail (tcp.smtp rules), exim (iplsearch list), pgsql or "
+                   "memcache. See the README.")
+@click.option("--pg-dsn", metavar="DSN",
+              help="pgsql: libpq connection string or URI (also $PBSMTP_PG_DSN).")
+@click.option("--pg-table", default="pbsmtp_relay", show_default=True, metavar="NAME",
+              help="pgsql: the shared table.")
+@click.option("--memcache-server", default="127.0.0.1:11211", show_default=True,
+              metavar="HOST:PORT", help="memcache: the server (or unix:/PATH).")
+@click.option("--memcache-prefix", default="pbsmtp:", show_default=True, metavar="TEXT",
+              help="memcache: key prefix; Postfix's key_format must be TEXT%s.")
 @click.option("--ipv6-shared-keys", default="write", show_default=True, metavar="write|skip",
               callback=_choice("--ipv6-shared-keys", ["write", "skip"]),
               help="IPv6 keys like 2001:db8::1 are also hit by Postfix's shortened "
@@ -1374,7 +1912,8 @@ def _age(seconds: int | None) -> str:
 @click.version_option(__version__, "--version", prog_name="pbsmtp-batch")
 def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
         reprocess, list_, as_json, state_dir, patterns, patterns_dir, ignore_nets,
-        postfix_config, backend, ipv6_shared_keys, now):
+        postfix_config, backend, pg_dsn, pg_table, memcache_server, memcache_prefix,
+        ipv6_shared_keys, now):
     """Allow relaying for clients that logged in over POP3 or IMAP.
 
     Reads the mail log lines written since the last run, finds the successful
@@ -1396,7 +1935,9 @@ def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
                        patterns=tuple(patterns), ignore_nets=ignore_nets,
                        postfix_config=postfix_config,
                        ipv6_shared_keys=ipv6_shared_keys == "write", write=write and not dry_run,
-                       flock=flock, reprocess=reprocess, backend=backend)
+                       flock=flock, reprocess=reprocess, backend=backend,
+                       pg_dsn=pg_dsn, pg_table=pg_table, memcache_server=memcache_server,
+                       memcache_prefix=memcache_prefix)
         if list_:
             rows = list_entries(open_store(opts), now, grace)
             if as_json:

@@ -1765,6 +1765,81 @@ def list_entries(store: Store, now: float, grace: int) -> list[dict]:
 
 
 ###############################################################################
+# The pattern tester ##########################################################
+###############################################################################
+
+# What a login line tends to say, for lines that no pattern matched: a login
+# word and an address. Lines that say why a login failed are left out.
+_LOGINISH = re.compile(r"(?i)\b(?:log(?:ged)?[ -]?in|auth\w*|user=)")
+_ADDRESSISH = re.compile(r"[0-9A-Fa-f:.]{2,}")
+_FAILURE = re.compile(r"(?i)fail|fatal|invalid|denied|mismatch|unknown user|not found|abort|"
+                      r"disconnect|logout|logged out|error|refused|timeout|exceeded|empty|bad")
+
+
+def sample_failures(patterns: Sequence[Pattern], now: float) -> list[str]:
+    """Every sample whose result differs from what its file expects."""
+    failures = []
+    for pattern in patterns:
+        for sample in pattern.samples:
+            login, _ = match_login(sample.line, patterns, now)
+            got = (login.ip, login.user) if login else None
+            want = (sample.ip, sample.user) if sample.ip else None
+            if sample.ip and sample.user is None and login:
+                want = (sample.ip, login.user)           # the sample names no user
+            if got != want:
+                failures.append(f"{pattern.path}: sample {sample.desc!r}: "
+                                f"expected {want or 'no match'}, got {got or 'no match'}")
+    return failures
+
+
+@dataclasses.dataclass
+class PatternReport:
+    lines: int = 0
+    hits: dict[str, int] = dataclasses.field(default_factory=dict)
+    addresses: dict[str, set] = dataclasses.field(default_factory=dict)
+    refused: list[str] = dataclasses.field(default_factory=list)
+    unmatched: list[str] = dataclasses.field(default_factory=list)
+
+
+def check_log(lines: Iterable[str], patterns: Sequence[Pattern], now: float) -> PatternReport:
+    """What the patterns find in a log, and what looks like a login but
+    matched nothing (to be read by a person: a heuristic, not a verdict)."""
+    report = PatternReport(hits={p.name: 0 for p in patterns},
+                           addresses={p.name: set() for p in patterns})
+    for raw in lines:
+        report.lines += 1
+        line = decode(raw)
+        login, reason = match_login(line, patterns, now)
+        if login:
+            report.hits[login.pattern] += 1
+            report.addresses[login.pattern].add(login.ip)
+        elif reason:
+            report.refused.append(f"{reason}: {line}")
+        elif (_LOGINISH.search(line) and not _FAILURE.search(line)
+              and any(normalise_ip(t.strip(".:")) for t in _ADDRESSISH.findall(line))):
+            report.unmatched.append(line)
+    return report
+
+
+def print_pattern_report(report: PatternReport, failures: Sequence[str], shown: int = 20,
+                         echo=print) -> None:
+    echo(f"{'pattern':<20} {'hits':>8} {'addresses':>10}")
+    for name in sorted(report.hits, key=lambda n: (-report.hits[n], n)):
+        echo(f"{name:<20} {report.hits[name]:>8} {len(report.addresses[name]):>10}")
+    everyone = set().union(*report.addresses.values()) if report.addresses else set()
+    echo(f"{report.lines} lines, {sum(report.hits.values())} logins from "
+         f"{len(everyone)} distinct addresses")
+    for title, items in (("refused as unsafe", report.refused),
+                         ("look like logins but matched no pattern", report.unmatched),
+                         ("sample failures", failures)):
+        echo(f"{len(items)} {title}" + (":" if items else ""))
+        for item in items[:shown]:
+            echo(f"  {item}")
+        if len(items) > shown:
+            echo(f"  ... and {len(items) - shown} more")
+
+
+###############################################################################
 # The command line ############################################################
 ###############################################################################
 
@@ -1876,6 +1951,10 @@ def _age(seconds: int | None) -> str:
 @click.option("--list", "list_", is_flag=True,
               help="Show the map's entries: IP, login time, age and time left.")
 @click.option("--json", "as_json", is_flag=True, help="With --list: print JSON.")
+@click.option("--check-patterns", is_flag=True,
+              help="Test the patterns on the whole --logfile and on their own samples: "
+                   "hits per pattern, addresses found, lines that look like logins but "
+                   "matched nothing. Exits 1 if a sample fails. Changes nothing.")
 @click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, metavar="DIR",
               help="Where the log offset and the lock live.")
 @click.option("--pattern", "patterns", multiple=True, metavar="NAME",
@@ -1911,7 +1990,7 @@ def _age(seconds: int | None) -> str:
 @click.option("--now", hidden=True, callback=_now)
 @click.version_option(__version__, "--version", prog_name="pbsmtp-batch")
 def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
-        reprocess, list_, as_json, state_dir, patterns, patterns_dir, ignore_nets,
+        reprocess, list_, as_json, check_patterns, state_dir, patterns, patterns_dir, ignore_nets,
         postfix_config, backend, pg_dsn, pg_table, memcache_server, memcache_prefix,
         ipv6_shared_keys, now):
     """Allow relaying for clients that logged in over POP3 or IMAP.
@@ -1938,6 +2017,14 @@ def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
                        flock=flock, reprocess=reprocess, backend=backend,
                        pg_dsn=pg_dsn, pg_table=pg_table, memcache_server=memcache_server,
                        memcache_prefix=memcache_prefix)
+        if check_patterns:
+            patterns = load_patterns(patterns_dir or default_patterns_dir(), opts.patterns)
+            failures = sample_failures(patterns, now)
+            report = check_log(read_span(opts.logfile, 0, []), patterns, now)
+            print_pattern_report(report, failures, echo=click.echo)
+            if failures:
+                raise PbsmtpError(f"{len(failures)} pattern samples failed")
+            return
         if list_:
             rows = list_entries(open_store(opts), now, grace)
             if as_json:

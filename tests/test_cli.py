@@ -401,3 +401,31 @@ def test_admin_patterns_directory_wins_when_it_exists(tmp_path, monkeypatch):
     assert pb.default_patterns_dir() == pb.shipped_patterns_dir()
     monkeypatch.setattr(pb, "ADMIN_PATTERNS_DIR", str(tmp_path))
     assert pb.default_patterns_dir() == str(tmp_path)
+
+
+def test_check_patterns_reports_hits_and_near_misses(site, tmp_path):
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"), dovecot_login(NOW - 50, "192.0.2.10"),
+                dovecot_failure(NOW - 40, "203.0.113.66"),
+                "Nov 24 23:00:00 mail newpop[7]: user carol logged in from 198.51.100.9\n")
+    result = CliRunner().invoke(pb.cli, ["--check-patterns", f"--logfile={site.log}",
+                                         f"--now={NOW}"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "dovecot                     2          1" in lines
+    assert "4 lines, 2 logins from 1 distinct addresses" in lines
+    assert "1 look like logins but matched no pattern:" in lines
+    assert "  Nov 24 23:00:00 mail newpop[7]: user carol logged in from 198.51.100.9" in lines
+    assert "0 sample failures" in lines
+    assert snapshot(site) == {}                            # changes nothing
+
+
+def test_check_patterns_fails_on_a_wrong_sample(site, tmp_path):
+    patterns = tmp_path / "patterns"
+    patterns.mkdir()
+    text = open(pb.shipped_patterns_dir() + "/dovecot.toml").read()
+    (patterns / "dovecot.toml").write_text(text.replace("ip = '", "ip = '10.", 1))
+    result = CliRunner().invoke(pb.cli, ["--check-patterns", f"--logfile={site.log}",
+                                         f"--patterns-dir={patterns}", f"--now={NOW}"])
+    assert result.exit_code == 1
+    assert "1 sample failures:" in result.stdout
+    assert result.stderr == "Error: 1 pattern samples failed\n"

@@ -849,9 +849,12 @@ def _write_text(text: str):
 class SendmailAccess:
     """Sendmail's access db (FEATURE(`access_db')), built by ``makemap hash``.
 
-    Each address gets ``Connect:IP RELAY`` (``Connect:IPv6:IP`` for IPv6) and
-    ``pbsmtp-batch:IP EPOCH``, a key sendmail never looks up, for the login
-    time. The db is pbsmtp-batch's own file: it is rebuilt whole each time.
+    Each address gets ``Connect:IP RELAY`` and ``pbsmtp-batch:IP EPOCH``, a
+    key sendmail never looks up, for the login time. An IPv6 address is
+    written as ``Connect:IPv6:ADDR`` twice: in the uncompressed form that
+    sendmail 8.16+ (IPV6_FULL, the default) looks up, and in the compressed
+    form of older builds. The db is pbsmtp-batch's own file, rebuilt whole
+    each time.
     """
     dbfile: str
 
@@ -875,17 +878,24 @@ class SendmailAccess:
             key = key.lower()                  # makemap folds keys; be sure
             if key.startswith("connect:"):
                 ip = key[len("connect:"):]
-                relay[ip[5:] if ip.startswith("ipv6:") else ip] = value.strip()
+                ip = ip[5:] if ip.startswith("ipv6:") else ip
+                relay[normalise_ip(ip) or ip] = value.strip()
             elif key.startswith(SENDMAIL_TIME_TAG):
                 times[key[len(SENDMAIL_TIME_TAG):]] = value.strip()
         # An address without its time reads as its RHS, which merge() drops.
-        return {ip: times.get(ip, rhs) for ip, rhs in relay.items()}
+        return {**relay, **times}
 
     def publish(self, plan: Plan) -> list[str]:
         lines = []
         for ip, when in sorted(plan.entries.items()):
-            tag = "IPv6:" if ":" in ip else ""
-            lines.append(f"Connect:{tag}{ip}\tRELAY\n{SENDMAIL_TIME_TAG}{ip}\t{when}\n")
+            if ":" in ip:
+                groups = struct.unpack("!8H", socket.inet_pton(socket.AF_INET6, ip))
+                full = ":".join(f"{g:x}" for g in groups)
+                lines.append(f"Connect:IPv6:{full}\tRELAY\n")
+                lines.append(f"Connect:IPv6:{ip}\tRELAY\n" if full != ip else "")
+            else:
+                lines.append(f"Connect:{ip}\tRELAY\n")
+            lines.append(f"{SENDMAIL_TIME_TAG}{ip}\t{when}\n")
         text = "".join(lines)
 
         def build(tmp: str) -> None:
@@ -1076,14 +1086,17 @@ class PgsqlStore:
         invalid = f"DELETE FROM {t} WHERE ip = %s"
         fresh = sorted({**plan.added, **plan.refreshed}.items())
 
+        # Two transactions, each taking its row locks in address order, so
+        # hosts that publish at the same time cannot deadlock.
         def work(db):
             with db.transaction(), db.cursor() as cur:
                 if fresh:
                     cur.executemany(upsert, [(ip, when, self.host) for ip, when in fresh])
-                if plan.expired:
-                    cur.executemany(stale, sorted(plan.expired.items()))
-                if plan.invalid:
-                    cur.executemany(invalid, [(ip,) for ip in sorted(plan.invalid)])
+            with db.transaction(), db.cursor() as cur:
+                gone = sorted([(ip, stale, (ip, when)) for ip, when in plan.expired.items()]
+                              + [(ip, invalid, (ip,)) for ip in plan.invalid])
+                for _, sql, args in gone:
+                    cur.execute(sql, args)
         self._do("update", work)
         return []
 

@@ -1671,8 +1671,18 @@ def ensure_state_dir(state_dir: str) -> None:
         raise PbsmtpError(f"cannot write state directory {state_dir}")
 
 
-def read_mynetworks(config_dir: str | None, say) -> list[tuple[bool, Network]]:
-    nets, notes = parse_mynetworks(postconf("mynetworks", config_dir))
+def read_mynetworks(config_dir: str | None, say, required: bool = True
+                    ) -> list[tuple[bool, Network]]:
+    """Postfix's mynetworks. A host that feeds another MTA's table, or a
+    shared one, may have no Postfix at all: then there is none to read."""
+    try:
+        value = postconf("mynetworks", config_dir)
+    except PbsmtpError as e:
+        if required:
+            raise
+        say(f"no Postfix mynetworks to leave out ({e}); --ignore-net still applies")
+        return []
+    nets, notes = parse_mynetworks(value)
     for note in notes:
         say(note)
     return nets
@@ -1721,7 +1731,7 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
         raise PbsmtpError(f"log {opts.logfile} {reason}")
     patterns = load_patterns(opts.patterns_dir or default_patterns_dir(), opts.patterns)
     store = open_store(opts)
-    mynetworks = read_mynetworks(opts.postfix_config, say)
+    mynetworks = read_mynetworks(opts.postfix_config, say, required=opts.backend == "postfix")
     if opts.write:
         store.check()
     ensure_state_dir(opts.state_dir)

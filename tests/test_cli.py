@@ -429,3 +429,16 @@ def test_check_patterns_fails_on_a_wrong_sample(site, tmp_path):
     assert result.exit_code == 1
     assert "1 sample failures:" in result.stdout
     assert result.stderr == "Error: 1 pattern samples failed\n"
+
+
+def test_other_backends_run_without_postfix(site, monkeypatch, tmp_path):
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    monkeypatch.setattr(pb, "SBIN_DIRS", ())
+    exim_list = site.root / "exim-relay"
+    result = CliRunner().invoke(pb.cli, [f"--logfile={site.log}", f"--dbfile={exim_list}",
+                                         f"--state-dir={site.state}", "--backend=exim",
+                                         f"--now={NOW}", "--debug"],
+                                env={"PATH": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert "no Postfix mynetworks to leave out (postconf not found" in result.stdout
+    assert f"192.0.2.10: {NOW - 60}" in exim_list.read_text()

@@ -310,6 +310,8 @@ _TAG = r"(?P<program>[^\s\[\]:]+)(?:\[(?P<pid>\d+)\])?:(?: |$)"
 # One shared parse of the prefix, so that the patterns only see the message.
 # Forms, in the order tried:
 #   RFC 5424:        <22>1 2026-11-24T23:20:23.036349+00:00 host app pid msgid sd msg
+#     (rsyslog's RFC 5424 template keeps the blank that followed "tag:" in a
+#     legacy message: "... - -  msg" has two blanks, and the second is dropped)
 #   RFC 3164 et al.: [<PRI>] TIME [<facility.level>] [host] tag[pid]: msg
 #     TIME is RFC 3164 ("Nov  4 23:01:02", journalctl short/short-precise),
 #     RFC 3339 (rsyslog precise, journalctl short-iso[-precise], Dovecot's
@@ -319,7 +321,7 @@ _TAG = r"(?P<program>[^\s\[\]:]+)(?:\[(?P<pid>\d+)\])?:(?: |$)"
 #   Dovecot 1.x own log: dovecot: 2008-10-02 23:34:07 Info: pop3-login: ...
 _RFC5424 = re.compile(
     r"<\d{1,3}>1 (?P<iso>\S+) (?P<host>\S+) (?P<program>\S+) (?P<pid>\S+) \S+ "
-    r"(?:-|(?:\[(?:[^\]\\\"]|\\.|\"(?:[^\"\\]|\\.)*\")*\])+)(?: \ufeff?(?P<message>.*))?",
+    r"(?:-|(?:\[(?:[^\]\\\"]|\\.|\"(?:[^\"\\]|\\.)*\")*\])+)(?: \ufeff? ?(?P<message>.*))?",
     re.DOTALL)
 _SYSLOG = re.compile(
     r"(?:<\d{1,3}>)?"
@@ -329,9 +331,17 @@ _SYSLOG = re.compile(
     r"|(?P<month>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) (?P<day>[ 0-3]?\d)"
     r" (?P<hms>\d\d:\d\d:\d\d)(?:\.\d+)?)"
     r" +(?:<[a-z0-9]+\.[a-z]+> )?"
-    r"(?:(?P<host>[^\s\[\]:<]+) )??" + _TAG + r"(?P<message>.*)",
+    r"(?:(?P<host>[^\s\[\]:<]+) )??" + _TAG +
+    # Solaris syslogd (msgid on): "[ID 583609 mail.info] " after the tag.
+    r"(?:\[ID \d+ [a-z0-9]+\.[a-z]+\] )?(?P<message>.*)",
     re.DOTALL)
 _TAG_FIRST = re.compile(_TAG + r"(?P<iso>" + _ISO + r") (?P<message>.*)", re.DOTALL)
+# nginx's own error_log file: "2026/11/24 23:01:02 [info] 8#8: *24819 ...". The
+# tag is nginx; the message keeps "[level] pid#tid: ..." so that a pattern
+# reads the same text as in nginx's syslog output, where nginx writes its own
+# time after the tag: "nginx: 2026/11/24 23:01:02 [info] 8#8: ...".
+_NGINX = re.compile(r"(?P<date>\d{4})/(?P<month>\d\d)/(?P<day>\d\d) (?P<hms>\d\d:\d\d:\d\d) "
+                    r"(?P<message>\[[a-z]+\] (?P<pid>\d+)#\d+: .*)", re.DOTALL)
 
 
 def bsd_time(month: int, day: int, hms: str, now: float) -> float | None:
@@ -383,6 +393,10 @@ def parse_prefix(line: str, now: float) -> Prefix | None:
     m = _TAG_FIRST.match(line)
     if m:
         return Prefix(("iso", m["iso"]), now, None, m["program"], m["pid"], m["message"])
+    m = _NGINX.match(line)
+    if m:
+        iso = f"{m['date']}-{m['month']}-{m['day']} {m['hms']}"
+        return Prefix(("iso", iso), now, None, "nginx", m["pid"], m["message"])
     return None
 
 

@@ -89,6 +89,7 @@ class Sample:
     user: str | None = None
     injection: bool = False      # a crafted line that imitates a success
     desc: str = ""
+    before: tuple[str, ...] = () # earlier lines of the same session (two-line servers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +105,11 @@ class Pattern:
     unique: tuple[str, ...]      # each may occur at most once: an injection guard
     regexes: tuple[re.Pattern[str], ...]
     samples: tuple[Sample, ...]
+    # Servers that log the client address and the success on separate lines
+    # (popa3d, old vm-pop3d, solid-pop3d without logextend): these regexes
+    # read the address line, and a success regex without an ip group takes
+    # the address of the same host, program and PID.
+    address: tuple[re.Pattern[str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,19 +207,21 @@ def default_patterns_dir() -> str:
 _GREEDY = re.compile(r"(?<!\\)\.[*+](?!\?)")
 
 
-def pattern_problems(source: str) -> list[str]:
+def pattern_problems(source: str, needs_ip: bool = True) -> list[str]:
     """Why a login regex is too loose to trust with the relay (empty: fine).
 
     A regex must start at the beginning of the message, must capture ``ip``,
     and must not skip over arbitrary text greedily before the address: a
-    greedy ``.*`` lets a user name that carries ``rip=ATTACKER`` win.
+    greedy ``.*`` lets a user name that carries ``rip=ATTACKER`` win. Only
+    the success line of a two-line server (needs_ip=False) has no address.
     """
     problems = []
     if not source.startswith("^"):
         problems.append("does not start with ^ (anchor it right after the program tag)")
     head, sep, _ = source.partition("(?P<ip>")
     if not sep:
-        problems.append("has no (?P<ip>...) group")
+        if needs_ip:
+            problems.append("has no (?P<ip>...) group")
     elif _GREEDY.search(head):
         problems.append("has a greedy .* or .+ before the ip group")
     return problems
@@ -228,8 +236,12 @@ def _sample(raw: object, where: str) -> Sample:
         raise PbsmtpError(f"{where}: a sample needs ip = '...' or match = false")
     if not matches and ip:
         raise PbsmtpError(f"{where}: a sample with match = false cannot name an ip")
+    before = raw.get("before", [])
+    if not isinstance(before, list) or not all(isinstance(b, str) for b in before):
+        raise PbsmtpError(f"{where}: a sample's before = [...] holds lines")
     return Sample(line=raw["line"], ip=ip if matches else None, user=raw.get("user"),
-                  injection=bool(raw.get("injection", False)), desc=raw.get("desc", ""))
+                  injection=bool(raw.get("injection", False)), desc=raw.get("desc", ""),
+                  before=tuple(before))
 
 
 def load_pattern(path: str) -> Pattern:
@@ -256,19 +268,23 @@ def load_pattern(path: str) -> Pattern:
             raise PbsmtpError(f"pattern file {path}: bad {what} regex: {e}") from None
 
     known = {"description", "version", "program", "pid", "contains", "unique", "regex",
-             "sample"}
+             "address", "sample"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise PbsmtpError(f"pattern file {path}: unknown key '{unknown[0]}'")
-    sources = need("regex", list)
-    regexes = []
-    for source in sources:
-        if not isinstance(source, str):
-            raise PbsmtpError(f"pattern file {path}: every regex must be a string")
-        problems = pattern_problems(source)
-        if problems:
-            raise PbsmtpError(f"pattern file {path}: regex {source!r} {problems[0]}")
-        regexes.append(compile_(source, "login"))
+    def compile_all(sources: object, needs_ip: bool) -> tuple[re.Pattern[str], ...]:
+        if not isinstance(sources, list) or not all(isinstance(x, str) for x in sources):
+            raise PbsmtpError(f"pattern file {path}: regexes must be a list of strings")
+        for source in sources:
+            problems = pattern_problems(source, needs_ip)
+            if problems:
+                raise PbsmtpError(f"pattern file {path}: regex {source!r} {problems[0]}")
+        return tuple(compile_(source, "login") for source in sources)
+
+    address = compile_all(data.get("address", []), needs_ip=True)
+    if address and not data.get("pid"):
+        raise PbsmtpError(f"pattern file {path}: address lines are paired by PID: set pid = true")
+    regexes = compile_all(need("regex", list), needs_ip=not address)
     contains = need("contains", list)
     return Pattern(
         name=Path(path).stem,
@@ -279,8 +295,9 @@ def load_pattern(path: str) -> Pattern:
         pid=bool(data.get("pid", False)),
         contains=tuple(str(c) for c in contains),
         unique=tuple(str(u) for u in data.get("unique", [])),
-        regexes=tuple(regexes),
+        regexes=regexes,
         samples=tuple(_sample(s, path) for s in data.get("sample", [])),
+        address=address,
     )
 
 
@@ -426,13 +443,28 @@ def normalise_ip(text: str) -> str | None:
     return socket.inet_ntop(socket.AF_INET6, packed)
 
 
-def match_login(line: str, patterns: Sequence[Pattern], now: float
-                ) -> tuple[Login | None, str | None]:
+def match_sample(sample: Sample, patterns: Sequence[Pattern], now: float
+                 ) -> tuple[Login | None, str | None]:
+    """match_login for a pattern file's sample, after its earlier lines."""
+    pending: Pending = {}
+    for line in sample.before:
+        match_login(line, patterns, now, pending)
+    return match_login(sample.line, patterns, now, pending)
+
+
+# Pending address lines of two-line servers: (host, program, pid) -> (ip, time).
+Pending = dict[tuple[str, str, str], tuple[str, int]]
+
+
+def match_login(line: str, patterns: Sequence[Pattern], now: float,
+                pending: Pending | None = None) -> tuple[Login | None, str | None]:
     """The successful login this line records, if any.
 
     Returns (login, None) for a login, (None, reason) for a line that a
     pattern recognised but that must not be trusted, and (None, None) for
-    anything else.
+    anything else. ``pending`` carries the address lines of two-line servers
+    from one line (and one run) to the next: an address line is remembered
+    there, and the success line of the same session takes it out.
     """
     prefix = None
     for pattern in patterns:
@@ -445,6 +477,14 @@ def match_login(line: str, patterns: Sequence[Pattern], now: float
             continue
         if pattern.pid and prefix.pid is None:
             continue
+        session = (prefix.host or "", prefix.program, prefix.pid or "")
+        for regex in pattern.address:
+            m = regex.match(prefix.message)
+            if m:
+                ip = normalise_ip(m["ip"])
+                if ip and prefix.when is not None and pending is not None:
+                    pending[session] = (ip, int(prefix.when))
+                return None, None
         for regex in pattern.regexes:
             m = regex.match(prefix.message)
             if not m:
@@ -453,14 +493,33 @@ def match_login(line: str, patterns: Sequence[Pattern], now: float
                 if prefix.message.count(token) > 1:
                     return None, (f"{pattern.name}: '{token}' occurs more than once "
                                   f"(a crafted user name?)")
-            ip = normalise_ip(m["ip"])
+            if "ip" in regex.groupindex:
+                text = m["ip"]
+            else:
+                text = (pending or {}).pop(session, (None, 0))[0]
+                if text is None:
+                    return None, (f"{pattern.name}: no address line seen for "
+                                  f"{prefix.program}[{prefix.pid}]")
+            ip = normalise_ip(text)
             if ip is None:
-                return None, f"{pattern.name}: {m['ip']!r} is not a full IP address"
+                return None, f"{pattern.name}: {text!r} is not a full IP address"
             if prefix.when is None:
                 return None, f"{pattern.name}: the line carries no usable time"
             user = m.groupdict().get("user")
             return Login(ip, int(prefix.when), user, pattern.name), None
     return None, None
+
+
+# Address lines wait this long for their success line, and no more than this
+# many wait at once: the state they are kept in must stay small.
+PENDING_SECONDS = 600
+PENDING_MAX = 10000
+
+
+def trim_pending(pending: Pending, now: float) -> Pending:
+    fresh = sorted(((when, key, ip) for key, (ip, when) in pending.items()
+                    if when >= now - PENDING_SECONDS), reverse=True)[:PENDING_MAX]
+    return {key: (ip, when) for when, key, ip in fresh}
 
 
 ###############################################################################
@@ -1441,6 +1500,25 @@ def save_offset(path: str, logfile: str, state: LogState) -> None:
         raise PbsmtpError(f"cannot write offset file {path}: {e.strerror}") from None
 
 
+def load_pending(path: str, now: float) -> Pending:
+    """Address lines of two-line servers still waiting for their success
+    line; a missing or unreadable file just means none."""
+    try:
+        rows = json.loads(Path(path).read_text())
+        pending = {(str(h), str(p), str(i)): (str(ip), int(t)) for h, p, i, ip, t in rows}
+    except (OSError, ValueError, TypeError):
+        return {}
+    return trim_pending({k: v for k, v in pending.items() if normalise_ip(v[0]) == v[0]}, now)
+
+
+def save_pending(path: str, pending: Pending) -> None:
+    rows = [[*key, ip, when] for key, (ip, when) in sorted(pending.items())]
+    try:
+        write_atomically(path, json.dumps(rows) + "\n")
+    except OSError as e:
+        raise PbsmtpError(f"cannot write {path}: {e.strerror}") from None
+
+
 def read_blocks(path: str, start: int, marks: list[Offset]) -> Iterator[bytes]:
     """The complete lines of one file from a byte offset, in blocks of about
     1 MiB that each end with a newline.
@@ -1716,11 +1794,11 @@ def read_mynetworks(config_dir: str | None, say, required: bool = True
 
 def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
                    mynetworks: Sequence[tuple[bool, Network]], opts: Options, now: float,
-                   summary: Summary, say) -> list[Login]:
+                   summary: Summary, say, pending: Pending | None = None) -> list[Login]:
     """The logins in these lines that may go into the map."""
     logins, exclusions = [], {}
     for raw in lines:
-        login, reason = match_login(decode(raw), patterns, now)
+        login, reason = match_login(decode(raw), patterns, now, pending)
         if reason:
             say(f"ignored: {reason}: {decode(raw)}")
         if login is None:
@@ -1773,10 +1851,13 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
         if problem:
             warn(problem)
         scratch = offset_file + ".pygtail"
+        pending_file = os.path.splitext(offset_file)[0] + ".pending"
         try:
             reader = LogReader(opts.logfile, saved, scratch, now - opts.grace, warn,
                                keywords=pattern_anchors(patterns))
-            logins = collect_logins(reader, patterns, mynetworks, opts, now, summary, say)
+            pending = load_pending(pending_file, now) if saved else {}
+            logins = collect_logins(reader, patterns, mynetworks, opts, now, summary, say,
+                                    pending)
             summary.lines = reader.lines_read
             state = reader.state()
         except OSError as e:
@@ -1799,6 +1880,9 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
                 for w in store.publish(plan):
                     warn(w)
             if state != saved:
+                # Before the offset: a crash between the two re-reads lines
+                # whose address lines are already pending, which is harmless.
+                save_pending(pending_file, trim_pending(pending, now))
                 save_offset(offset_file, opts.logfile, state)
     return summary, plan
 
@@ -1830,7 +1914,7 @@ def sample_failures(patterns: Sequence[Pattern], now: float) -> list[str]:
     failures = []
     for pattern in patterns:
         for sample in pattern.samples:
-            login, _ = match_login(sample.line, patterns, now)
+            login, _ = match_sample(sample, patterns, now)
             got = (login.ip, login.user) if login else None
             want = (sample.ip, sample.user) if sample.ip else None
             if sample.ip and sample.user is None and login:

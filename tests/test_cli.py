@@ -5,6 +5,7 @@ import os
 import pwd
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -442,3 +443,37 @@ def test_other_backends_run_without_postfix(site, monkeypatch, tmp_path):
     assert result.exit_code == 0, result.output
     assert "no Postfix mynetworks to leave out (postconf not found" in result.stdout
     assert f"192.0.2.10: {NOW - 60}" in exim_list.read_text()
+
+
+def test_two_line_login_split_across_runs(site):
+    """popa3d logs the address and the success on two lines of one PID; when
+    a run ends between them, the address waits in the state directory."""
+    site.append("Nov 24 23:28:00 mail popa3d[2001]: Session from 192.0.2.33\n",
+                "Nov 24 23:28:01 mail popa3d[2002]: Session from 192.0.2.34\n")
+    assert invoke(*site.args()).exit_code == 0
+    assert query(site, "192.0.2.33") is None
+    pending = Path(pb.offset_path(str(site.state), str(site.log))).with_suffix(".pending")
+    assert json.loads(pending.read_text()) == [
+        ["mail", "popa3d", "2001", "192.0.2.33", NOW - 120],
+        ["mail", "popa3d", "2002", "192.0.2.34", NOW - 119]]
+    site.append("Nov 24 23:28:30 mail popa3d[2001]: Authentication passed for carol\n",
+                "Nov 24 23:28:31 mail popa3d[2003]: Authentication passed for mallory\n")
+    result = invoke(*site.args("--debug"))
+    assert query(site, "192.0.2.33") == str(NOW - 90)          # the success line's time
+    assert query(site, "192.0.2.34") is None                   # never logged in
+    assert "no address line seen for popa3d[2003]" in result.output
+    assert json.loads(pending.read_text()) == [
+        ["mail", "popa3d", "2002", "192.0.2.34", NOW - 119]]
+    # Address lines wait ten minutes at most.
+    site.append(noise(NOW + 600))
+    invoke(*site.args(now=NOW + 600))
+    assert json.loads(pending.read_text()) == []
+
+
+def test_pending_addresses_are_bounded():
+    pending = {("h", "popa3d", str(pid)): ("192.0.2.1", NOW - pid % 700)
+               for pid in range(pb.PENDING_MAX + 500)}
+    kept = pb.trim_pending(pending, NOW)
+    assert len(kept) == min(pb.PENDING_MAX, sum(1 for _, w in pending.values()
+                                                 if w >= NOW - pb.PENDING_SECONDS))
+    assert min(w for _, w in kept.values()) >= NOW - pb.PENDING_SECONDS

@@ -94,8 +94,10 @@ def test_every_regex_has_a_positive_sample(pattern):
 @pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p.name)
 def test_lint(pattern):
     for regex in pattern.regexes:
-        assert pb.pattern_problems(regex.pattern) == []
+        assert pb.pattern_problems(regex.pattern, needs_ip=not pattern.address) == []
         assert "user" in regex.groupindex, f"{regex.pattern}: capture the user too"
+    for regex in pattern.address:
+        assert pb.pattern_problems(regex.pattern) == []
     for tag in FOREIGN_TAGS:
         assert not pattern.program.fullmatch(tag), \
             f"{pattern.path}: program {pattern.program.pattern!r} accepts {tag!r}"
@@ -111,7 +113,7 @@ def test_lint(pattern):
 
 @pytest.mark.parametrize("pattern, sample", samples())
 def test_sample(pattern, sample):
-    login, reason = pb.match_login(sample.line, PATTERNS, NOW)
+    login, reason = pb.match_sample(sample, PATTERNS, NOW)
     if sample.ip is None:
         assert login is None, f"matched by {login.pattern}: {login}"
         return
@@ -124,7 +126,7 @@ def test_sample(pattern, sample):
 def test_positive_sample_needs_only_its_own_file(pattern, sample):
     """The `contains` pre-filter of the file itself must let the line through:
     an admin may load only this one family."""
-    login, reason = pb.match_login(sample.line, [pattern], NOW)
+    login, reason = pb.match_sample(sample, [pattern], NOW)
     assert login is not None and login.ip == sample.ip, reason
 
 
@@ -199,25 +201,32 @@ def family(name):
     return "dovecot" if name in DOVECOT_FILES else name
 
 
+def forms_of(pattern, line):
+    prefix = pb.parse_prefix(line, NOW)
+    parts = dovecot_parts(prefix) if pattern.name in DOVECOT_FILES else None
+    if parts:
+        return dovecot_forms(*parts, prefix.pid)
+    tag = prefix.program + (f"[{prefix.pid}]" if prefix.pid else "")
+    return syslog_forms(tag, prefix.program, prefix.pid, prefix.message)
+
+
 def prefix_cases():
     cases = []
     for pattern, sample in (p.values for p in samples(positive=True)):
-        prefix = pb.parse_prefix(sample.line, NOW)
-        parts = dovecot_parts(prefix) if pattern.name in DOVECOT_FILES else None
-        if parts:
-            forms = dovecot_forms(*parts, prefix.pid)
-        else:
-            tag = prefix.program + (f"[{prefix.pid}]" if prefix.pid else "")
-            forms = syslog_forms(tag, prefix.program, prefix.pid, prefix.message)
-        for form, line in forms.items():
-            cases.append(pytest.param(pattern, sample, form, line,
+        # A two-line server's earlier lines go behind the same prefix.
+        befores = [forms_of(pattern, line) for line in sample.before]
+        for form, line in forms_of(pattern, sample.line).items():
+            cases.append(pytest.param(pattern, sample, form, [b[form] for b in befores], line,
                                       id=f"{pattern.name}:{sample.desc}:{form}"))
     return cases
 
 
-@pytest.mark.parametrize("pattern, sample, form, line", prefix_cases())
-def test_prefix_matrix(pattern, sample, form, line):
-    login, reason = pb.match_login(line, PATTERNS, NOW)
+@pytest.mark.parametrize("pattern, sample, form, before, line", prefix_cases())
+def test_prefix_matrix(pattern, sample, form, before, line):
+    pending = {}
+    for earlier in before:
+        pb.match_login(earlier, PATTERNS, NOW, pending)
+    login, reason = pb.match_login(line, PATTERNS, NOW, pending)
     assert login is not None, f"{line!r}: {reason}"
     assert (family(login.pattern), login.ip, login.user) == \
         (family(pattern.name), sample.ip, sample.user)
@@ -249,6 +258,8 @@ def more_forms(pattern, prefix):
 def test_more_prefix_forms(form):
     missed = []
     for pattern, sample in (p.values for p in samples(positive=True)):
+        if sample.before:
+            continue                          # two-line forms: see test_prefix_matrix
         prefix = pb.parse_prefix(sample.line, NOW)
         if pattern.name in DOVECOT_FILES and dovecot_parts(prefix):
             svc, rest = dovecot_parts(prefix)

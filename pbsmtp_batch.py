@@ -734,53 +734,67 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def write_map(dbfile: str, map_type: str, entries: dict[str, int],
-              config_dir: str | None) -> list[str]:
-    """Publish a complete new map atomically. Returns warnings.
+def replace_file(target: str, build, label: str | None = None) -> list[str]:
+    """Publish a new version of ``target`` atomically.
 
-    postmap builds a new file beside the old one, so that the format, the
-    NUL convention and the database version are exactly what the local
-    Postfix reads; rename() then swaps it in. A reader sees the old map or
-    the new one, never a torn one, and smtpd notices the replaced file
-    (st_nlink == 0) and restarts without a reload.
-    """
-    target = map_file(dbfile, map_type)
-    directory, base = os.path.split(os.path.abspath(dbfile))
+    ``build(tmp)`` must create the complete new file at ``tmp`` (a fresh name
+    in the same directory); it is then fsynced, given the old file's mode and
+    owner, renamed over ``target``, and the directory is fsynced. Returns
+    warnings."""
+    directory, base = os.path.split(os.path.abspath(target))
     warnings = []
     try:
         st = os.stat(target)
     except FileNotFoundError:
         st = None
+    tmp = os.path.join(directory, f".{base}.{os.getpid()}.{time.monotonic_ns()}.new")
     try:
-        fd, source = tempfile.mkstemp(prefix=f".{base}.", suffix=".new", dir=directory)
-    except OSError as e:
-        raise PbsmtpError(f"cannot write map directory {directory}: {e.strerror}") from None
-    built = source + MAP_SUFFIXES[map_type]
-    try:
-        with os.fdopen(fd, "w") as f:
-            for ip, when in sorted(entries.items()):
-                f.write(f"{ip} {when}\n")
-            f.flush()
+        build(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        run_tool(postfix_cmd("postmap", config_dir, f"{map_type}:{source}"),
-                 f"building map {target} (postmap)")
-        with open(built, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(built, st.st_mode & 0o7777 if st else NEW_MAP_MODE)
-        if st and (os.stat(built).st_uid, os.stat(built).st_gid) != (st.st_uid, st.st_gid):
+        os.chmod(tmp, st.st_mode & 0o7777 if st else NEW_MAP_MODE)
+        if st and (os.stat(tmp).st_uid, os.stat(tmp).st_gid) != (st.st_uid, st.st_gid):
             try:
-                os.chown(built, st.st_uid, st.st_gid)
+                os.chown(tmp, st.st_uid, st.st_gid)
             except PermissionError:
                 warnings.append(f"cannot keep owner {st.st_uid}:{st.st_gid} of {target}")
-        os.replace(built, target)
+        os.replace(tmp, target)
         fsync_dir(directory)
     except OSError as e:
-        raise PbsmtpError(f"cannot write map {target}: {e.strerror or e}") from None
+        raise PbsmtpError(f"cannot write {label or target}: {e.strerror or e}") from None
     finally:
-        for leftover in (source, built):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(leftover)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
     return warnings
+
+
+def write_map(dbfile: str, map_type: str, entries: dict[str, int],
+              config_dir: str | None) -> list[str]:
+    """Publish a complete new map atomically. Returns warnings.
+
+    postmap builds the new file beside the old one, so that the format, the
+    NUL convention and the database version are exactly what the local
+    Postfix reads; rename() then swaps it in. A reader sees the old map or
+    the new one, never a torn one, and smtpd notices the replaced file
+    (st_nlink == 0) and restarts without a reload. No text source is left
+    beside the map: Postfix would warn that the map is older than it.
+    """
+    target, suffix = map_file(dbfile, map_type), MAP_SUFFIXES[map_type]
+
+    def build(tmp: str) -> None:
+        source = tmp + ".src"
+        try:
+            with open(source, "x") as f:
+                f.writelines(f"{ip} {when}\n" for ip, when in sorted(entries.items()))
+            run_tool(postfix_cmd("postmap", config_dir, f"{map_type}:{source}"),
+                     f"building map {target} (postmap)")
+            os.replace(source + suffix, tmp)
+        finally:
+            for leftover in (source, source + suffix):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
+
+    return replace_file(target, build, label=f"map {target}")
 
 
 class Store(Protocol):
@@ -875,40 +889,6 @@ def _check_dir(path: str) -> None:
         raise PbsmtpError(f"directory {directory} does not exist")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise PbsmtpError(f"cannot write directory {directory}")
-
-
-def replace_file(target: str, build) -> list[str]:
-    """Publish a new version of ``target`` atomically.
-
-    ``build(tmp)`` must create the complete new file at ``tmp`` (a fresh name
-    in the same directory); it is then fsynced, given the old file's mode and
-    owner, renamed over ``target``, and the directory is fsynced. Returns
-    warnings."""
-    directory, base = os.path.split(os.path.abspath(target))
-    warnings = []
-    try:
-        st = os.stat(target)
-    except FileNotFoundError:
-        st = None
-    tmp = os.path.join(directory, f".{base}.{os.getpid()}.{time.monotonic_ns()}.new")
-    try:
-        build(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, st.st_mode & 0o7777 if st else NEW_MAP_MODE)
-        if st and (os.stat(tmp).st_uid, os.stat(tmp).st_gid) != (st.st_uid, st.st_gid):
-            try:
-                os.chown(tmp, st.st_uid, st.st_gid)
-            except PermissionError:
-                warnings.append(f"cannot keep owner {st.st_uid}:{st.st_gid} of {target}")
-        os.replace(tmp, target)
-        fsync_dir(directory)
-    except OSError as e:
-        raise PbsmtpError(f"cannot write {target}: {e.strerror or e}") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    return warnings
 
 
 def _write_text(text: str):

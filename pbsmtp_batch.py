@@ -734,6 +734,23 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def remove_leftovers(directory: str, base: str) -> None:
+    """Remove the temporary files of runs that were killed before their
+    rename. Their names carry the writer's PID; a live writer's stay."""
+    prefix = f".{base}."
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            pid = name[len(prefix):].split(".", 1)[0] if name.startswith(prefix) else ""
+            if pid.isdigit() and int(pid) != os.getpid():
+                try:
+                    os.kill(int(pid), 0)
+                except ProcessLookupError:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(directory, name))
+                except PermissionError:
+                    pass                # alive, under another user
+
+
 def replace_file(target: str, build, label: str | None = None) -> list[str]:
     """Publish a new version of ``target`` atomically.
 
@@ -743,6 +760,7 @@ def replace_file(target: str, build, label: str | None = None) -> list[str]:
     warnings."""
     directory, base = os.path.split(os.path.abspath(target))
     warnings = []
+    remove_leftovers(directory, base)
     try:
         st = os.stat(target)
     except FileNotFoundError:
@@ -1455,29 +1473,44 @@ def load_offset(path: str) -> tuple[LogState | None, str | None]:
     return None, f"offset file {path} is corrupt; re-reading the grace window"
 
 
-def write_atomically(path: str, text: str) -> None:
+# Staged state files are named ".NAME.XXXXXXXX" beside NAME.
+STAGED_PREFIX = "."
+
+
+def stage_file(path: str, text: str) -> str:
+    """Write text, fsynced, to a new file beside path; returns its name.
+
+    The run stages its state before it publishes the map, so that a full or
+    failing state file system stops the run while nothing has changed; the
+    staged files are then renamed into place (commit_file).
+    """
     directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".offset.", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f"{STAGED_PREFIX}{os.path.basename(path)}.", dir=directory)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(directory)
+    return tmp
 
 
-def save_offset(path: str, logfile: str, state: LogState) -> None:
+def commit_file(tmp: str, path: str) -> None:
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path) or ".")
+
+
+def write_atomically(path: str, text: str) -> None:
+    commit_file(stage_file(path, text), path)
+
+
+def offset_text(logfile: str, state: LogState) -> str:
     data = {"log": os.path.abspath(logfile), **dataclasses.asdict(state.current),
             "previous": state.previous and dataclasses.asdict(state.previous)}
-    try:
-        write_atomically(path, json.dumps(data) + "\n")
-    except OSError as e:
-        raise PbsmtpError(f"cannot write offset file {path}: {e.strerror}") from None
+    return json.dumps(data) + "\n"
 
 
 def load_pending(path: str, now: float) -> Pending:
@@ -1491,12 +1524,8 @@ def load_pending(path: str, now: float) -> Pending:
     return trim_pending({k: v for k, v in pending.items() if normalise_ip(v[0]) == v[0]}, now)
 
 
-def save_pending(path: str, pending: Pending) -> None:
-    rows = [[*key, ip, when] for key, (ip, when) in sorted(pending.items())]
-    try:
-        write_atomically(path, json.dumps(rows) + "\n")
-    except OSError as e:
-        raise PbsmtpError(f"cannot write {path}: {e.strerror}") from None
+def pending_text(pending: Pending) -> str:
+    return json.dumps([[*key, ip, when] for key, (ip, when) in sorted(pending.items())]) + "\n"
 
 
 def read_blocks(path: str, start: int, marks: list[Offset]) -> Iterator[bytes]:
@@ -1800,6 +1829,43 @@ def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
     return logins
 
 
+def publish(store: Store, plan: Plan, warn, staged: Sequence[tuple[str, str]]) -> None:
+    """Write the map, then the state: the state files are staged first, so a
+    full state file system fails the run before the map changed, and renamed
+    into place after it. The pending addresses go before the offset: a crash
+    between the two re-reads lines whose address lines are already pending,
+    which is harmless."""
+    tmps: list[tuple[str, str]] = []
+    try:
+        for path, text in staged:
+            try:
+                tmps.append((stage_file(path, text), path))
+            except OSError as e:
+                raise PbsmtpError(f"cannot write {path}: {e.strerror}") from None
+        if plan.changed or not store.exists():
+            for w in store.publish(plan):
+                warn(w)
+        for tmp, path in tmps:
+            try:
+                commit_file(tmp, path)
+            except OSError as e:
+                raise PbsmtpError(f"cannot write {path}: {e.strerror}") from None
+    finally:
+        for tmp, _ in tmps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+def remove_staged_leftovers(state_dir: str) -> None:
+    """Staged state files of runs killed before their rename (call only
+    while holding the lock: then no other run is staging)."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(state_dir):
+            if name.startswith(STAGED_PREFIX) and (".offset." in name or ".pending." in name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(state_dir, name))
+
+
 def run(opts: Options, now: float | None = None, say=lambda msg: None,
         warn=lambda msg: None) -> tuple[Summary, Plan | None]:
     """One pass. ``say`` gets --debug detail, ``warn`` what cron must mail.
@@ -1824,6 +1890,8 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
         if not locked:
             summary.locked_out = True
             return summary, None
+        if opts.flock:
+            remove_staged_leftovers(opts.state_dir)
         existing = store.read()
 
         offset_file = offset_path(opts.state_dir, opts.logfile)
@@ -1856,14 +1924,9 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
         summary.added, summary.refreshed = len(plan.added), len(plan.refreshed)
         summary.expired, summary.active = len(plan.expired), len(plan.entries)
         if opts.write:
-            if plan.changed or not store.exists():
-                for w in store.publish(plan):
-                    warn(w)
-            if state != saved:
-                # Before the offset: a crash between the two re-reads lines
-                # whose address lines are already pending, which is harmless.
-                save_pending(pending_file, trim_pending(pending, now))
-                save_offset(offset_file, opts.logfile, state)
+            publish(store, plan, warn, staged=[] if state == saved else [
+                (pending_file, pending_text(trim_pending(pending, now))),
+                (offset_file, offset_text(opts.logfile, state))])
     return summary, plan
 
 

@@ -647,12 +647,12 @@ def merge(existing: dict[str, str], logins: Iterable[Login], now: float, grace: 
 # The map: postmap I/O ########################################################
 ###############################################################################
 
-def find_tool(name: str) -> str:
-    path = os.pathsep.join([os.environ.get("PATH", os.defpath), *SBIN_DIRS])
+def find_tool(name: str, package: str = "postfix", extra_dirs: Sequence[str] = ()) -> str:
+    path = os.pathsep.join([os.environ.get("PATH", os.defpath), *SBIN_DIRS, *extra_dirs])
     found = shutil.which(name, path=path)
     if not found:
         raise PbsmtpError(f"{name} not found in PATH or {', '.join(SBIN_DIRS)}: "
-                          f"install the Debian package 'postfix'")
+                          f"install the Debian package '{package}'")
     return found
 
 
@@ -660,9 +660,9 @@ def postfix_cmd(tool: str, config_dir: str | None, *args: str) -> list[str]:
     return [find_tool(tool), *(["-c", config_dir] if config_dir else []), *args]
 
 
-def run_tool(cmd: list[str], what: str) -> str:
+def run_tool(cmd: list[str], what: str, input: str | None = None) -> str:
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+        done = subprocess.run(cmd, input=input, capture_output=True, text=True, errors="replace")
     except OSError as e:
         raise PbsmtpError(f"cannot run {cmd[0]}: {e.strerror}") from None
     if done.returncode != 0:
@@ -831,6 +831,15 @@ class Store(Protocol):
     def check(self) -> None: ...
 
 
+def check_dir(path: str, what: str = "directory") -> None:
+    """Fail early when the directory that will hold path cannot be written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise PbsmtpError(f"{what} {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PbsmtpError(f"cannot write {what} {directory}")
+
+
 @dataclasses.dataclass(frozen=True)
 class PostfixMap:
     """A Postfix file map (hash, btree, lmdb, cdb), always built by postmap."""
@@ -848,11 +857,7 @@ class PostfixMap:
         return os.path.exists(map_file(self.dbfile, self.map_type))
 
     def check(self) -> None:
-        directory = os.path.dirname(os.path.abspath(self.dbfile))
-        if not os.path.isdir(directory):
-            raise PbsmtpError(f"map directory {directory} does not exist")
-        if not os.access(directory, os.W_OK | os.X_OK):
-            raise PbsmtpError(f"cannot write map directory {directory}")
+        check_dir(self.dbfile, "map directory")
 
 
 # Other stores register here by --backend name: a function of the Options.
@@ -882,31 +887,7 @@ EXTRA_TOOL_DIRS = ("/usr/libexec/sendmail", "/usr/lib/sendmail")
 
 
 def find_program(name: str, package: str) -> str:
-    path = os.pathsep.join([os.environ.get("PATH", os.defpath), *SBIN_DIRS, *EXTRA_TOOL_DIRS])
-    found = shutil.which(name, path=path)
-    if not found:
-        raise PbsmtpError(f"{name} not found in PATH or {', '.join(SBIN_DIRS)}: "
-                          f"install the Debian package '{package}'")
-    return found
-
-
-def _run_input(cmd: list[str], text: str, what: str) -> str:
-    try:
-        done = subprocess.run(cmd, input=text, capture_output=True, text=True, errors="replace")
-    except OSError as e:
-        raise PbsmtpError(f"cannot run {cmd[0]}: {e.strerror}") from None
-    if done.returncode != 0:
-        detail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-        raise PbsmtpError(f"{what} failed: {detail}")
-    return done.stdout
-
-
-def _check_dir(path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise PbsmtpError(f"directory {directory} does not exist")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise PbsmtpError(f"cannot write directory {directory}")
+    return find_tool(name, package, EXTRA_TOOL_DIRS)
 
 
 def _write_text(text: str):
@@ -972,7 +953,7 @@ class SendmailAccess:
         def build(tmp: str) -> None:
             stem = tmp + ".mk"           # makemap appends ".db" to the name
             try:
-                _run_input(self._makemap("hash", stem), text, f"building {self.path} (makemap)")
+                run_tool(self._makemap("hash", stem), f"building {self.path} (makemap)", input=text)
                 os.replace(stem + ".db", tmp)
             finally:
                 with contextlib.suppress(FileNotFoundError):
@@ -983,7 +964,7 @@ class SendmailAccess:
         return os.path.exists(self.path)
 
     def check(self) -> None:
-        _check_dir(self.path)
+        check_dir(self.path)
         find_program("makemap", "sendmail-bin")
 
 
@@ -1033,8 +1014,8 @@ class QmailRules:
         text = "\n".join(own + ours) + "\n" if own or ours else ""
         # The cdb first: if tcprules fails, neither file changes, and the
         # offset is not committed, so the next run tries again.
-        _run_input([find_program("tcprules", "ucspi-tcp"), self.cdb, self.dbfile + ".tmp"],
-                   text, f"compiling {self.cdb} (tcprules)")
+        run_tool([find_program("tcprules", "ucspi-tcp"), self.cdb, self.dbfile + ".tmp"],
+                 f"compiling {self.cdb} (tcprules)", input=text)
         warnings = replace_file(self.dbfile, _write_text(text))
         if v6:
             warnings.append(f"tcpserver rules are IPv4 only: not written: {', '.join(v6)}")
@@ -1044,7 +1025,7 @@ class QmailRules:
         return os.path.exists(self.cdb)
 
     def check(self) -> None:
-        _check_dir(self.dbfile)
+        check_dir(self.dbfile)
         find_program("tcprules", "ucspi-tcp")
 
 
@@ -1082,7 +1063,7 @@ class EximList:
         return os.path.exists(self.dbfile)
 
     def check(self) -> None:
-        _check_dir(self.dbfile)
+        check_dir(self.dbfile)
 
 
 PGSQL_SCHEMA = """\

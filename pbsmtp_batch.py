@@ -359,6 +359,24 @@ _TAG_FIRST = re.compile(_TAG + r"(?P<iso>" + _ISO + r") (?P<message>.*)", re.DOT
 # time after the tag: "nginx: 2026/11/24 23:01:02 [info] 8#8: ...".
 _NGINX = re.compile(r"(?P<date>\d{4})/(?P<month>\d\d)/(?P<day>\d\d) (?P<hms>\d\d:\d\d:\d\d) "
                     r"(?P<message>\[[a-z]+\] (?P<pid>\d+)#\d+: .*)", re.DOTALL)
+# Zimbra's own log4j files, /opt/zimbra/log/mailbox.log and audit.log (layout
+# "%d %-5p [%t] [%z] %c{1} - %m"): "2026-11-24 23:01:02,123 INFO  [ImapServer-7]
+# [name=u;ip=A;oip=B;] imap - user u authenticated, ...". The thread's name is
+# the tag and its number the pid ("ImapServer", "7"); the level is dropped and
+# the message starts at the [context]. Other threads (qtp...:https://...) do
+# not parse: no POP/IMAP login is logged there.
+_LOG4J = re.compile(r"(?P<iso>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d{3} [A-Z]+ +"
+                    r"\[(?P<program>[A-Za-z][A-Za-z0-9]*)-(?P<pid>\d+)\] (?P<message>\[.*)",
+                    re.DOTALL)
+# Qpopper's own trace file (popper -d -t FILE), which has no tag: the program
+# is "qpopper-trace". Qpopper 4 (pop_log.c "%s.%03ld %.4s [%ld] %s"):
+# "Nov 24 12:53:46.123 2026 [7597] (v4.0.9) POP login by user ..."; Qpopper 3
+# wrote the whole ctime(): "Tue Nov 24 12:53:46 2026 [7597]  Stats: ...".
+_QPOPPER_TRACE = re.compile(
+    r"(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) )?"
+    r"(?P<month>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) (?P<day>[ 0-3]?\d)"
+    r" (?P<hms>\d\d:\d\d:\d\d)(?:\.\d+)? (?P<year>\d{4}) \[(?P<pid>\d+)\] +(?P<message>.*)",
+    re.DOTALL)
 
 
 def bsd_time(month: int, day: int, hms: str, now: float) -> float | None:
@@ -414,6 +432,13 @@ def parse_prefix(line: str, now: float) -> Prefix | None:
     if m:
         iso = f"{m['date']}-{m['month']}-{m['day']} {m['hms']}"
         return Prefix(("iso", iso), now, None, "nginx", m["pid"], m["message"])
+    m = _LOG4J.match(line)
+    if m:
+        return Prefix(("iso", m["iso"]), now, None, m["program"], m["pid"], m["message"])
+    m = _QPOPPER_TRACE.match(line)
+    if m:
+        iso = f"{m['year']}-{_MONTHS[m['month']]:02d}-{int(m['day']):02d} {m['hms']}"
+        return Prefix(("iso", iso), now, None, "qpopper-trace", m["pid"], m["message"])
     return None
 
 

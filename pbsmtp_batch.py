@@ -1534,17 +1534,24 @@ def pending_text(pending: Pending) -> str:
     return json.dumps([[*key, ip, when] for key, (ip, when) in sorted(pending.items())]) + "\n"
 
 
-def read_blocks(path: str, start: int, marks: list[Offset]) -> Iterator[bytes]:
+def read_blocks(path: str, start: int, marks: list[Offset],
+                opened: BinaryIO | None = None) -> Iterator[bytes]:
     """The complete lines of one file from a byte offset, in blocks of about
     1 MiB that each end with a newline.
 
     A plain file may still grow, so a last line without its newline is left
     for the next run; a compressed one is finished. Once the blocks are
-    consumed, where reading stopped is appended to ``marks``.
+    consumed, where reading stopped is appended to ``marks``. ``opened`` is
+    the file already opened by open_log(path) (see LogReader).
     """
     compressed = is_compressed(path)
-    with open_log(path) as f:
-        inode = os.stat(path).st_ino if compressed else os.fstat(f.fileno()).st_ino
+    with opened or open_log(path) as f:
+        inode = os.fstat(f.fileno()).st_ino
+        # Issue 4 fix: the head is taken before reading on. Taken at the end,
+        # it was the new content's when copytruncate emptied the file during
+        # the run, so the next run could not find the copy by its fingerprint
+        # and re-read the whole grace window.
+        head = f.read(FINGERPRINT_BYTES)
         f.seek(start)
         pos, rest = start, b""
         while block := f.read(1 << 20):
@@ -1556,8 +1563,7 @@ def read_blocks(path: str, start: int, marks: list[Offset]) -> Iterator[bytes]:
         if rest and compressed:
             pos += len(rest)
             yield rest + b"\n"
-        f.seek(0)
-        head = f.read(min(pos, FINGERPRINT_BYTES))
+    head = head[:min(pos, FINGERPRINT_BYTES)]
     marks.append(Offset(inode, pos, fingerprint(head), len(head)))
 
 
@@ -1605,6 +1611,33 @@ def pattern_anchors(patterns: Sequence[Pattern]) -> tuple[bytes, ...]:
     return tuple(kept)
 
 
+class _Tail(Pygtail):
+    """pygtail, with two changes (issue 4 fixes).
+
+    Lines end at "\\n" only. pygtail opens the log in text mode with
+    universal newlines, which also ends a line at a lone "\\r": a crafted
+    "... user=<x\\rNov 24 23:01:02 mail dovecot: imap-login: Login: ...
+    rip=ATTACKER ...>" then became a login line of its own on incremental
+    runs, though read_blocks (first run, rotations) never split it there.
+
+    It stays on the file it started on. At the end of a renamed log pygtail
+    went on to the new one, and the committed state then no longer named
+    the renamed file: the lines the daemon wrote to it afterwards, before it
+    reopened its log, were never read. Now the next run finds the renamed
+    file by inode and fingerprint and reads the rest of it, then the new one.
+    """
+
+    def _filehandle(self):
+        if not self.fh or self._is_closed():
+            self._counter += 1
+            self.fh = open(self.filename, "r", 1, encoding="latin-1", newline="\n")
+            self.fh.seek(self.offset)
+        return self.fh
+
+    def _is_new_file(self):
+        return False
+
+
 class LogReader:
     """Every log line written since the saved state, however the log was
     rotated in between; then the state to commit.
@@ -1635,25 +1668,84 @@ class LogReader:
         self._pygtail: Pygtail | None = None
         rotated = rotated_logs(logfile)
         current = saved.current if saved else None
-        if current is None:
-            self._spans = [(p, 0) for p in recent_logs(rotated, cutoff)] + [(logfile, 0)]
+        # Issue 4 fix: a mark at offset 0 has no head to fingerprint, so a log
+        # that copytruncate emptied and that then grew looked like the same
+        # file, and the lines in the copy were lost; a log renamed and
+        # compressed since could not be found, which warned. Nothing was read
+        # from it yet, so read every rotated file newer than the previous
+        # run's newest one (from where that one was left), else the grace
+        # window as on a first run; then the log from 0.
+        if current is None or current.offset == 0:
+            prev = self._previous if current else None
+            anchor = prev and next((p for p in reversed(rotated) if self._is(p, prev)), None)
+            if anchor:
+                newer = rotated[rotated.index(anchor) + 1:]
+                self._spans = [(anchor, prev.offset)] + [(p, 0) for p in newer]
+            else:
+                self._spans = [(p, 0) for p in recent_logs(rotated, cutoff)]
+            self._spans.append((logfile, 0))
+            self._open()
             return
-        st = os.stat(logfile)
+        # Issue 4 fix: the log is opened once, here, and that handle is the
+        # one checked, fingerprinted and read (by pygtail). Checked by name
+        # and read by name later, a rotation in between made the run read
+        # the new log from the old one's offset; and the head, taken at the
+        # end, was the new content's after a copytruncate during the run.
+        log = open(logfile, "r", 1, encoding="latin-1", newline="\n")
+        st = os.fstat(log.fileno())
+        head = os.pread(log.fileno(), FINGERPRINT_BYTES, 0)
         if (st.st_ino == current.inode and st.st_size >= current.offset
-                and (not current.length or is_same_log(logfile, current))):
+                and (not current.length or
+                     fingerprint(head[:current.length]) == current.fingerprint)):
             self._spans = self._late_lines(rotated) + [(logfile, None)]
-            write_atomically(scratch, f"{current.inode}\n{current.offset}\n")
-            self._pygtail = Pygtail(logfile, offset_file=scratch, save_on_end=False,
-                                    full_lines=True, encoding="latin-1")
+            self._head = head
+            try:
+                write_atomically(scratch, f"{current.inode}\n{current.offset}\n")
+            except OSError as e:
+                log.close()
+                # Issue 4 fix: this is a write to the state directory; run()
+                # would have reported it as "cannot read <log>: No space ...".
+                raise PbsmtpError(f"cannot write {scratch}: {e.strerror}") from None
+            self._pygtail = _Tail(logfile, offset_file=scratch, save_on_end=False,
+                                  full_lines=True, encoding="latin-1")
+            self._pygtail.fh, self._pygtail.offset = log, current.offset
+            self._pygtail.rotated_logfile = None
+            log.seek(current.offset)
+            self._open()
             return
+        log.close()
         old = next((p for p in reversed(rotated) if self._is(p, current)), None)
         if old is None:
             warn(f"{logfile} was rotated or truncated and the part read last time "
                  f"is gone; re-reading the grace window")
             self._spans = [(p, 0) for p in recent_logs(rotated, cutoff)] + [(logfile, 0)]
+            self._open()
             return
         newer = rotated[rotated.index(old) + 1:]
         self._spans = [(old, current.offset)] + [(p, 0) for p in newer] + [(logfile, 0)]
+        # Issue 4 fix: late lines that reached the previous run's newest
+        # rotated file after that run, when it has been rotated again since
+        # (delaycompress: mail.log.1 became mail.log.2.gz), were never read.
+        prev = self._previous
+        late = prev and next((p for p in reversed(rotated[:rotated.index(old)])
+                              if self._is(p, prev)), None)
+        if late:
+            self._spans.insert(0, (late, prev.offset))
+        self._open()
+
+    def _open(self) -> None:
+        """Issue 4 fix: open every file to read now. Opened by name as they
+        were reached, a rotation during the run (mail.log became mail.log.1)
+        made this run read the new log from 0 and never the old one's rest."""
+        self._files = []
+        try:
+            for path, start in self._spans:
+                self._files.append(None if start is None else open_log(path))
+        except BaseException:
+            for f in self._files:
+                if f is not None:
+                    f.close()
+            raise
 
     @staticmethod
     def _is(path: str, mark: Offset) -> bool:
@@ -1663,8 +1755,10 @@ class LogReader:
                 # file at once, so after two rotations (compress) a newer log
                 # can carry the old file's number. Trust the number only when
                 # the head matches too (a mark without a fingerprint, from
-                # pygtail's format, has only the number).
-                return not mark.length or is_same_log(path, mark)
+                # pygtail's format, has only the number). An unreadable file
+                # counts as the same: reading it then says why it cannot.
+                return (not mark.length or not os.access(path, os.R_OK)
+                        or is_same_log(path, mark))
         except OSError:
             return False
         return is_same_log(path, mark)
@@ -1674,19 +1768,19 @@ class LogReader:
         run had finished it, before the daemon reopened its log."""
         prev, newest = self._previous, (rotated[-1] if rotated else None)
         if (prev is None or newest is None or is_compressed(newest)
-                or os.stat(newest).st_ino != prev.inode):
+                or not self._is(newest, prev)):     # issue 4 fix: not the inode alone
             self._previous = None      # compressed or gone: nothing more to come
             return []
         return [(newest, prev.offset)]
 
     def __iter__(self) -> Iterator[str]:
-        for path, start in self._spans:
+        for (path, start), opened in zip(self._spans, self._files):
             if start is None:
                 for line in self._pygtail:
                     self.lines_read += 1
                     yield line.decode("latin-1") if isinstance(line, bytes) else line
                 continue
-            for block in read_blocks(path, start, self._marks):
+            for block in read_blocks(path, start, self._marks, opened):
                 self.lines_read += block.count(b"\n")
                 lines = (candidate_lines(block, self.keywords) if self.keywords
                          else block[:-1].split(b"\n"))
@@ -1698,9 +1792,7 @@ class LogReader:
         if self._pygtail is not None:
             self._pygtail.update_offset_file()
             inode, offset = (int(x) for x in Path(self.scratch).read_text().split())
-            with open(self.logfile, "rb") as f:
-                same = os.fstat(f.fileno()).st_ino == inode
-                head = f.read(min(offset, FINGERPRINT_BYTES)) if same else b""
+            head = self._head[:min(offset, FINGERPRINT_BYTES)]
             current = Offset(inode, offset, fingerprint(head), len(head))
             return LogState(current, self._marks[-1] if self._marks else self._previous)
         # The newest rotated file may still get late lines: remember how far

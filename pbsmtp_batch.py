@@ -603,11 +603,20 @@ def shares_ipv6_key(ip: str) -> bool:
 
     For fixed-key maps Postfix looks up an IPv6 client as its full address,
     then cuts the key at its last ':' again and again: client 2001:db8::1:5
-    also tries 2001:db8::1. So a stored key whose compressed form has '::'
-    inside can be hit from other addresses (for real global addresses, in
-    the same /64). A key with all 8 groups, or ending in '::', cannot.
+    also tries 2001:db8::1. So a key can be hit from other addresses (for
+    real global addresses, in the same /64) exactly when another address is
+    written as the key, ':' and more. A key with all 8 groups, ending in
+    '::', or whose '::' stands for two zero groups (2001:db8:1:2:3::8),
+    cannot be.
     """
-    return "::" in ip and not ip.endswith("::")
+    if "::" not in ip or ip.endswith("::"):
+        return False
+    # The key is hit when some longer address is written as "KEY:X": try one.
+    try:
+        longer = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, ip + ":1"))
+    except OSError:
+        return False
+    return longer.startswith(ip + ":")
 
 
 def excluded_reason(ip: str, mynetworks: Sequence[tuple[bool, Network]],

@@ -246,12 +246,36 @@ def stop_session(sid, timeout=10.0):
         stop_pid(pid, timeout=timeout)
 
 
-def _start(argv, logfile, env=None):
+def start_process(argv, logfile, env=None):
     """Start *argv* in a new session with output to *logfile*; return Popen."""
     with open(logfile, "ab") as out:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
+
+
+# Daemons log through syslog(3), which always writes to /dev/log. To send
+# their lines to the test's own rsyslogd without touching the host's /dev, they
+# run in a private mount namespace: /dev is overlaid on a small tmpfs and
+# /dev/log there is a link to our rsyslogd's socket; then the daemon is exec'd.
+DEVLOG_SCRIPT = """\
+set -e
+mount -t tmpfs -o mode=0700,size=1m pbsmtp-devns "$1"
+mkdir "$1/upper" "$1/work"
+mount -t overlay -o "lowerdir=/dev,upperdir=$1/upper,workdir=$1/work" pbsmtp-dev /dev
+ln -sfn "$2" /dev/log
+shift 2
+exec "$@"
+"""
+
+
+def start_with_devlog(workdir, devlog, argv, output, env=None):
+    """start_process(argv) in its own mount namespace whose /dev/log is devlog.
+    unshare and sh exec, so the PID is the daemon's."""
+    ns = os.path.join(workdir, "devns")
+    os.makedirs(ns, mode=0o700)
+    return start_process([which("unshare"), "--mount", "--propagation", "private", "--",
+                          "/bin/sh", "-c", DEVLOG_SCRIPT, "sh", ns, devlog, *argv], output, env)
 
 
 class Daemon:
@@ -343,7 +367,7 @@ mail.* action(type="omfile" file="{self.maillog}" template="{self.template}")
         _mkdir(self.spool, 0o700)
         _write(self.conf, self.config())
         env = dict(os.environ, TZ=self.tz) if self.tz else None
-        self.proc = _start([which("rsyslogd"), "-n", "-f", self.conf, "-i", self.pidfile],
+        self.proc = start_process([which("rsyslogd"), "-n", "-f", self.conf, "-i", self.pidfile],
                            self.output, env)
         self.pid = self.proc.pid
         wait_until(lambda: self._check() and os.path.exists(self.socket),
@@ -482,23 +506,9 @@ service imap-login {{
         _mkdir(self.mail_dir, 0o755, owner="nobody")
         _write(self.passwd, "".join(f"{u}:{{PLAIN}}{p}\n" for u, p in self.users.items()))
         _write(self.conf, self.config())
-        # In a private mount namespace: overlay /dev on a small tmpfs and make
-        # /dev/log a symlink to our rsyslogd's socket, then become dovecot.
-        ns = os.path.join(self.dir, "devns")
-        _mkdir(ns, 0o700)
-        script = """\
-set -e
-mount -t tmpfs -o mode=0700,size=1m pbsmtp-devns "$1"
-mkdir "$1/upper" "$1/work"
-mount -t overlay -o "lowerdir=/dev,upperdir=$1/upper,workdir=$1/work" pbsmtp-dev /dev
-ln -sfn "$2" /dev/log
-shift 2
-exec "$@"
-"""
-        argv = [which("unshare"), "--mount", "--propagation", "private", "--",
-                "/bin/sh", "-c", script, "sh", ns, self.devlog,
-                which("dovecot"), "-F", "-c", self.conf]
-        self.proc = _start(argv, self.output)
+        # In a private mount namespace whose /dev/log is our rsyslogd's socket.
+        self.proc = start_with_devlog(self.dir, self.devlog,
+                                      [which("dovecot"), "-F", "-c", self.conf], self.output)
         self.pid = self.proc.pid  # unshare and sh exec, so this becomes dovecot's master
         for host in self.hosts:
             for port in (self.pop3_port, self.imap_port):

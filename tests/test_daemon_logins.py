@@ -89,26 +89,6 @@ def library_path(root):
         "usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu", "usr/lib/cyrus/lib"))
 
 
-# The /dev/log switch of tests/daemons.py (Dovecot), for any argv.
-DEVLOG_SCRIPT = """\
-set -e
-mount -t tmpfs -o mode=0700,size=1m pbsmtp-devns "$1"
-mkdir "$1/upper" "$1/work"
-mount -t overlay -o "lowerdir=/dev,upperdir=$1/upper,workdir=$1/work" pbsmtp-dev /dev
-ln -sfn "$2" /dev/log
-shift 2
-exec "$@"
-"""
-
-
-def start_with_devlog(workdir, devlog, argv, output, env):
-    ns = os.path.join(workdir, "devns")
-    os.makedirs(ns, mode=0o700)
-    return daemons._start([daemons.which("unshare"), "--mount", "--propagation", "private",
-                           "--", "/bin/sh", "-c", DEVLOG_SCRIPT, "sh", ns, devlog, *argv],
-                          output, env)
-
-
 # Clients: a raw line protocol, so that user names reach the daemon verbatim ###
 
 class Client:
@@ -296,7 +276,7 @@ EVENTS {{
                 "-M", os.path.join(self.dir, "cyrus.conf"),
                 "-p", os.path.join(self.dir, "run/master.pid")]
         self.output = os.path.join(self.dir, "master.out")
-        self.proc = start_with_devlog(self.workdir, self.devlog, argv, self.output, self.env)
+        self.proc = daemons.start_with_devlog(self.workdir, self.devlog, argv, self.output, self.env)
         for port in (self.imap_port, self.pop3_port):
             daemons.wait_for_port("127.0.0.1", port, self.proc.pid)
 
@@ -441,7 +421,7 @@ class Courier:
         argv = [daemons.which("unshare"), "--mount", "--propagation", "private", "--",
                 "/bin/sh", "-c", COURIER_SCRIPT, "sh", self.workdir, self.root, self.devlog,
                 str(self.imap_port), str(self.pop3_port)]
-        self.proc = daemons._start(argv, self.output)
+        self.proc = daemons.start_process(argv, self.output)
         for port in (self.imap_port, self.pop3_port):
             daemons.wait_for_port("127.0.0.1", port, self.proc.pid)
 
@@ -573,7 +553,7 @@ class Inetd:
                 sys.executable]
         for name, program in self.services.items():
             argv += [str(self.ports[name]), program]
-        self.proc = daemons._start(argv, os.path.join(self.workdir, "inetd.out"))
+        self.proc = daemons.start_process(argv, os.path.join(self.workdir, "inetd.out"))
         for port in self.ports.values():
             daemons.wait_for_port("127.0.0.1", port, self.proc.pid)
 
@@ -744,7 +724,7 @@ mail {{
     server {{ listen {listen}:587; protocol smtp; }}
 }}
 """)
-    proc = daemons._start([os.path.join(root, "usr/sbin/nginx"), "-p", workdir,
+    proc = daemons.start_process([os.path.join(root, "usr/sbin/nginx"), "-p", workdir,
                            "-e", os.path.join(workdir, "error.log"), "-c", conf],
                           os.path.join(workdir, "nginx.out"))
     try:

@@ -92,7 +92,7 @@ class Sample:
     before: tuple[str, ...] = () # earlier lines of the same session (two-line servers)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Pattern:
     """One server family, loaded from patterns/NAME.toml."""
     name: str
@@ -477,6 +477,20 @@ def match_sample(sample: Sample, patterns: Sequence[Pattern], now: float
     return match_login(sample.line, patterns, now, pending)
 
 
+# A run sees few distinct program tags, so which patterns can read a tag is
+# worked out once per tag. (Pattern compares by identity: cheap to hash.)
+@functools.lru_cache(maxsize=4096)
+def patterns_for_program(patterns: tuple[Pattern, ...], program: str) -> tuple[Pattern, ...]:
+    return tuple(p for p in patterns if p.program.fullmatch(program))
+
+
+@functools.lru_cache(maxsize=64)
+def text_anchors(patterns: tuple[Pattern, ...]) -> tuple[str, ...]:
+    """pattern_anchors as text: a line holding none of them (lowercased)
+    holds none of the patterns' literals."""
+    return tuple(a.decode() for a in pattern_anchors(patterns))
+
+
 # Pending address lines of two-line servers: (host, program, pid) -> (ip, time).
 Pending = dict[tuple[str, str, str], tuple[str, int]]
 
@@ -491,14 +505,15 @@ def match_login(line: str, patterns: Sequence[Pattern], now: float,
     from one line (and one run) to the next: an address line is remembered
     there, and the success line of the same session takes it out.
     """
-    prefix = None
-    for pattern in patterns:
+    patterns = tuple(patterns)
+    lowered = line.lower()
+    if not any(a in lowered for a in text_anchors(patterns)):
+        return None, None
+    prefix = parse_prefix(line, now)
+    if prefix is None:
+        return None, None
+    for pattern in patterns_for_program(patterns, prefix.program):
         if not any(k in line for k in pattern.contains):
-            continue
-        prefix = prefix or parse_prefix(line, now)
-        if prefix is None:
-            return None, None
-        if not pattern.program.fullmatch(prefix.program):
             continue
         if pattern.pid and prefix.pid is None:
             continue

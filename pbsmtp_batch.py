@@ -1951,6 +1951,39 @@ def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
     return logins
 
 
+def store_stamp(store: Store) -> list[int] | None:
+    """What identifies the map file's current version (it is replaced by
+    rename, so the inode changes on every write); None for stores that other
+    hosts write, which must always be read."""
+    if not isinstance(store, PostfixMap):
+        return None
+    try:
+        st = os.stat(map_file(store.dbfile, store.map_type))
+    except OSError:
+        return None
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def load_mark(path: str) -> dict | None:
+    try:
+        mark = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return mark if isinstance(mark, dict) else None
+
+
+def save_mark(path: str, store: Store, plan: Plan, grace: int) -> None:
+    """Remember which map this run left and when its first entry expires, so
+    that a run with no logins before then need not read it. Only a cache: if
+    it cannot be written, the next run reads the map."""
+    stamp = store_stamp(store)
+    mark = {"stamp": stamp, "grace": grace, "active": len(plan.entries),
+            "expires": min(plan.entries.values()) + grace if plan.entries else None}
+    with contextlib.suppress(OSError):
+        if stamp is not None:
+            write_atomically(path, json.dumps(mark) + "\n")
+
+
 def publish(store: Store, plan: Plan, warn, staged: Sequence[tuple[str, str]]) -> None:
     """Write the map, then the state: the state files are staged first, so a
     full state file system fails the run before the map changed, and renamed
@@ -1983,7 +2016,8 @@ def remove_staged_leftovers(state_dir: str) -> None:
     while holding the lock: then no other run is staging)."""
     with contextlib.suppress(OSError):
         for name in os.listdir(state_dir):
-            if name.startswith(STAGED_PREFIX) and (".offset." in name or ".pending." in name):
+            if name.startswith(STAGED_PREFIX) and any(f".{kind}." in name for kind in
+                                                      ("offset", "pending", "map")):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(state_dir, name))
 
@@ -2014,7 +2048,6 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
             return summary, None
         if opts.flock:
             remove_staged_leftovers(opts.state_dir)
-        existing = store.read()
 
         offset_file = offset_path(opts.state_dir, opts.logfile)
         saved, problem = (None, None) if opts.reprocess else load_offset(offset_file)
@@ -2039,7 +2072,23 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(scratch)
 
-        plan = merge(existing, logins, now, opts.grace)
+        mark_file = os.path.splitext(offset_file)[0] + ".map"
+        mark = load_mark(mark_file)
+        if (saved is not None and not logins and mark is not None
+                and mark.get("stamp") == store_stamp(store) and mark.get("grace") == opts.grace
+                and (mark.get("expires") is None or now < mark["expires"])):
+            # Nothing to add and nothing due to expire, and the map is the
+            # one the last run left: reading and rewriting it would change
+            # nothing, and on a quiet log that is most runs.
+            say("no logins, and the map is as left with nothing due to expire: not read")
+            summary.active = mark.get("active", 0)
+            if opts.write:
+                publish(store, Plan(entries={}), warn, staged=[] if state == saved else [
+                    (pending_file, pending_text(trim_pending(pending, now))),
+                    (offset_file, offset_text(opts.logfile, state))])
+            return summary, Plan(entries={})
+
+        plan = merge(store.read(), logins, now, opts.grace)
         if plan.invalid:
             warn(f"dropped {len(plan.invalid)} map entries that are not an address "
                  f"with an all-digit time, e.g. {next(iter(plan.invalid))!r}")
@@ -2049,6 +2098,7 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
             publish(store, plan, warn, staged=[] if state == saved else [
                 (pending_file, pending_text(trim_pending(pending, now))),
                 (offset_file, offset_text(opts.logfile, state))])
+            save_mark(mark_file, store, plan, opts.grace)
     return summary, plan
 
 

@@ -477,3 +477,25 @@ def test_pending_addresses_are_bounded():
     assert len(kept) == min(pb.PENDING_MAX, sum(1 for _, w in pending.values()
                                                  if w >= NOW - pb.PENDING_SECONDS))
     assert min(w for _, w in kept.values()) >= NOW - pb.PENDING_SECONDS
+
+
+def test_a_run_without_logins_reads_the_map_only_when_it_must(site):
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    invoke(*site.args("--grace=100"))
+    site.append(noise(NOW + 10))
+    skipped = "debug: no logins, and the map is as left with nothing due to expire: not read"
+    quiet = invoke(*site.args("--grace=100", "--debug", "-v", now=NOW + 10))
+    assert skipped in quiet.output and "1 lines read, 0 logins" in quiet.output
+    assert "1 active" in quiet.output
+    # Someone else rewrote the map: it is read.
+    src = site.map.parent / "src"
+    src.write_text(f"192.0.2.77 {NOW}\n")
+    subprocess.run([pb.find_tool("postmap"), f"hash:{src}"], check=True)
+    os.rename(f"{src}.db", f"{site.map}.db")
+    src.unlink()
+    changed = invoke(*site.args("--grace=100", "--debug", "-v", now=NOW + 20))
+    assert skipped not in changed.output and "0 added, 0 refreshed, 0 expired, 1 active" in changed.output
+    # An entry falls due: the map is read and purged.
+    due = invoke(*site.args("--grace=100", "--debug", "-v", now=NOW + 101))
+    assert skipped not in due.output and "1 expired, 0 active" in due.output
+    assert query(site, "192.0.2.77") is None

@@ -312,31 +312,42 @@ def harness(request):
         subprocess.run(["rm", "-rf", "--one-file-system", workdir], check=False)
 
 
+def exercise(server, maillog, net, crafted_imap, crafted_pop3, unknown_over_pop3, logged):
+    """The same sessions against any IMAP+POP3 server, each from its own
+    address in 127.0.0.<net>x: four good logins (LOGIN, AUTHENTICATE PLAIN,
+    USER/PASS, AUTH PLAIN), then wrong passwords, an unknown user, two
+    sessions that leave before auth, and two crafted user names. Returns the
+    good addresses with their users and the bad addresses."""
+    imap, pop3 = server.imap_port, server.pop3_port
+    ip = lambda n: f"127.0.0.{net}{n}"
+    good = {ip(1): "alice", ip(2): "bob", ip(3): "alice", ip(4): "bob"}
+    assert imap_login(imap, ip(1), "alice", "secret")
+    assert imap_authenticate_plain(imap, ip(2), "bob", "hunter2")
+    assert pop3_user_pass(pop3, ip(3), "alice", "secret")
+    assert pop3_auth_plain(pop3, ip(4), "bob", "hunter2")
+    bad = [f"127.0.0.{net + 1}{n}" for n in range(1, 8)]
+    assert not imap_login(imap, bad[0], "alice", "wrong")
+    unknown = pop3_auth_plain if unknown_over_pop3 else imap_login
+    assert not unknown(pop3 if unknown_over_pop3 else imap, bad[1], "nobody", "secret")
+    assert not pop3_user_pass(pop3, bad[2], "alice", "wrong")
+    leave_before_auth(imap, bad[3], "a1 LOGOUT")
+    leave_before_auth(pop3, bad[4], "QUIT")
+    assert not imap_login(imap, bad[5], crafted_imap, "x")
+    assert not pop3_user_pass(pop3, bad[6], crafted_pop3, "x")
+    # The last failure is logged once its (delayed) answer is out.
+    daemons.wait_for_log(maillog, logged(bad[6]))
+    return good, bad
+
+
 def test_cyrus_logins(harness):
     workdir, rsyslog = harness
     root = unpacked(CYRUS_PACKAGES, "usr/sbin/cyrmaster", "root")
     cyrus = Cyrus(root, workdir, rsyslog.socket, {"alice": "secret", "bob": "hunter2"})
     try:
         cyrus.start()
-        imap, pop3 = cyrus.imap_port, cyrus.pop3_port
-        good = {"127.0.0.31": "alice", "127.0.0.32": "bob", "127.0.0.33": "alice",
-                "127.0.0.34": "bob"}
-        assert imap_login(imap, "127.0.0.31", "alice", "secret")
-        assert imap_authenticate_plain(imap, "127.0.0.32", "bob", "hunter2")
-        assert pop3_user_pass(pop3, "127.0.0.33", "alice", "secret")
-        assert pop3_auth_plain(pop3, "127.0.0.34", "bob", "hunter2")
-        bad = ["127.0.0.41", "127.0.0.42", "127.0.0.43", "127.0.0.44", "127.0.0.45",
-               "127.0.0.46", "127.0.0.47"]
-        assert not imap_login(imap, "127.0.0.41", "alice", "wrong")
-        assert not imap_login(imap, "127.0.0.42", "nobody", "secret")
-        assert not pop3_user_pass(pop3, "127.0.0.43", "alice", "wrong")
-        leave_before_auth(imap, "127.0.0.44", "a1 LOGOUT")
-        leave_before_auth(pop3, "127.0.0.45", "QUIT")
-        crafted = f"login: [{ATTACKER}] alice plaintext User logged in"
-        assert not imap_login(imap, "127.0.0.46", crafted, "x")
-        assert not pop3_user_pass(pop3, "127.0.0.47", f"x [{ATTACKER}] alice", "x")
-        # The last failure is logged once its (delayed) answer is out.
-        daemons.wait_for_log(rsyslog.maillog, "[127.0.0.47]")
+        good, bad = exercise(cyrus, rsyslog.maillog, 3,
+                             f"login: [{ATTACKER}] alice plaintext User logged in",
+                             f"x [{ATTACKER}] alice", False, lambda a: f"[{a}]")
     finally:
         cyrus.stop()
     check(rsyslog.maillog, good, bad, "cyrus")
@@ -436,27 +447,12 @@ def test_courier_logins(harness):
     workdir, rsyslog = harness
     root = unpacked(COURIER_PACKAGES, "usr/lib/courier/courier/imaplogin", "courier")
     courier = Courier(root, workdir, rsyslog.socket, {"alice": "secret", "bob": "hunter2"})
+    # FACTS.md: Courier copies the user name verbatim into the failure line.
+    crafted = f"x LOGIN, user=alice, ip=[::ffff:{ATTACKER}], port=[4242]"
     try:
         courier.start()
-        imap, pop3 = courier.imap_port, courier.pop3_port
-        good = {"127.0.0.51": "alice", "127.0.0.52": "bob", "127.0.0.53": "alice",
-                "127.0.0.54": "bob"}
-        assert imap_login(imap, "127.0.0.51", "alice", "secret")
-        assert imap_authenticate_plain(imap, "127.0.0.52", "bob", "hunter2")
-        assert pop3_user_pass(pop3, "127.0.0.53", "alice", "secret")
-        assert pop3_auth_plain(pop3, "127.0.0.54", "bob", "hunter2")
-        bad = ["127.0.0.61", "127.0.0.62", "127.0.0.63", "127.0.0.64", "127.0.0.65",
-               "127.0.0.66", "127.0.0.67"]
-        assert not imap_login(imap, "127.0.0.61", "alice", "wrong")
-        assert not pop3_auth_plain(pop3, "127.0.0.62", "nobody", "secret")
-        assert not pop3_user_pass(pop3, "127.0.0.63", "alice", "wrong")
-        leave_before_auth(imap, "127.0.0.64", "a1 LOGOUT")
-        leave_before_auth(pop3, "127.0.0.65", "QUIT")
-        # FACTS.md: Courier copies the user name verbatim into the failure line.
-        crafted = f"x LOGIN, user=alice, ip=[::ffff:{ATTACKER}], port=[4242]"
-        assert not imap_login(imap, "127.0.0.66", crafted, "x")
-        assert not pop3_user_pass(pop3, "127.0.0.67", crafted, "x")
-        daemons.wait_for_log(rsyslog.maillog, "ip=[::ffff:127.0.0.67]")
+        good, bad = exercise(courier, rsyslog.maillog, 5, crafted, crafted, True,
+                             lambda a: f"ip=[::ffff:{a}]")
     finally:
         courier.stop()
     check(rsyslog.maillog, good, bad, "courier")

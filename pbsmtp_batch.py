@@ -2102,6 +2102,40 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
     return summary, plan
 
 
+def unread_lines(opts: Options) -> bool:
+    """Whether complete lines were added to the log after the offset that the
+    last run committed."""
+    saved, _ = load_offset(offset_path(opts.state_dir, opts.logfile))
+    try:
+        with open(opts.logfile, "rb") as f:
+            if saved is None or os.fstat(f.fileno()).st_ino != saved.current.inode:
+                return False
+            f.seek(saved.current.offset)
+            return b"\n" in f.read(1 << 20)
+    except OSError:
+        return False
+
+
+def run_caught_up(opts: Options, now: float | None = None, say=lambda msg: None,
+                  warn=lambda msg: None, passes: int = 3) -> tuple[Summary, Plan | None]:
+    """run(), again while lines arrived during the last pass.
+
+    systemd's path unit ignores the writes made while its service runs, so a
+    login logged during a run would wait for the next write or the timer;
+    one more pass picks it up at once. Bounded: a log that never stops
+    growing is left to the next trigger.
+    """
+    total = Summary()
+    for _ in range(passes):
+        summary, plan = run(opts, now, say, warn)
+        for field in ("lines", "logins", "added", "refreshed", "expired"):
+            setattr(total, field, getattr(total, field) + getattr(summary, field))
+        total.active, total.locked_out = summary.active, summary.locked_out
+        if summary.locked_out or not opts.write or not unread_lines(opts):
+            break
+    return total, plan
+
+
 def list_entries(store: Store, now: float, grace: int) -> list[dict]:
     rows = []
     for ip, value in sorted(store.read().items()):
@@ -2384,7 +2418,7 @@ def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
                            f"left {_age(row['left']):>9}")
             return
         say = (lambda msg: click.echo(f"debug: {msg}")) if debug else (lambda msg: None)
-        summary, plan = run(opts, now=now, say=say, warn=err)
+        summary, plan = run_caught_up(opts, now=now, say=say, warn=err)
     except PbsmtpError as e:
         raise click.ClickException(str(e))
     if dry_run and plan is not None:

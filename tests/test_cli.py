@@ -499,3 +499,25 @@ def test_a_run_without_logins_reads_the_map_only_when_it_must(site):
     due = invoke(*site.args("--grace=100", "--debug", "-v", now=NOW + 101))
     assert skipped not in due.output and "1 expired, 0 active" in due.output
     assert query(site, "192.0.2.77") is None
+
+
+def test_lines_written_during_a_run_are_read_before_it_exits(site):
+    """systemd's path unit drops the triggers of writes made while the
+    service runs; the run itself takes one more pass instead."""
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    opts = pb.Options(logfile=str(site.log), dbfile=str(site.map), map_type="hash",
+                      state_dir=str(site.state), postfix_config=str(site.conf))
+    written = []
+
+    def during_the_run(message):
+        if not written:                      # the first pass is matching lines
+            site.append(dovecot_login(NOW - 5, "192.0.2.11"))
+            written.append(message)
+
+    summary, _ = pb.run_caught_up(opts, now=NOW, say=during_the_run)
+    assert written and (summary.lines, summary.logins, summary.active) == (2, 2, 2)
+    assert query(site, "192.0.2.11") == str(NOW - 5)
+    # A half-written line is no reason for another pass.
+    with open(site.log, "a") as f:
+        f.write("Nov 24 23:29:59 mail dovecot: imap-login: Lo")
+    assert not pb.unread_lines(opts)

@@ -346,8 +346,8 @@ def exim_session(exim, workdir, listfile, client):
                 f"domainlist local_domains = localhost\nacl_smtp_rcpt = acl_check_rcpt\n"
                 f"begin acl\nacl_check_rcpt:\n"
                 + EXIM_ACL.format(list=listfile) +
-                f"  require message = relay not permitted\n"
-                f"          domains = +local_domains\n  accept\n")
+                "  require message = relay not permitted\n"
+                "          domains = +local_domains\n  accept\n")
     argv = [exim, "-C", conf, "-bh", client]
     try:
         pwd.getpwnam("Debian-exim")

@@ -1,6 +1,5 @@
 """Pure functions, tested with tables of cases."""
 
-import ipaddress
 import time
 
 import pytest

@@ -1662,6 +1662,41 @@ class _Tail(Pygtail):
         return False
 
 
+# A span of a file read "from where the grace window begins" (see LogReader).
+WINDOW = -1
+WINDOW_MARGIN = 3600
+
+
+def window_start(f: BinaryIO, target: float, now: float) -> int:
+    """Where to start reading a plain log to see every line stamped at or
+    after target: a binary search over byte offsets, by the lines' own times.
+
+    Logs are in time order give or take a little, which the caller's margin
+    covers. Where a probe finds no time it can read, the search stops, so the
+    start is never later than the times show. The file is left at 0.
+    """
+    lo, hi = 0, os.fstat(f.fileno()).st_size
+    while hi - lo > 1 << 20:
+        mid = (lo + hi) // 2
+        f.seek(mid)
+        when = None
+        for raw in f.read(1 << 16).split(b"\n")[1:-1]:     # whole lines after mid
+            prefix = parse_prefix(raw.decode("latin-1"), now)
+            if prefix is not None and prefix.when is not None:
+                when = prefix.when
+                break
+        if when is None:
+            break
+        lo, hi = (mid, hi) if when < target else (lo, mid)
+    start = 0
+    if lo:
+        f.seek(lo)
+        f.readline()                 # the line around lo is older than target too
+        start = f.tell()
+    f.seek(0)
+    return start
+
+
 class LogReader:
     """Every log line written since the saved state, however the log was
     rotated in between; then the state to commit.
@@ -1684,8 +1719,13 @@ class LogReader:
     """
 
     def __init__(self, logfile: str, saved: LogState | None, scratch: str, cutoff: float,
-                 warn=lambda msg: None, keywords: Sequence[bytes] = ()):
+                 warn=lambda msg: None, keywords: Sequence[bytes] = (),
+                 now: float | None = None):
         self.logfile, self.scratch, self.keywords = logfile, scratch, tuple(keywords)
+        # When the grace window is read again (first run, --reprocess, the
+        # old file gone), a plain file is entered where its lines reach the
+        # window, less an hour for lines logged out of order.
+        self._window = None if now is None else (cutoff - WINDOW_MARGIN, now)
         self.lines_read = 0
         self._marks: list[Offset] = []
         self._previous = saved.previous if saved else None
@@ -1706,8 +1746,8 @@ class LogReader:
                 newer = rotated[rotated.index(anchor) + 1:]
                 self._spans = [(anchor, prev.offset)] + [(p, 0) for p in newer]
             else:
-                self._spans = [(p, 0) for p in recent_logs(rotated, cutoff)]
-            self._spans.append((logfile, 0))
+                self._spans = [(p, WINDOW) for p in recent_logs(rotated, cutoff)]
+            self._spans.append((logfile, 0 if anchor else WINDOW))
             self._open()
             return
         # Issue 4 fix: the log is opened once, here, and that handle is the
@@ -1742,7 +1782,7 @@ class LogReader:
         if old is None:
             warn(f"{logfile} was rotated or truncated and the part read last time "
                  f"is gone; re-reading the grace window")
-            self._spans = [(p, 0) for p in recent_logs(rotated, cutoff)] + [(logfile, 0)]
+            self._spans = [(p, WINDOW) for p in recent_logs(rotated, cutoff)] + [(logfile, WINDOW)]
             self._open()
             return
         newer = rotated[rotated.index(old) + 1:]
@@ -1804,6 +1844,9 @@ class LogReader:
                     self.lines_read += 1
                     yield line.decode("latin-1") if isinstance(line, bytes) else line
                 continue
+            if start == WINDOW:
+                start = (window_start(opened, *self._window)
+                         if self._window and not is_compressed(path) else 0)
             for block in read_blocks(path, start, self._marks, opened):
                 self.lines_read += block.count(b"\n")
                 lines = (candidate_lines(block, self.keywords) if self.keywords
@@ -2057,7 +2100,7 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
         pending_file = os.path.splitext(offset_file)[0] + ".pending"
         try:
             reader = LogReader(opts.logfile, saved, scratch, now - opts.grace, warn,
-                               keywords=pattern_anchors(patterns))
+                               keywords=pattern_anchors(patterns), now=now)
             pending = load_pending(pending_file, now) if saved else {}
             logins = collect_logins(reader, patterns, mynetworks, opts, now, summary, say,
                                     pending)

@@ -520,3 +520,45 @@ def test_lines_written_during_a_run_are_read_before_it_exits(site):
     with open(site.log, "a") as f:
         f.write("Nov 24 23:29:59 mail dovecot: imap-login: Lo")
     assert not pb.unread_lines(opts)
+
+
+def big_log(site, lines_per_minute=40, minutes=24 * 60):
+    """A day of noise ending at NOW (about 4 MB), as a list of lines."""
+    out = []
+    for minute in range(minutes, 0, -1):
+        for _ in range(lines_per_minute):
+            out.append(noise(NOW - minute * 60))
+    return out
+
+
+def test_reprocess_enters_a_big_log_where_the_grace_window_begins(site):
+    lines = big_log(site)
+    # Inside the window, at its edge, one in the window but written among
+    # lines 40 minutes older (within the hour's margin), one just outside.
+    lines.insert(len(lines) - 20 * 40, dovecot_login(NOW - 20 * 60, "192.0.2.10"))
+    lines.insert(len(lines) - 30 * 40, dovecot_login(NOW - 1799, "192.0.2.11"))
+    lines.insert(len(lines) - 70 * 40, dovecot_login(NOW - 1700, "192.0.2.12"))
+    lines.insert(len(lines) - 31 * 40, dovecot_login(NOW - 1801, "192.0.2.13"))
+    lines.insert(100, dovecot_login(NOW - 1000, "192.0.2.14"))   # far out of order: lost
+    site.append(*lines)
+    result = invoke(*site.args("--reprocess", "-v"))
+    read = int(result.output.split()[1])
+    assert read < len(lines) / 4                      # most of the day was skipped
+    assert {ip for ip in ("192.0.2.10", "192.0.2.11", "192.0.2.12", "192.0.2.13",
+                          "192.0.2.14") if query(site, ip)} == {
+        "192.0.2.10", "192.0.2.11", "192.0.2.12"}
+
+
+def test_window_search_stops_where_lines_carry_no_time(site):
+    lines = big_log(site)
+    # The last 3 hours lose their time stamps (say a changed syslog template);
+    # the search cannot place the window and reads from earlier on instead.
+    untimed = [line.split(" mail ", 1)[1] for line in lines[-180 * 40:]]
+    site.append(*lines[:-180 * 40], *untimed, dovecot_login(NOW - 10, "192.0.2.20"))
+    with open(site.log, "rb") as f:
+        start = pb.window_start(f, NOW - 1800 - 3600, NOW)
+        assert f.tell() == 0
+    timed_end = sum(len(line) for line in lines[:-180 * 40])
+    assert 0 < start < timed_end
+    invoke(*site.args("--reprocess"))
+    assert query(site, "192.0.2.20") == str(NOW - 10)

@@ -2115,6 +2115,9 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(scratch)
 
+        staged = [] if state == saved else [
+            (pending_file, pending_text(trim_pending(pending, now))),
+            (offset_file, offset_text(opts.logfile, state))]
         mark_file = os.path.splitext(offset_file)[0] + ".map"
         mark = load_mark(mark_file)
         if (saved is not None and not logins and mark is not None
@@ -2126,9 +2129,7 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
             say("no logins, and the map is as left with nothing due to expire: not read")
             summary.active = mark.get("active", 0)
             if opts.write:
-                publish(store, Plan(entries={}), warn, staged=[] if state == saved else [
-                    (pending_file, pending_text(trim_pending(pending, now))),
-                    (offset_file, offset_text(opts.logfile, state))])
+                publish(store, Plan(entries={}), warn, staged)
             return summary, Plan(entries={})
 
         plan = merge(store.read(), logins, now, opts.grace)
@@ -2138,9 +2139,7 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
         summary.added, summary.refreshed = len(plan.added), len(plan.refreshed)
         summary.expired, summary.active = len(plan.expired), len(plan.entries)
         if opts.write:
-            publish(store, plan, warn, staged=[] if state == saved else [
-                (pending_file, pending_text(trim_pending(pending, now))),
-                (offset_file, offset_text(opts.logfile, state))])
+            publish(store, plan, warn, staged)
             save_mark(mark_file, store, plan, opts.grace)
     return summary, plan
 

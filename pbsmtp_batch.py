@@ -1972,10 +1972,17 @@ def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
     """The logins in these lines that may go into the map."""
     logins, exclusions = [], {}
     for raw in lines:
-        login, reason = match_login(decode(raw), patterns, now, pending)
+        line = decode(raw)
+        login, reason = match_login(line, patterns, now, pending)
         if reason:
-            say(f"ignored: {reason}: {decode(raw)}")
+            say(f"ignored: {reason}: {line}")
         if login is None:
+            continue
+        # The cheap check first: in a first run or --reprocess most logins
+        # found are older than the window, and need no network lookup.
+        if login.when < now - opts.grace:
+            say(f"skipped {login.ip} ({login.pattern}): login at {login.when} "
+                f"is older than the grace window")
             continue
         if login.ip not in exclusions:
             exclusions[login.ip] = excluded_reason(login.ip, mynetworks, opts.ignore_nets,
@@ -1983,10 +1990,6 @@ def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
         why = exclusions[login.ip]
         if why:
             say(f"skipped {login.ip} ({login.pattern}): {why}")
-            continue
-        if login.when < now - opts.grace:
-            say(f"skipped {login.ip} ({login.pattern}): login at {login.when} "
-                f"is older than the grace window")
             continue
         say(f"login {login.ip} user={login.user} at {login.when} ({login.pattern})")
         summary.logins += 1

@@ -1,0 +1,261 @@
+"""up-imapproxy (Debian 12 ``imapproxy``) logs real logins; patterns/imapproxy.toml
+must read them.
+
+The package is not installed: its .deb is fetched with ``apt-get download``
+and unpacked with ``dpkg -x`` into the cache of tests/test_daemon_logins.py
+(``unpacked()``), then imapproxyd runs from there in the foreground on
+127.0.0.1 only, in a private mount namespace whose /dev/log is the test's
+rsyslogd (``daemons.start_with_devlog``), under each maillog format of the
+``harness`` fixture. Its libraries (libssl3, libwrap0, libnsl2) come from the
+host, as for the other unpacked daemons.
+
+imapproxy checks no password itself: it forwards LOGIN to its upstream IMAP
+server and logs what that server answered. The upstream here is a small IMAP
+server in this process that does check them (the permissive fake of
+test_daemon_logins would let a wrong password succeed). It speaks what
+imapproxy needs: CAPABILITY at start-up, LOGIN with atoms, quoted strings
+and synchronising literals (imapproxy sends the password of AUTHENTICATE
+LOGIN as a literal), UNSELECT at the client's LOGOUT, LOGOUT.
+
+Sessions: LOGIN (atom, then a quoted user name), a second LOGIN of the same
+user after its logout (imapproxy reuses the cached server connection and
+logs "on existing sd"), AUTHENTICATE LOGIN; a wrong password, an unknown
+user, two clients that leave before authenticating, and crafted user names
+(AUTHENTICATE LOGIN and a LOGIN literal carry any bytes) that imitate a
+success line with the address 203.0.113.9.
+"""
+
+import base64
+import os
+import re
+import socketserver
+import subprocess
+import threading
+
+import pytest
+
+import daemons
+import test_daemon_logins as dl
+from test_daemon_logins import harness  # noqa: F401  (the fixture: 3 maillog formats)
+
+pytestmark = pytest.mark.daemons
+
+PACKAGES = ["imapproxy"]
+BINARY = "usr/sbin/imapproxyd"
+USERS = {"alice": "secret", "bob": "hunter2", "carol": "letmein"}
+# A whole success clause with the attacker's address, as a user name.
+CRAFTED = f"x' ({dl.ATTACKER}:4242) on new sd [7]"
+
+
+def imapproxy_root():
+    root = dl.unpacked(PACKAGES, BINARY, "imapproxy")
+    r = subprocess.run(["ldd", os.path.join(root, BINARY)], capture_output=True, text=True)
+    missing = [line.split()[0] for line in r.stdout.splitlines() if "not found" in line]
+    if r.returncode != 0 or missing:
+        dl.unavailable(f"imapproxyd cannot run, missing libraries: {missing or r.stderr}")
+    return root
+
+
+# The upstream IMAP server ######################################################
+
+_TOKEN = re.compile(rb' *(?:"((?:[^"\\\r\n]|\\.)*)"|\{(\d+)\}$|([^ "(){}\r\n]+))')
+
+
+def read_command(rfile, wfile):
+    """The words of one IMAP command (quoted strings unquoted, synchronising
+    literals read in) and whether it parsed; None at end of input."""
+    raw = rfile.readline()
+    if not raw:
+        return None
+    line, words = raw.rstrip(b"\r\n"), []
+    while True:
+        pos, literal = 0, None
+        while pos < len(line):
+            m = _TOKEN.match(line, pos)
+            if not m:
+                return words, False
+            pos = m.end()
+            if m[2] is not None:
+                literal = int(m[2])
+            elif m[1] is not None:
+                words.append(re.sub(rb"\\(.)", rb"\1", m[1]))
+            else:
+                words.append(m[3])
+        if literal is None:
+            return words, True
+        wfile.write(b"+ go ahead\r\n")
+        words.append(rfile.read(literal))
+        line = rfile.readline().rstrip(b"\r\n")
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+def checking_upstream(users):
+    """An IMAP server on 127.0.0.1 that accepts LOGIN only with a right password."""
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self):
+            self.wfile.write(b"* OK [CAPABILITY IMAP4rev1 UNSELECT] upstream ready\r\n")
+            while True:
+                got = read_command(self.rfile, self.wfile)
+                if got is None:
+                    return
+                words, parsed = got
+                if len(words) < 2:
+                    self.wfile.write(b"* BAD no command\r\n")
+                    continue
+                tag, command = words[0], words[1].upper()
+                if command == b"CAPABILITY":
+                    self.wfile.write(b"* CAPABILITY IMAP4rev1 UNSELECT\r\n" + tag + b" OK done\r\n")
+                elif command == b"LOGIN":
+                    args = [w.decode(errors="replace") for w in words[2:]]
+                    if parsed and len(args) == 2 and users.get(args[0]) == args[1]:
+                        self.wfile.write(tag + b" OK logged in\r\n")
+                    else:
+                        self.wfile.write(tag + b" NO [AUTHENTICATIONFAILED] failed\r\n")
+                elif command == b"LOGOUT":
+                    self.wfile.write(b"* BYE bye\r\n" + tag + b" OK done\r\n")
+                    return
+                else:
+                    self.wfile.write(tag + b" OK done\r\n")
+    server = _Server(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+# imapproxyd ###################################################################
+
+class Imapproxy:
+    """imapproxyd in the foreground on 127.0.0.1, proxying to *upstream_port*."""
+
+    def __init__(self, root, workdir, devlog, upstream_port):
+        self.root = root
+        self.workdir = workdir
+        self.devlog = devlog
+        self.upstream_port = upstream_port
+        self.port = daemons.free_port()
+        self.proc = None
+
+    def configure(self):
+        conf = os.path.join(self.workdir, "imapproxy.conf")
+        with open(conf, "w") as f:
+            f.write(f"""\
+server_hostname 127.0.0.1
+server_port {self.upstream_port}
+listen_address 127.0.0.1
+listen_port {self.port}
+connect_retries 1
+connect_delay 1
+cache_size 16
+cache_expiration_time 300
+proc_username nobody
+proc_groupname nogroup
+stat_filename {self.workdir}/pimpstats
+protocol_log_filename {self.workdir}/imapproxy_protocol.log
+syslog_facility LOG_MAIL
+send_tcp_keepalives no
+enable_select_cache no
+foreground_mode yes
+force_tls no
+enable_admin_commands no
+""")
+        return conf
+
+    def start(self):
+        conf = self.configure()
+        argv = [os.path.join(self.root, BINARY), "-f", conf,
+                "-p", os.path.join(self.workdir, "imapproxy.pid")]
+        self.output = os.path.join(self.workdir, "imapproxy.out")
+        self.proc = daemons.start_with_devlog(self.workdir, self.devlog, argv, self.output)
+        daemons.wait_for_port("127.0.0.1", self.port, self.proc.pid)
+
+    def stop(self):
+        if self.proc is not None:
+            daemons.stop_pid(self.proc.pid, self.proc)
+            daemons.stop_session(self.proc.pid)
+            self.proc = None
+
+
+def b64(text):
+    return base64.b64encode(text.encode()).decode()
+
+
+def imap_login_atoms(port, source, user, password):
+    """LOGIN with unquoted user name and password (dl.imap_login quotes them)."""
+    c = dl.Client(port, source)
+    try:
+        return dl.imap_command(c, "a1", f"LOGIN {user} {password}").startswith("a1 OK")
+    finally:
+        c.close("a9 LOGOUT")
+
+
+def imap_authenticate_login(port, source, user, password):
+    """AUTHENTICATE LOGIN, the one SASL mechanism imapproxy takes itself."""
+    c = dl.Client(port, source)
+    try:
+        for prompt, answer in (("a1 AUTHENTICATE LOGIN", b64(user)), (None, b64(password))):
+            if prompt:
+                c.send(prompt)
+            if not c.line().startswith("+"):
+                return False
+            c.send(answer)
+        while True:
+            line = c.line()
+            if line.startswith("a1 ") or not line:
+                return line.startswith("a1 OK")
+    finally:
+        c.close("a9 LOGOUT")
+
+
+def imap_login_literal_user(port, source, user, password):
+    """LOGIN with the user name as a synchronising literal: any bytes."""
+    c = dl.Client(port, source)
+    try:
+        data = user.encode()
+        c.send(f"a1 LOGIN {{{len(data)}}}")
+        if not c.line().startswith("+"):
+            return False
+        c.sock.sendall(data + f" {password}\r\n".encode())
+        while True:
+            line = c.line()
+            if line.startswith("a1 ") or not line:
+                return line.startswith("a1 OK")
+    finally:
+        c.close("a9 LOGOUT")
+
+
+def test_imapproxy_logins(harness):  # noqa: F811  (the imported fixture)
+    workdir, rsyslog = harness
+    root = imapproxy_root()
+    upstream = checking_upstream(USERS)
+    proxy = Imapproxy(root, workdir, rsyslog.socket, upstream.server_address[1])
+    port = proxy.port
+    try:
+        proxy.start()
+        good = {"127.0.0.161": "alice", "127.0.0.162": "bob", "127.0.0.163": "alice",
+                "127.0.0.164": "carol"}
+        assert imap_login_atoms(port, "127.0.0.161", "alice", "secret")
+        # imap_login quotes: imapproxy logs the user name as sent, '"bob"'.
+        assert dl.imap_login(port, "127.0.0.162", "bob", "hunter2")
+        daemons.wait_for_log(rsyslog.maillog, "LOGOUT: 'alice'")
+        # alice's server connection is cached since her logout: reused.
+        assert imap_login_atoms(port, "127.0.0.163", "alice", "secret")
+        daemons.wait_for_log(rsyslog.maillog, "127.0.0.163:", "on existing sd")
+        assert imap_authenticate_login(port, "127.0.0.164", "carol", "letmein")
+        bad = [f"127.0.0.17{n}" for n in range(1, 7)]
+        # alice is cached: imapproxy first refuses the cached connection
+        # ("password doesn't match"), then asks the upstream, which says NO.
+        assert not imap_login_atoms(port, bad[0], "alice", "wrong")
+        assert not dl.imap_login(port, bad[1], "nobody", "secret")
+        dl.leave_before_auth(port, bad[2], "a1 LOGOUT")
+        dl.leave_before_auth(port, bad[3], None)
+        assert not imap_authenticate_login(port, bad[4], CRAFTED, "x")
+        assert not imap_login_literal_user(port, bad[5], CRAFTED, "x")
+        daemons.wait_for_log(rsyslog.maillog, f"({bad[5]}:", "failed")
+    finally:
+        proxy.stop()
+        upstream.shutdown()
+        upstream.server_close()
+    dl.check(rsyslog.maillog, good, bad, "imapproxy")

@@ -24,6 +24,8 @@ EXPECTED_FILES = [
     "courier", "cucipop", "cyrus", "dovecot", "dovecot-log", "dovecot-old", "gnu-pop3d",
     "nginx-mail", "perdition", "popa3d", "qpopper", "solid-pop3d", "teapop", "tpop3d",
     "uw-imap", "vm-pop3d", "vpopmail", "qpopper-trace", "zimbra",
+    "imapproxy",
+    "kopano-gateway", "dbmail-imapd",
 ]
 
 PATTERNS = pb.load_patterns(str(PATTERNS_DIR))
@@ -63,7 +65,7 @@ def regex_hit(pattern, line):
 def test_expected_pattern_files():
     names = sorted(p.stem for p in PATTERNS_DIR.glob("*.toml"))
     assert names == sorted(EXPECTED_FILES)
-    assert len(PATTERNS) == len(EXPECTED_FILES) == 19
+    assert len(PATTERNS) == len(EXPECTED_FILES) == 22
 
 
 @pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: p.name)

@@ -399,6 +399,19 @@ mail.* action(type="omfile" file="{self.maillog}" template="{self.template}")
 # Dovecot #####################################################################
 ###############################################################################
 
+def make_cert(cert, key):
+    """A throw-away self-signed certificate for localhost, 127.0.0.1 and ::1,
+    written to *cert* and *key* (mode 0600)."""
+    subprocess.run(
+        [which("openssl"), "req", "-x509", "-newkey", "ec",
+         "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+         "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1",
+         "-keyout", key, "-out", cert],
+        check=True, capture_output=True)
+    os.chmod(key, 0o600)
+
+
 class Dovecot(Daemon):
     """Dovecot POP3 and IMAP on loopback, logging through syslog(3) to *devlog*.
 
@@ -408,15 +421,22 @@ class Dovecot(Daemon):
     - ipv6: also listen on ::1.
     - auth_failure_delay: Dovecot's delay before a failed login answers
       (default 2 s upstream; tests use 0 to stay fast).
-    - tls: offer STARTTLS with a throw-away self-signed certificate (made
-      with openssl, valid for 127.0.0.1, ::1 and localhost: ``self.cert``).
-      Plaintext logins stay allowed either way.
+    - tls: offer STARTTLS/STLS with a throw-away self-signed certificate
+      (``make_cert``: ``self.cert``), and implicit TLS on ``self.imaps_port``
+      and ``self.pop3s_port``. Plaintext logins stay allowed either way.
+    - log_file: Dovecot's own log file (``log_path``) instead of syslog, with
+      *log_timestamp* and *login_log_format_elements* when given (Dovecot's
+      defaults otherwise).
 
     Runs as root with ``dovecot -F -c CONF`` inside a private mount namespace
     (see the module docstring); ``self.pid`` is the Dovecot master's PID."""
 
-    def __init__(self, workdir, users, devlog, ipv6=False, auth_failure_delay=0, tls=True):
+    def __init__(self, workdir, users, devlog, ipv6=False, auth_failure_delay=0, tls=True,
+                 log_file=None, log_timestamp=None, login_log_format_elements=None):
         self.workdir = workdir
+        self.log_file = log_file
+        self.log_timestamp = log_timestamp
+        self.login_log_format_elements = login_log_format_elements
         self.users = dict(users)
         self.devlog = devlog
         self.ipv6 = ipv6
@@ -435,8 +455,22 @@ class Dovecot(Daemon):
         self.hosts = hosts
         self.pop3_port = free_port(hosts)
         self.imap_port = free_port(hosts)
+        # 0 tells Dovecot not to listen.
+        self.pop3s_port = free_port(hosts) if tls else 0
+        self.imaps_port = free_port(hosts) if tls else 0
         self.proc = None
         self.pid = None
+
+    def log_config(self):
+        if self.log_file is None:
+            return ("# The real default path: syslog(3), facility mail, ident \"dovecot\".\n"
+                    "log_path = syslog\nsyslog_facility = mail")
+        lines = [f"log_path = {self.log_file}"]
+        if self.log_timestamp is not None:
+            lines.append(f'log_timestamp = "{self.log_timestamp}"')
+        if self.login_log_format_elements is not None:
+            lines.append(f"login_log_format_elements = {self.login_log_format_elements}")
+        return "\n".join(lines)
 
     def config(self):
         listen = ", ".join(self.hosts)
@@ -446,9 +480,7 @@ protocols = pop3 imap
 listen = {listen}
 base_dir = {self.base_dir}
 state_dir = {self.state_dir}
-# The real default path: syslog(3), facility mail, ident "dovecot".
-log_path = syslog
-syslog_facility = mail
+{self.log_config()}
 auth_verbose = yes
 auth_failure_delay = {self.auth_failure_delay} secs
 {self.ssl_config()}
@@ -470,7 +502,7 @@ service pop3-login {{
     port = {self.pop3_port}
   }}
   inet_listener pop3s {{
-    port = 0
+    port = {self.pop3s_port}
   }}
 }}
 service imap-login {{
@@ -478,7 +510,7 @@ service imap-login {{
     port = {self.imap_port}
   }}
   inet_listener imaps {{
-    port = 0
+    port = {self.imaps_port}
   }}
 }}
 """
@@ -488,21 +520,11 @@ service imap-login {{
             return "ssl = no"
         return f"ssl = yes\nssl_cert = <{self.cert}\nssl_key = <{self.key}"
 
-    def make_cert(self):
-        subprocess.run(
-            [which("openssl"), "req", "-x509", "-newkey", "ec",
-             "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-             "-subj", "/CN=localhost",
-             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1",
-             "-keyout", self.key, "-out", self.cert],
-            check=True, capture_output=True)
-        os.chmod(self.key, 0o600)
-
     def start(self):
         _mkdir(self.dir)
         _mkdir(self.state_dir)
         if self.tls:
-            self.make_cert()
+            make_cert(self.cert, self.key)
         _mkdir(self.mail_dir, 0o755, owner="nobody")
         _write(self.passwd, "".join(f"{u}:{{PLAIN}}{p}\n" for u, p in self.users.items()))
         _write(self.conf, self.config())
@@ -511,7 +533,9 @@ service imap-login {{
                                       [which("dovecot"), "-F", "-c", self.conf], self.output)
         self.pid = self.proc.pid  # unshare and sh exec, so this becomes dovecot's master
         for host in self.hosts:
-            for port in (self.pop3_port, self.imap_port):
+            for port in (self.pop3_port, self.imap_port, self.pop3s_port, self.imaps_port):
+                if not port:
+                    continue
                 try:
                     wait_for_port(host, port, self.pid)
                 except DaemonError as e:

@@ -27,6 +27,8 @@ import os
 import random
 import socket
 import socketserver
+import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -91,12 +93,46 @@ def library_path(root):
 
 # Clients: a raw line protocol, so that user names reach the daemon verbatim ###
 
+class TLS:
+    """How a client session uses TLS: *mode* "starttls" (IMAP STARTTLS, POP3
+    STLS) or "implicit" (imaps/pop3s ports), checking the server's
+    certificate against *cafile*."""
+
+    def __init__(self, mode, cafile):
+        assert mode in ("starttls", "implicit")
+        self.mode = mode
+        self.context = ssl.create_default_context(cafile=cafile)
+
+
 class Client:
-    def __init__(self, port, source, host="127.0.0.1"):
+    def __init__(self, port, source, host="127.0.0.1", tls=None):
         self.sock = socket.create_connection((host, port), timeout=10,
                                              source_address=(source, 0))
+        if tls is not None and tls.mode == "implicit":
+            self.sock = tls.context.wrap_socket(self.sock, server_hostname="localhost")
         self.file = self.sock.makefile("rb")
         self.greeting = self.line()
+
+    def starttls(self, tls, command, ok):
+        """Send STARTTLS/STLS (*command*) when *tls* asks for it; the answer
+        must start with *ok*."""
+        if tls is None or tls.mode != "starttls":
+            return
+        self.send(command)
+        answer = self.line()
+        while answer.startswith("* "):         # IMAP untagged lines
+            answer = self.line()
+        assert answer.startswith(ok), f"{command} refused: {answer}"
+        self.file.close()
+        self.sock = tls.context.wrap_socket(self.sock, server_hostname="localhost")
+        self.file = self.sock.makefile("rb")
+
+    def reset(self):
+        """Close with a TCP RST (SO_LINGER 0), no LOGOUT/QUIT: a client that
+        crashed or lost its network after logging in."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.file.close()
+        self.sock.close()
 
     def line(self):
         return self.file.readline().decode("utf-8", "replace").rstrip("\r\n")
@@ -126,22 +162,25 @@ def imap_quote(text):
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def imap_login(port, source, user, password, host="127.0.0.1"):
-    c = Client(port, source, host)
+def imap_login(port, source, user, password, host="127.0.0.1", tls=None, reset=False):
+    """LOGIN; with *reset* the session ends in a TCP RST instead of LOGOUT."""
+    c = Client(port, source, host, tls)
     try:
+        c.starttls(tls, "a0 STARTTLS", "a0 OK")
         return imap_command(c, "a1", f"LOGIN {imap_quote(user)} {imap_quote(password)}"
                             ).startswith("a1 OK")
     finally:
-        c.close("a9 LOGOUT")
+        c.reset() if reset else c.close("a9 LOGOUT")
 
 
 def plain(user, password):
     return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
 
 
-def imap_authenticate_plain(port, source, user, password, host="127.0.0.1"):
-    c = Client(port, source, host)
+def imap_authenticate_plain(port, source, user, password, host="127.0.0.1", tls=None):
+    c = Client(port, source, host, tls)
     try:
+        c.starttls(tls, "a0 STARTTLS", "a0 OK")
         c.send("a1 AUTHENTICATE PLAIN")
         if not c.line().startswith("+"):
             return False
@@ -154,9 +193,10 @@ def imap_authenticate_plain(port, source, user, password, host="127.0.0.1"):
         c.close("a9 LOGOUT")
 
 
-def pop3_user_pass(port, source, user, password, host="127.0.0.1"):
-    c = Client(port, source, host)
+def pop3_user_pass(port, source, user, password, host="127.0.0.1", tls=None):
+    c = Client(port, source, host, tls)
     try:
+        c.starttls(tls, "STLS", "+OK")
         c.send(f"USER {user}")
         if not c.line().startswith("+OK"):
             return False
@@ -166,9 +206,10 @@ def pop3_user_pass(port, source, user, password, host="127.0.0.1"):
         c.close("QUIT")
 
 
-def pop3_auth_plain(port, source, user, password, host="127.0.0.1"):
-    c = Client(port, source, host)
+def pop3_auth_plain(port, source, user, password, host="127.0.0.1", tls=None):
+    c = Client(port, source, host, tls)
     try:
+        c.starttls(tls, "STLS", "+OK")
         c.send(f"AUTH PLAIN {plain(user, password)}")
         return c.line().startswith("+OK")
     finally:
@@ -177,6 +218,14 @@ def pop3_auth_plain(port, source, user, password, host="127.0.0.1"):
 
 def leave_before_auth(port, source, bye):
     Client(port, source).close(bye)
+
+
+def wait_until_listening(server):
+    """Every port of an IMAP+POP3 server that ``exercise`` uses."""
+    for port in (server.imap_port, server.pop3_port, server.imaps_port, server.pop3s_port):
+        daemons.wait_for_port("127.0.0.1", port, server.proc.pid)
+    if server.ipv6:
+        daemons.wait_for_port("::1", server.imap_port, server.proc.pid)
 
 
 def logins_found(maillog):
@@ -222,8 +271,13 @@ class Cyrus:
         self.users = users
         self.dir = os.path.join(workdir, "cyrus")
         self.conf = os.path.join(self.dir, "imapd.conf")
-        self.imap_port = daemons.free_port()
+        self.ipv6 = daemons.ipv6_loopback()
+        self.imap_port = daemons.free_port(("127.0.0.1", "::1") if self.ipv6 else ("127.0.0.1",))
         self.pop3_port = daemons.free_port()
+        self.imaps_port = daemons.free_port()
+        self.pop3s_port = daemons.free_port()
+        self.cert = os.path.join(self.dir, "cert.pem")
+        self.key = os.path.join(self.dir, "key.pem")
         self.env = dict(os.environ, LD_LIBRARY_PATH=library_path(root))
         self.proc = None
 
@@ -232,6 +286,7 @@ class Cyrus:
         for sub in ("conf/db", "conf/socket", "conf/proc", "conf/lock", "spool", "run"):
             os.makedirs(os.path.join(d, sub), exist_ok=True)
         sasldb = os.path.join(d, "sasldb2")
+        daemons.make_cert(self.cert, self.key)
         with open(self.conf, "w") as f:
             f.write(f"""\
 configdirectory: {d}/conf
@@ -250,8 +305,13 @@ notifysocket: {d}/conf/socket/notify
 proc_path: {d}/conf/proc
 mboxname_lockpath: {d}/conf/lock
 unixhierarchysep: yes
+tls_server_cert: {self.cert}
+tls_server_key: {self.key}
 """)
         bin_ = os.path.join(self.root, "usr/lib/cyrus/bin")
+        # imapd -s / pop3d -s: implicit TLS, logged as cyrus/imaps, cyrus/pop3s.
+        imap6 = (f'imap6 cmd="{bin_}/imapd -C {self.conf}" listen="[::1]:{self.imap_port}" '
+                 f"prefork=0" if self.ipv6 else "")
         with open(os.path.join(d, "cyrus.conf"), "w") as f:
             f.write(f"""\
 START {{
@@ -260,6 +320,9 @@ START {{
 SERVICES {{
   imap cmd="{bin_}/imapd -C {self.conf}" listen="127.0.0.1:{self.imap_port}" prefork=0
   pop3 cmd="{bin_}/pop3d -C {self.conf}" listen="127.0.0.1:{self.pop3_port}" prefork=0
+  imaps cmd="{bin_}/imapd -s -C {self.conf}" listen="127.0.0.1:{self.imaps_port}" prefork=0
+  pop3s cmd="{bin_}/pop3d -s -C {self.conf}" listen="127.0.0.1:{self.pop3s_port}" prefork=0
+  {imap6}
 }}
 EVENTS {{
 }}
@@ -277,8 +340,7 @@ EVENTS {{
                 "-p", os.path.join(self.dir, "run/master.pid")]
         self.output = os.path.join(self.dir, "master.out")
         self.proc = daemons.start_with_devlog(self.workdir, self.devlog, argv, self.output, self.env)
-        for port in (self.imap_port, self.pop3_port):
-            daemons.wait_for_port("127.0.0.1", port, self.proc.pid)
+        wait_until_listening(self)
 
     def stop(self):
         if self.proc is not None:
@@ -314,17 +376,34 @@ def harness(request):
 
 def exercise(server, maillog, net, crafted_imap, crafted_pop3, unknown_over_pop3, logged):
     """The same sessions against any IMAP+POP3 server, each from its own
-    address in 127.0.0.<net>x: four good logins (LOGIN, AUTHENTICATE PLAIN,
-    USER/PASS, AUTH PLAIN), then wrong passwords, an unknown user, two
-    sessions that leave before auth, and two crafted user names. Returns the
-    good addresses with their users and the bad addresses."""
+    address in 127.0.0.<net>x:
+    - nine good logins: LOGIN, AUTHENTICATE PLAIN, USER/PASS and AUTH PLAIN in
+      the clear; LOGIN after STARTTLS, USER/PASS after STLS, AUTHENTICATE
+      PLAIN on imaps and AUTH PLAIN on pop3s; a LOGIN whose session ends in a
+      TCP reset instead of LOGOUT; and one more LOGIN from ::1 (when loopback
+      has IPv6: *server*.ipv6);
+    - then wrong passwords, an unknown user, two sessions that leave before
+      auth, and two crafted user names.
+    *server* has imap_port, pop3_port, imaps_port, pop3s_port (::1 listens
+    on imap_port too) and cert. Returns the good addresses with their users
+    and the bad addresses."""
     imap, pop3 = server.imap_port, server.pop3_port
+    starttls, implicit = TLS("starttls", server.cert), TLS("implicit", server.cert)
     ip = lambda n: f"127.0.0.{net}{n}"
-    good = {ip(1): "alice", ip(2): "bob", ip(3): "alice", ip(4): "bob"}
+    good = {ip(1): "alice", ip(2): "bob", ip(3): "alice", ip(4): "bob",
+            ip(5): "alice", ip(6): "bob", ip(7): "alice", ip(8): "bob", ip(9): "alice"}
     assert imap_login(imap, ip(1), "alice", "secret")
     assert imap_authenticate_plain(imap, ip(2), "bob", "hunter2")
     assert pop3_user_pass(pop3, ip(3), "alice", "secret")
     assert pop3_auth_plain(pop3, ip(4), "bob", "hunter2")
+    assert imap_login(imap, ip(5), "alice", "secret", tls=starttls)
+    assert pop3_user_pass(pop3, ip(6), "bob", "hunter2", tls=starttls)
+    assert imap_authenticate_plain(server.imaps_port, ip(7), "alice", "secret", tls=implicit)
+    assert pop3_auth_plain(server.pop3s_port, ip(8), "bob", "hunter2", tls=implicit)
+    assert imap_login(imap, ip(9), "alice", "secret", reset=True)
+    if server.ipv6:
+        good["::1"] = "bob"
+        assert imap_login(imap, "::1", "bob", "hunter2", host="::1")
     bad = [f"127.0.0.{net + 1}{n}" for n in range(1, 8)]
     assert not imap_login(imap, bad[0], "alice", "wrong")
     unknown = pop3_auth_plain if unknown_over_pop3 else imap_login
@@ -363,10 +442,14 @@ COURIER_PACKAGES = ["courier-base", "courier-imap", "courier-pop", "courier-auth
 # /run/courier/authdaemon/socket). In its private mount namespace the unpacked
 # tree is laid over /usr and /etc (read-only lower layers, writes go to a
 # tmpfs), /run gets a tmpfs upper layer, and /dev/log is switched as for
-# Dovecot. Then authdaemond (authuserdb) and one couriertcpd per protocol run
-# under courierlogger, as Debian's init scripts start them.
+# Dovecot. Then authdaemond (authuserdb) and couriertcpd listeners run under
+# courierlogger, as Debian's init scripts start them: imapd and pop3d in the
+# clear (with STARTTLS/STLS), imapd-ssl and pop3d-ssl (couriertls -server in
+# front, IMAP_TLS/POP3_TLS=1 as courier's imapd-ssl.rc sets them), and imapd
+# on ::1 when IPv6 is given ($8 = 1). TLS_CERTFILE (key and certificate in
+# one file) and TLS_DHPARAMS are the test's own.
 COURIER_SCRIPT = r"""set -e
-W="$1"; C="$2"; DEVLOG="$3"; IMAP="$4"; POP="$5"
+W="$1"; C="$2"; DEVLOG="$3"; IMAP="$4"; POP="$5"; IMAPS="$6"; POPS="$7"; IPV6="$8"
 mount -t tmpfs -o mode=0700,size=8m pbsmtp-ns "$W/ns"
 for d in dev run etc; do mkdir "$W/ns/$d-upper" "$W/ns/$d-work"; done
 mount -t overlay -o "lowerdir=/dev,upperdir=$W/ns/dev-upper,workdir=$W/ns/dev-work" pbsmtp-dev /dev
@@ -378,13 +461,32 @@ mkdir -p /run/courier/authdaemon
 /usr/sbin/makeuserdb
 /usr/sbin/courierlogger -name=authdaemond /usr/lib/courier/courier-authlib/authdaemond &
 set -a
+tls() {
+    TLS_CERTFILE="$W/courier.pem"; TLS_DHPARAMS="$W/dhparams.pem"; TLS_CACHEFILE=""
+}
 . /etc/courier/imapd
+. /etc/courier/imapd-ssl
+tls
+IMAP_STARTTLS=YES
 /usr/sbin/courierlogger -name=imapd /usr/sbin/couriertcpd -address=127.0.0.1 \
     -nodnslookup -noidentlookup "$IMAP" \
     /usr/lib/courier/courier/imaplogin /usr/bin/imapd Maildir &
+if [ "$IPV6" = 1 ]; then
+    /usr/sbin/courierlogger -name=imapd /usr/sbin/couriertcpd -address=::1 \
+        -nodnslookup -noidentlookup "$IMAP" \
+        /usr/lib/courier/courier/imaplogin /usr/bin/imapd Maildir &
+fi
+IMAP_TLS=1 /usr/sbin/courierlogger -name=imapd-ssl /usr/sbin/couriertcpd -address=127.0.0.1 \
+    -nodnslookup -noidentlookup "$IMAPS" /usr/bin/couriertls -server -tcpd \
+    /usr/lib/courier/courier/imaplogin /usr/bin/imapd Maildir &
 . /etc/courier/pop3d
+. /etc/courier/pop3d-ssl
+tls
 /usr/sbin/courierlogger -name=pop3d /usr/sbin/couriertcpd -address=127.0.0.1 \
     -nodnslookup -noidentlookup "$POP" \
+    /usr/lib/courier/courier/courierpop3login /usr/lib/courier/courier/courierpop3d Maildir &
+POP3_TLS=1 /usr/sbin/courierlogger -name=pop3d-ssl /usr/sbin/couriertcpd -address=127.0.0.1 \
+    -nodnslookup -noidentlookup "$POPS" /usr/bin/couriertls -server -tcpd \
     /usr/lib/courier/courier/courierpop3login /usr/lib/courier/courier/courierpop3d Maildir &
 wait
 """
@@ -399,11 +501,38 @@ class Courier:
         self.workdir = workdir
         self.devlog = devlog
         self.users = users
-        self.imap_port = daemons.free_port()
+        self.ipv6 = daemons.ipv6_loopback()
+        self.imap_port = daemons.free_port(("127.0.0.1", "::1") if self.ipv6 else ("127.0.0.1",))
         self.pop3_port = daemons.free_port()
+        self.imaps_port = daemons.free_port()
+        self.pop3s_port = daemons.free_port()
+        self.cert = os.path.join(workdir, "cert.pem")
         self.proc = None
 
+    # imapd and pop3d run couriertls for STARTTLS as the user "courier" (seen
+    # with strace: without it, "getpwnam: Success" and "500 Error starting
+    # couriertls"), so the private /etc/passwd has one, and it owns the key.
+    COURIER_UID = 42430
+
     def configure(self):
+        os.makedirs(os.path.join(self.workdir, "etc"))
+        for name, entry in (("passwd", f"courier:x:{self.COURIER_UID}:{self.COURIER_UID}:"
+                                       f":/nonexistent:/usr/sbin/nologin\n"),
+                            ("group", f"courier:x:{self.COURIER_UID}:\n")):
+            with open(os.path.join(self.workdir, "etc", name), "w") as f:
+                f.write(daemons.read_text(f"/etc/{name}") + entry)
+        key = os.path.join(self.workdir, "key.pem")
+        daemons.make_cert(self.cert, key)
+        pem = os.path.join(self.workdir, "courier.pem")
+        with open(pem, "w") as f:
+            f.write(daemons.read_text(key) + daemons.read_text(self.cert))
+        os.chmod(pem, 0o600)
+        os.chown(pem, self.COURIER_UID, self.COURIER_UID)
+        # RFC 7919's ffdhe2048: a standard group, nothing to generate.
+        subprocess.run([daemons.which("openssl"), "genpkey", "-genparam", "-algorithm", "DH",
+                        "-pkeyopt", "group:ffdhe2048",
+                        "-out", os.path.join(self.workdir, "dhparams.pem")],
+                       check=True, capture_output=True)
         etc = os.path.join(self.workdir, "etc", "courier")
         os.makedirs(etc)
         os.makedirs(os.path.join(self.workdir, "ns"))
@@ -431,10 +560,10 @@ class Courier:
         self.output = os.path.join(self.workdir, "courier.out")
         argv = [daemons.which("unshare"), "--mount", "--propagation", "private", "--",
                 "/bin/sh", "-c", COURIER_SCRIPT, "sh", self.workdir, self.root, self.devlog,
-                str(self.imap_port), str(self.pop3_port)]
+                str(self.imap_port), str(self.pop3_port), str(self.imaps_port),
+                str(self.pop3s_port), "1" if self.ipv6 else "0"]
         self.proc = daemons.start_process(argv, self.output)
-        for port in (self.imap_port, self.pop3_port):
-            daemons.wait_for_port("127.0.0.1", port, self.proc.pid)
+        wait_until_listening(self)
 
     def stop(self):
         if self.proc is not None:

@@ -587,6 +587,65 @@ def test_courier_logins(harness):
     check(rsyslog.maillog, good, bad, "courier")
 
 
+# Dovecot 2.3 (Debian 12's dovecot-imapd and dovecot-pop3d, installed) #########
+
+# Dovecot copies a failed user name verbatim into "Disconnected (auth failed
+# ...): user=<NAME>, method=PLAIN, rip=A, ..." (FACTS.md).
+DOVECOT_CRAFTED_IMAP = f"x Login: user=<alice>, method=PLAIN, rip={ATTACKER}, lip=127.0.0.1"
+DOVECOT_CRAFTED_POP3 = f"alice>, method=PLAIN, rip={ATTACKER}, lip=127.0.0.1, mpid=1, TLS, session=<x"
+
+
+def require_dovecot():
+    missing = daemons.missing_binaries({"dovecot": "dovecot-core"})
+    for protocol in ("imap", "pop3"):
+        if not os.path.exists(f"/usr/lib/dovecot/{protocol}-login"):
+            missing.append(f"dovecot-{protocol}d")
+    if missing:
+        unavailable(f"missing: {', '.join(missing)} (apt-get install dovecot-imapd dovecot-pop3d)")
+
+
+def dovecot_exercise(workdir, devlog, maillog, family, **options):
+    """exercise() against a private Dovecot (daemons.Dovecot), then check
+    *maillog* for *family*."""
+    dovecot = daemons.Dovecot(workdir, {"alice": "secret", "bob": "hunter2"}, devlog,
+                              ipv6=daemons.ipv6_loopback(), **options)
+    try:
+        dovecot.start()
+        good, bad = exercise(dovecot, maillog, 7, DOVECOT_CRAFTED_IMAP, DOVECOT_CRAFTED_POP3,
+                             True, lambda a: f"rip={a},")
+    finally:
+        dovecot.stop()
+    check(maillog, good, bad, family)
+
+
+def test_dovecot_logins(harness):
+    """Through syslog(3) and the test's rsyslogd, in each output format."""
+    require_dovecot()
+    workdir, rsyslog = harness
+    dovecot_exercise(workdir, rsyslog.socket, rsyslog.maillog, "dovecot")
+
+
+@pytest.mark.parametrize("log_timestamp, elements", [
+    (None, None),
+    # The elements in another order, as sites change them; the date as ISO.
+    ("%Y-%m-%d %H:%M:%S ", "rip=%r user=<%u> lip=%l method=%m mpid=%e %c session=<%{session}>"),
+], ids=["defaults", "custom"])
+def test_dovecot_own_log_file(log_timestamp, elements):
+    """Dovecot's own log file (log_path): no syslog, no host name, no tag."""
+    require_harness()
+    require_dovecot()
+    workdir = daemons.make_workdir("pbsmtp-logins-")
+    log = os.path.join(workdir, "dovecot.log")
+    try:
+        # Nothing may go through syslog: /dev/log points nowhere.
+        dovecot_exercise(workdir, os.path.join(workdir, "no-syslog"), log, "dovecot-log",
+                         log_file=log, log_timestamp=log_timestamp,
+                         login_log_format_elements=elements)
+        assert "dovecot:" not in daemons.read_text(log)
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", workdir], check=False)
+
+
 # solid-pop3d and popa3d (Debian 12), run from inetd ###########################
 
 OTHER_PACKAGES = ["solid-pop3d", "popa3d", "liblockfile1"]

@@ -1,6 +1,7 @@
 """Real POP/IMAP daemons log real logins; the shipped patterns must read them.
 
-Dovecot is installed as a Debian package on the test host (tests/daemons.py).
+Dovecot is installed as a Debian package on the test host (tests/daemons.py)
+and is tested through syslog and through its own log file.
 Cyrus and Courier conflict with it as packages (all three "Provide:
 imap-server"), so they are never installed: their .debs are fetched with
 ``apt-get download`` into a cache directory, unpacked there with ``dpkg -x``,
@@ -8,11 +9,14 @@ and run from there on loopback only (127.0.0.1, clients from distinct
 127.0.0.x sources) under the private rsyslogd of tests/daemons.py, in a
 private mount namespace whose /dev/log is that rsyslogd's socket.
 
-Every test logs in for real (successes, a wrong password, an unknown user, a
-client that leaves before authenticating, user names that imitate a success
-line), then runs every line the daemon logged through ``match_login`` with all
-shipped patterns: each successful client address must be found, no failed
-one, and never the address an injected user name carries.
+Every test logs in for real (see ``exercise``: four mechanisms in the clear,
+STARTTLS, STLS, implicit TLS, a session reset after login, ::1; then a wrong
+password, an unknown user, clients that leave before authenticating, user
+names that imitate a success line), then runs every line the daemon logged
+through ``match_login`` with all shipped patterns, and runs pbsmtp-batch
+itself on the log into a real hash map: each successful client address must
+be found and land in the map, no failed one, and never the address an
+injected user name carries.
 
 Cache directory: $PBSMTP_DEB_CACHE, default /var/cache/pbsmtp-test. Needs root
 (unshare --mount, mount, daemons dropping privileges), rsyslogd and network
@@ -23,6 +27,7 @@ missing is a failure, otherwise a skip.
 import base64
 import contextlib
 import http.server
+import json
 import os
 import random
 import socket
@@ -31,6 +36,7 @@ import ssl
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -239,7 +245,32 @@ def logins_found(maillog):
     return found
 
 
+def map_after_run(maillog):
+    """Run pbsmtp-batch on *maillog* into a new hash map (real postmap), as
+    cron would, and return the addresses ``--list --json`` shows in it.
+    mynetworks is a documentation address, so no loopback client is
+    filtered out as a local one."""
+    work = tempfile.mkdtemp(prefix="map-", dir=os.path.dirname(maillog))
+    conf = os.path.join(work, "postfix")
+    os.makedirs(conf)
+    with open(os.path.join(conf, "main.cf"), "w") as f:
+        f.write("mynetworks = 192.0.2.1/32\n")
+    # Postfix waits ~1.5 s on a main.cf younger than a second (conftest).
+    os.utime(os.path.join(conf, "main.cf"), (time.time() - 60, time.time() - 60))
+    open(os.path.join(conf, "master.cf"), "w").close()
+    argv = [sys.executable, "-m", "pbsmtp_batch", f"--logfile={maillog}",
+            f"--dbfile={work}/pop-before-smtp", f"--state-dir={work}/state",
+            f"--postfix-config={conf}"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), r
+    r = subprocess.run([*argv, "--list", "--json"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r
+    return {entry["ip"] for entry in json.loads(r.stdout)}
+
+
 def check(maillog, good, bad, family):
+    """Every good address, and nothing else, is found by *family* with its
+    user, and lands in the map that a real run writes."""
     logins = logins_found(maillog)
     ips = {login.ip for login in logins}
     log = daemons.read_text(maillog)
@@ -250,6 +281,7 @@ def check(maillog, good, bad, family):
     assert {login.pattern for login in logins} == {family}
     for login in logins:
         assert login.user == good[login.ip], login
+    assert map_after_run(maillog) == set(good), log
 
 
 # Cyrus IMAP 3.6 (cyrus-common, cyrus-imapd, cyrus-pop3d) ######################

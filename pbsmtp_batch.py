@@ -2447,7 +2447,10 @@ def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
         if check_patterns:
             patterns = load_patterns(patterns_dir or default_patterns_dir(), opts.patterns)
             failures = sample_failures(patterns, now)
-            report = check_log(read_span(opts.logfile, 0, []), patterns, now)
+            try:
+                report = check_log(read_span(opts.logfile, 0, []), patterns, now)
+            except OSError as e:
+                raise PbsmtpError(f"cannot read log file {opts.logfile}: {e.strerror}")
             print_pattern_report(report, failures, echo=click.echo)
             if failures:
                 raise PbsmtpError(f"{len(failures)} pattern samples failed")

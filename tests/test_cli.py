@@ -431,6 +431,15 @@ def test_check_patterns_fails_on_a_wrong_sample(site, tmp_path):
     assert result.stderr == "Error: 1 pattern samples failed\n"
 
 
+def test_check_patterns_on_a_missing_log_is_one_error_line(tmp_path):
+    result = CliRunner().invoke(pb.cli, ["--check-patterns", f"--logfile={tmp_path}/absent",
+                                         f"--now={NOW}"])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == (f"Error: cannot read log file {tmp_path}/absent: "
+                             "No such file or directory\n")
+
+
 def test_other_backends_run_without_postfix(site, monkeypatch, tmp_path):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     monkeypatch.setattr(pb, "SBIN_DIRS", ())

@@ -88,11 +88,6 @@ def read_command(rfile, wfile):
         line = rfile.readline().rstrip(b"\r\n")
 
 
-class _Server(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-
-
 def checking_upstream(users):
     """An IMAP server on 127.0.0.1 that accepts LOGIN only with a right password."""
     class Handler(socketserver.StreamRequestHandler):
@@ -120,7 +115,7 @@ def checking_upstream(users):
                     return
                 else:
                     self.wfile.write(tag + b" OK done\r\n")
-    server = _Server(("127.0.0.1", 0), Handler)
+    server = dl.ThreadingServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -201,10 +196,7 @@ def imap_authenticate_login(port, source, user, password):
             if not c.line().startswith("+"):
                 return False
             c.send(answer)
-        while True:
-            line = c.line()
-            if line.startswith("a1 ") or not line:
-                return line.startswith("a1 OK")
+        return dl.imap_tagged(c, "a1").startswith("a1 OK")
     finally:
         c.close("a9 LOGOUT")
 
@@ -218,10 +210,7 @@ def imap_login_literal_user(port, source, user, password):
         if not c.line().startswith("+"):
             return False
         c.sock.sendall(data + f" {password}\r\n".encode())
-        while True:
-            line = c.line()
-            if line.startswith("a1 ") or not line:
-                return line.startswith("a1 OK")
+        return dl.imap_tagged(c, "a1").startswith("a1 OK")
     finally:
         c.close("a9 LOGOUT")
 

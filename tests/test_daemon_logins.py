@@ -156,12 +156,17 @@ class Client:
         self.sock.close()
 
 
-def imap_command(client, tag, command):
-    client.send(f"{tag} {command}")
+def imap_tagged(client, tag):
+    """The server's tagged answer (or "" once it hung up)."""
     while True:
         line = client.line()
         if line.startswith(f"{tag} ") or not line:
             return line
+
+
+def imap_command(client, tag, command):
+    client.send(f"{tag} {command}")
+    return imap_tagged(client, tag)
 
 
 def imap_quote(text):
@@ -191,10 +196,7 @@ def imap_authenticate_plain(port, source, user, password, host="127.0.0.1", tls=
         if not c.line().startswith("+"):
             return False
         c.send(plain(user, password))
-        while True:
-            line = c.line()
-            if line.startswith("a1 ") or not line:
-                return line.startswith("a1 OK")
+        return imap_tagged(c, "a1").startswith("a1 OK")
     finally:
         c.close("a9 LOGOUT")
 
@@ -840,7 +842,7 @@ def test_popa3d_stock_logs_no_address(inetd_harness):
 NGINX_PACKAGES = ["nginx", "nginx-common", "libnginx-mod-mail"]
 
 
-class _Backend(socketserver.ThreadingTCPServer):
+class ThreadingServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
 
@@ -868,7 +870,7 @@ def fake_upstream(kind):
                     self.wfile.write(b"250 ok\r\n")
                 if words[-1].upper() in ("QUIT", "LOGOUT"):
                     return
-    server = _Backend(("127.0.0.1", 0), Handler)
+    server = ThreadingServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 

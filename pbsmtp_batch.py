@@ -524,6 +524,13 @@ def match_login(line: str, patterns: Sequence[Pattern], now: float,
                 ip = normalise_ip(m["ip"])
                 if ip and prefix.when is not None and pending is not None:
                     pending[session] = (ip, int(prefix.when))
+                    # Bounded within one run too (a scanner's connections
+                    # in a --reprocess of a big log): keep what is recent
+                    # as of this line.
+                    if len(pending) > 2 * PENDING_MAX:
+                        recent = trim_pending(pending, prefix.when)
+                        pending.clear()
+                        pending.update(recent)
                 return None, None
         for regex in pattern.regexes:
             m = regex.match(prefix.message)
@@ -2233,10 +2240,11 @@ def check_log(lines: Iterable[str], patterns: Sequence[Pattern], now: float) -> 
     matched nothing (to be read by a person: a heuristic, not a verdict)."""
     report = PatternReport(hits={p.name: 0 for p in patterns},
                            addresses={p.name: set() for p in patterns})
+    pending: Pending = {}     # two-line servers pair their lines here as in a run
     for raw in lines:
         report.lines += 1
         line = decode(raw)
-        login, reason = match_login(line, patterns, now)
+        login, reason = match_login(line, patterns, now, pending)
         if login:
             report.hits[login.pattern] += 1
             report.addresses[login.pattern].add(login.ip)

@@ -4,6 +4,7 @@ import json
 import os
 import pwd
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -485,6 +486,30 @@ def test_pending_addresses_are_bounded():
     assert len(kept) == min(pb.PENDING_MAX, sum(1 for _, w in pending.values()
                                                  if w >= NOW - pb.PENDING_SECONDS))
     assert min(w for _, w in kept.values()) >= NOW - pb.PENDING_SECONDS
+
+
+def test_pending_addresses_stay_bounded_within_one_run():
+    """A scanner's connections to popa3d (address lines that never see a
+    success) must not grow memory without bound in a big --reprocess."""
+    pending, patterns = {}, pb.load_patterns(pb.shipped_patterns_dir(), ("popa3d",))
+    stamp = lambda s: time.strftime("%b %d %H:%M:%S", time.gmtime(s))
+    for pid in range(3 * pb.PENDING_MAX):
+        line = f"{stamp(NOW - 3600 + pid // 10)} mail popa3d[{pid}]: Session from 203.0.113.9"
+        assert pb.match_login(line, patterns, NOW, pending) == (None, None)
+        assert len(pending) <= 2 * pb.PENDING_MAX + 1
+    last = 3 * pb.PENDING_MAX - 1
+    ok = f"{stamp(NOW - 3600 + last // 10)} mail popa3d[{last}]: Authentication passed for eve"
+    login, _ = pb.match_login(ok, patterns, NOW, pending)
+    assert login is not None and login.ip == "203.0.113.9"
+
+
+def test_check_patterns_pairs_two_line_logins(site):
+    site.append("Nov 24 23:28:00 mail popa3d[2001]: Session from 192.0.2.33\n",
+                "Nov 24 23:28:01 mail popa3d[2001]: Authentication passed for carol\n")
+    result = CliRunner().invoke(pb.cli, ["--check-patterns", f"--logfile={site.log}",
+                                         f"--now={NOW}"])
+    assert result.exit_code == 0, result.output
+    assert "2 lines, 1 logins from 1 distinct addresses" in result.stdout.splitlines()
 
 
 def test_a_run_without_logins_reads_the_map_only_when_it_must(site):

@@ -238,20 +238,19 @@ def wait_until_listening(server):
 
 def logins_found(maillog):
     """Every login the shipped patterns find in the daemon's log."""
-    found = []
+    found, pending = [], {}
     with open(maillog, encoding="utf-8", errors="replace") as f:
         for line in f:
-            login, _ = pb.match_login(line.rstrip("\n"), PATTERNS, time.time() + 60)
+            login, _ = pb.match_login(line.rstrip("\n"), PATTERNS, time.time() + 60, pending)
             if login:
                 found.append(login)
     return found
 
 
-def map_after_run(maillog):
-    """Run pbsmtp-batch on *maillog* into a new hash map (real postmap), as
-    cron would, and return the addresses ``--list --json`` shows in it.
-    mynetworks is a documentation address, so no loopback client is
-    filtered out as a local one."""
+def tool_argv(maillog):
+    """pbsmtp-batch's command line for *maillog*, with a new hash map and
+    state directory. mynetworks is a documentation address, so no loopback
+    client is filtered out as a local one."""
     work = tempfile.mkdtemp(prefix="map-", dir=os.path.dirname(maillog))
     conf = os.path.join(work, "postfix")
     os.makedirs(conf)
@@ -260,14 +259,23 @@ def map_after_run(maillog):
     # Postfix waits ~1.5 s on a main.cf younger than a second (conftest).
     os.utime(os.path.join(conf, "main.cf"), (time.time() - 60, time.time() - 60))
     open(os.path.join(conf, "master.cf"), "w").close()
-    argv = [sys.executable, "-m", "pbsmtp_batch", f"--logfile={maillog}",
+    return [sys.executable, "-m", "pbsmtp_batch", f"--logfile={maillog}",
             f"--dbfile={work}/pop-before-smtp", f"--state-dir={work}/state",
             f"--postfix-config={conf}"]
+
+
+def run_and_list(argv):
+    """One run, as cron would, then the addresses ``--list --json`` shows in
+    the map (written by the real postmap)."""
     r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), r
     r = subprocess.run([*argv, "--list", "--json"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r
     return {entry["ip"] for entry in json.loads(r.stdout)}
+
+
+def map_after_run(maillog):
+    return run_and_list(tool_argv(maillog))
 
 
 def check(maillog, good, bad, family):
@@ -694,7 +702,8 @@ class AllFacilities(daemons.Rsyslog):
 
 
 # A minimal inetd: one accept loop per port, the daemon gets the connection as
-# stdin/stdout, as from inetd(8).
+# stdin/stdout, as from inetd(8). Arguments: port, program, argv[0] (tcpd
+# finds the real daemon, and its syslog tag, through argv[0]).
 INETD = """\
 import socket, subprocess, sys
 s = socket.socket()
@@ -703,7 +712,8 @@ s.bind(("127.0.0.1", int(sys.argv[1])))
 s.listen(16)
 while True:
     c, _ = s.accept()
-    subprocess.Popen(sys.argv[2:], stdin=c, stdout=c, stderr=subprocess.DEVNULL)
+    subprocess.Popen([sys.argv[3]], executable=sys.argv[2], stdin=c, stdout=c,
+                     stderr=subprocess.DEVNULL)
     c.close()
 """
 
@@ -720,18 +730,22 @@ mount -t overlay -o "lowerdir=$W/etc:$C/etc:/etc,upperdir=$W/ns/etc-upper,workdi
 mount -t overlay -o "lowerdir=/var,upperdir=$W/ns/var-upper,workdir=$W/ns/var-work" pbsmtp-var /var
 mkdir -p /var/lib/popa3d /var/mail
 shift 4
-while [ $# -ge 2 ]; do
-    "$PY" "$W/inetd.py" "$1" "$2" &
-    shift 2
+while [ $# -ge 3 ]; do
+    "$PY" "$W/inetd.py" "$1" "$2" "$3" &
+    shift 3
 done
 wait
 """
 
 
 class Inetd:
-    """*services* ({name: argv0 path}) each on its own 127.0.0.1 port."""
+    """*services* ({name: program path, or (program, argv[0])}) each on its own
+    127.0.0.1 port. Host names come from /etc/hosts only (tcpd looks up every
+    client), so no test waits for DNS."""
 
     SERVICE_USERS = ("popa3d", "spop3d")
+    # Client addresses with a host name, which some daemons log as "NAME (ADDR)".
+    HOSTS = {"127.0.0.86": "client86.example.net"}
 
     def __init__(self, root, workdir, devlog, users, services):
         self.root = root
@@ -759,7 +773,11 @@ class Inetd:
                     capture_output=True, text=True, check=True).stdout.strip()
             shadow += f"{name}:{crypted}:19000:0:99999:7:::\n"
         for name, text, mode in (("passwd", passwd, 0o644), ("group", group, 0o644),
-                                 ("shadow", shadow, 0o640)):
+                                 ("shadow", shadow, 0o640),
+                                 ("nsswitch.conf", "hosts: files\n", 0o644),
+                                 ("hosts", daemons.read_text("/etc/hosts")
+                                  + "".join(f"{a} {n}\n" for a, n in self.HOSTS.items()),
+                                  0o644)):
             with open(os.path.join(etc, name), "w") as f:
                 f.write(text)
             os.chmod(os.path.join(etc, name), mode)
@@ -770,7 +788,8 @@ class Inetd:
                 "/bin/sh", "-c", INETD_SCRIPT, "sh", self.workdir, self.root, self.devlog,
                 sys.executable]
         for name, program in self.services.items():
-            argv += [str(self.ports[name]), program]
+            program, argv0 = (program, program) if isinstance(program, str) else program
+            argv += [str(self.ports[name]), program, argv0]
         self.proc = daemons.start_process(argv, os.path.join(self.workdir, "inetd.out"))
         for port in self.ports.values():
             daemons.wait_for_port("127.0.0.1", port, self.proc.pid)
@@ -790,8 +809,11 @@ def inetd_harness():
     try:
         rsyslog.start()
         root = unpacked(OTHER_PACKAGES, "usr/sbin/solid-pop3d", "other")
+        tcpd = os.path.join(unpacked(["tcpd"], "usr/sbin/tcpd", "tcpd"), "usr/sbin/tcpd")
         inetd = Inetd(root, workdir, rsyslog.socket, {"alice": "secret"},
-                      {"solid-pop3d": "/usr/sbin/solid-pop3d", "popa3d": "/usr/sbin/popa3d"})
+                      {"solid-pop3d": "/usr/sbin/solid-pop3d", "popa3d": "/usr/sbin/popa3d",
+                       # as inetd.conf's "... /usr/sbin/tcpd /usr/sbin/popa3d"
+                       "popa3d-tcpd": (tcpd, "/usr/sbin/popa3d")})
         try:
             inetd.start()
             yield inetd, rsyslog
@@ -803,20 +825,23 @@ def inetd_harness():
 
 
 def test_solid_pop3d_logins(inetd_harness):
-    """Debian's solid-pop3d is built with logextend: one line with the address."""
+    """Debian's solid-pop3d is built with logextend: one line with the
+    address, "ADDR" or, for a client with a host name, "NAME (ADDR)"."""
     inetd, rsyslog = inetd_harness
     port = inetd.ports["solid-pop3d"]
     # The mailbox cannot be locked here, so the session ends in -ERR, but the
     # success line is written once the password was checked: that is the
     # login that counts.
     pop3_user_pass(port, "127.0.0.81", "alice", "secret")
+    pop3_user_pass(port, "127.0.0.86", "alice", "secret")
+    daemons.wait_for_log(rsyslog.maillog, "authenticated - client86.example.net (127.0.0.86)")
     bad = ["127.0.0.82", "127.0.0.83", "127.0.0.84", "127.0.0.85"]
     assert not pop3_user_pass(port, "127.0.0.82", "alice", "wrong")
     assert not pop3_user_pass(port, "127.0.0.83", "nobody", "secret")
     leave_before_auth(port, "127.0.0.84", "QUIT")
     assert not pop3_user_pass(port, "127.0.0.85", f"alice authenticated - {ATTACKER}", "x")
     daemons.wait_for_log(rsyslog.maillog, "- 127.0.0.85")
-    check(rsyslog.maillog, {"127.0.0.81": "alice"}, bad, "solid-pop3d")
+    check(rsyslog.maillog, {"127.0.0.81": "alice", "127.0.0.86": "alice"}, bad, "solid-pop3d")
 
 
 def test_popa3d_stock_logs_no_address(inetd_harness):
@@ -831,6 +856,35 @@ def test_popa3d_stock_logs_no_address(inetd_harness):
     daemons.wait_for_log(rsyslog.maillog, "Authentication failed for alice")
     assert "Authentication passed for alice" in daemons.read_text(rsyslog.maillog)
     assert logins_found(rsyslog.maillog) == []
+
+
+def test_popa3d_under_tcpd_pairs_two_lines_by_pid(inetd_harness):
+    """Under Debian's tcpd, "popa3d[PID]: connect from ADDR (ADDR)" comes
+    first, then popa3d (tcpd execs it: the same PID) logs "Authentication
+    passed for U". The two lines are paired by PID, also when a run falls
+    between them (the address waits in the state directory)."""
+    inetd, rsyslog = inetd_harness
+    port = inetd.ports["popa3d-tcpd"]
+    argv = tool_argv(rsyslog.maillog)
+    c = Client(port, "127.0.0.95")
+    c.send("USER alice")
+    assert c.line().startswith("+OK")
+    daemons.wait_for_log(rsyslog.maillog, "popa3d[", "connect from ", "(127.0.0.95)")
+    assert run_and_list(argv) == set()           # an address line alone adds nothing
+    c.send("PASS secret")
+    assert c.line().startswith("+OK")
+    c.close("QUIT")
+    daemons.wait_for_log(rsyslog.maillog, "Authentication passed for alice")
+    assert run_and_list(argv) == {"127.0.0.95"}
+    # In one run: another good login, a crafted user name (popa3d refuses a
+    # USER with blanks before any auth), a wrong password.
+    assert pop3_user_pass(port, "127.0.0.97", "alice", "secret")
+    bad = ["127.0.0.98", "127.0.0.99"]
+    assert not pop3_user_pass(port, bad[1], f"alice -- [{ATTACKER}]", "x")
+    assert not pop3_user_pass(port, bad[0], "alice", "wrong")
+    daemons.wait_for_log(rsyslog.maillog, "Authentication failed for alice")
+    assert run_and_list(argv) == {"127.0.0.95", "127.0.0.97"}
+    check(rsyslog.maillog, {"127.0.0.95": "alice", "127.0.0.97": "alice"}, bad, "popa3d")
 
 
 # nginx mail proxy (Debian 12 nginx 1.22.1 + libnginx-mod-mail) ################

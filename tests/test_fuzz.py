@@ -297,7 +297,9 @@ def occurs_in(ip: str, line: str) -> bool:
     if "." in ip and ":" not in ip:
         return re.search(rf"(?<![\d.]){re.escape(ip)}(?!\d|\.\d)", line) is not None
     for token in re.findall(r"[0-9A-Za-z.:%]+", line):
-        for candidate in {token, token.strip(".:"), token.removeprefix("::ffff:")}:
+        # "ADDR:PORT" with an IPv6 ADDR (imapproxy, perdition) ends at the last colon.
+        for candidate in {token, token.strip(".:"), token.removeprefix("::ffff:"),
+                          token.rsplit(":", 1)[0]}:
             if pb.normalise_ip(candidate) == ip:
                 return True
     return False

@@ -201,20 +201,6 @@ def imap_authenticate_login(port, source, user, password):
         c.close("a9 LOGOUT")
 
 
-def imap_login_literal_user(port, source, user, password):
-    """LOGIN with the user name as a synchronising literal: any bytes."""
-    c = dl.Client(port, source)
-    try:
-        data = user.encode()
-        c.send(f"a1 LOGIN {{{len(data)}}}")
-        if not c.line().startswith("+"):
-            return False
-        c.sock.sendall(data + f" {password}\r\n".encode())
-        return dl.imap_tagged(c, "a1").startswith("a1 OK")
-    finally:
-        c.close("a9 LOGOUT")
-
-
 def test_imapproxy_logins(harness):  # noqa: F811  (the imported fixture)
     workdir, rsyslog = harness
     root = imapproxy_root()
@@ -241,7 +227,7 @@ def test_imapproxy_logins(harness):  # noqa: F811  (the imported fixture)
         dl.leave_before_auth(port, bad[2], "a1 LOGOUT")
         dl.leave_before_auth(port, bad[3], None)
         assert not imap_authenticate_login(port, bad[4], CRAFTED, "x")
-        assert not imap_login_literal_user(port, bad[5], CRAFTED, "x")
+        assert not dl.imap_login_literal(port, bad[5], CRAFTED, "x")
         daemons.wait_for_log(rsyslog.maillog, f"({bad[5]}:", "failed")
     finally:
         proxy.stop()

@@ -201,6 +201,21 @@ def imap_authenticate_plain(port, source, user, password, host="127.0.0.1", tls=
         c.close("a9 LOGOUT")
 
 
+def imap_login_literal(port, source, user, password, tls=None):
+    """LOGIN with the user name as a synchronising literal, which carries any
+    bytes (blanks, quotes, line feeds); *tls*: TLS("implicit", ...) for imaps."""
+    c = Client(port, source, tls=tls)
+    try:
+        data = user.encode()
+        c.send(f"a1 LOGIN {{{len(data)}}}")
+        if not c.line().startswith("+"):
+            return False
+        c.sock.sendall(data + f" {password}\r\n".encode())
+        return imap_tagged(c, "a1").startswith("a1 OK")
+    finally:
+        c.close("a9 LOGOUT")
+
+
 def pop3_user_pass(port, source, user, password, host="127.0.0.1", tls=None):
     c = Client(port, source, host, tls)
     try:

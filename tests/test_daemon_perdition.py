@@ -192,34 +192,6 @@ class Perdition:
 
 # Clients ######################################################################
 
-def pop3_raw(port, source, user, password):
-    """USER/PASS with the user name sent verbatim (tabs included)."""
-    c = dl.Client(port, source)
-    try:
-        c.send(f"USER {user}")
-        if not c.line().startswith("+OK"):
-            return False
-        c.send(f"PASS {password}")
-        return c.line().startswith("+OK")
-    finally:
-        c.close("QUIT")
-
-
-def imap_login_literal(port, source, user, password, tls=None):
-    """LOGIN with the user name as a synchronising literal (any bytes);
-    *tls*: a dl.TLS("implicit", ...) for imaps."""
-    c = dl.Client(port, source, tls=tls)
-    try:
-        data = user.encode()
-        c.send(f"a1 LOGIN {{{len(data)}}}")
-        if not c.line().startswith("+"):
-            return False
-        c.sock.sendall(data + f" {password}\r\n".encode())
-        return dl.imap_tagged(c, "a1").startswith("a1 OK")
-    finally:
-        c.close("a9 LOGOUT")
-
-
 def sieve_login(port, source, user, password, authzid=""):
     c = dl.Client(port, source)
     try:
@@ -295,11 +267,11 @@ def test_perdition_logins(harness):  # noqa: F811  (the imported fixture)
             (dl.pop3_user_pass, pop.port, bad[0], "alice", "wrong"),
             (dl.imap_login, imap.port, bad[1], "nobody", "secret"),
             (dl.pop3_user_pass, pop.port, bad[4], f'x" {TAIL}', "x"),
-            (pop3_raw, pop.port, bad[5], f'x"\t{TAIL}\t{FORGED}'.replace(" ", "\t"), "x"),
-            (imap_login_literal, imap.port, bad[6], f'x" {TAIL}', "x"),
-            (imap_login_literal, imap.port, bad[7], f"x\n{FORGED}", "x"),
+            (dl.pop3_user_pass, pop.port, bad[5], f'x"\t{TAIL}\t{FORGED}'.replace(" ", "\t"), "x"),
+            (dl.imap_login_literal, imap.port, bad[6], f'x" {TAIL}', "x"),
+            (dl.imap_login_literal, imap.port, bad[7], f"x\n{FORGED}", "x"),
             (dl.imap_login, imap.port, bad[8], f'x" {TAIL}', "x"),
-            (imap_login_literal, imaps.port, bad[9], f"x\n{FORGED}", "x", implicit),
+            (dl.imap_login_literal, imaps.port, bad[9], f"x\n{FORGED}", "x", implicit),
         ]
         with concurrent.futures.ThreadPoolExecutor(len(sessions)) as pool:
             results = list(pool.map(lambda s: s[0](*s[1:]), sessions))

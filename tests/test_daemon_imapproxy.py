@@ -27,15 +27,13 @@ success line with the address 203.0.113.9.
 
 import base64
 import os
-import re
-import socketserver
 import subprocess
-import threading
 
 import pytest
 
 import daemons
 import test_daemon_logins as dl
+import upstreams
 from test_daemon_logins import harness  # noqa: F401  (the fixture: 3 maillog formats)
 
 pytestmark = pytest.mark.daemons
@@ -54,70 +52,6 @@ def imapproxy_root():
     if r.returncode != 0 or missing:
         dl.unavailable(f"imapproxyd cannot run, missing libraries: {missing or r.stderr}")
     return root
-
-
-# The upstream IMAP server ######################################################
-
-_TOKEN = re.compile(rb' *(?:"((?:[^"\\\r\n]|\\.)*)"|\{(\d+)\}$|([^ "(){}\r\n]+))')
-
-
-def read_command(rfile, wfile):
-    """The words of one IMAP command (quoted strings unquoted, synchronising
-    literals read in) and whether it parsed; None at end of input."""
-    raw = rfile.readline()
-    if not raw:
-        return None
-    line, words = raw.rstrip(b"\r\n"), []
-    while True:
-        pos, literal = 0, None
-        while pos < len(line):
-            m = _TOKEN.match(line, pos)
-            if not m:
-                return words, False
-            pos = m.end()
-            if m[2] is not None:
-                literal = int(m[2])
-            elif m[1] is not None:
-                words.append(re.sub(rb"\\(.)", rb"\1", m[1]))
-            else:
-                words.append(m[3])
-        if literal is None:
-            return words, True
-        wfile.write(b"+ go ahead\r\n")
-        words.append(rfile.read(literal))
-        line = rfile.readline().rstrip(b"\r\n")
-
-
-def checking_upstream(users):
-    """An IMAP server on 127.0.0.1 that accepts LOGIN only with a right password."""
-    class Handler(socketserver.StreamRequestHandler):
-        def handle(self):
-            self.wfile.write(b"* OK [CAPABILITY IMAP4rev1 UNSELECT] upstream ready\r\n")
-            while True:
-                got = read_command(self.rfile, self.wfile)
-                if got is None:
-                    return
-                words, parsed = got
-                if len(words) < 2:
-                    self.wfile.write(b"* BAD no command\r\n")
-                    continue
-                tag, command = words[0], words[1].upper()
-                if command == b"CAPABILITY":
-                    self.wfile.write(b"* CAPABILITY IMAP4rev1 UNSELECT\r\n" + tag + b" OK done\r\n")
-                elif command == b"LOGIN":
-                    args = [w.decode(errors="replace") for w in words[2:]]
-                    if parsed and len(args) == 2 and users.get(args[0]) == args[1]:
-                        self.wfile.write(tag + b" OK logged in\r\n")
-                    else:
-                        self.wfile.write(tag + b" NO [AUTHENTICATIONFAILED] failed\r\n")
-                elif command == b"LOGOUT":
-                    self.wfile.write(b"* BYE bye\r\n" + tag + b" OK done\r\n")
-                    return
-                else:
-                    self.wfile.write(tag + b" OK done\r\n")
-    server = dl.ThreadingServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 # imapproxyd ###################################################################
@@ -204,7 +138,7 @@ def imap_authenticate_login(port, source, user, password):
 def test_imapproxy_logins(harness):  # noqa: F811  (the imported fixture)
     workdir, rsyslog = harness
     root = imapproxy_root()
-    upstream = checking_upstream(USERS)
+    upstream = upstreams.imap_upstream(USERS)
     proxy = Imapproxy(root, workdir, rsyslog.socket, upstream.server_address[1])
     port = proxy.port
     try:

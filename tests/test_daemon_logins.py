@@ -47,6 +47,7 @@ import pbsmtp_batch as pb
 
 sys.path.insert(0, os.path.dirname(__file__))
 import daemons  # noqa: E402  (tests/daemons.py, owned by the e2e harness)
+import upstreams  # noqa: E402
 
 pytestmark = pytest.mark.daemons
 
@@ -911,11 +912,6 @@ def test_popa3d_under_tcpd_pairs_two_lines_by_pid(inetd_harness):
 NGINX_PACKAGES = ["nginx", "nginx-common", "libnginx-mod-mail"]
 
 
-class ThreadingServer(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-
-
 def fake_upstream(kind):
     """An upstream that accepts any login nginx proxies to it."""
     class Handler(socketserver.StreamRequestHandler):
@@ -939,7 +935,7 @@ def fake_upstream(kind):
                     self.wfile.write(b"250 ok\r\n")
                 if words[-1].upper() in ("QUIT", "LOGOUT"):
                     return
-    server = ThreadingServer(("127.0.0.1", 0), Handler)
+    server = upstreams.ThreadingServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 

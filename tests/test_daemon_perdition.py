@@ -16,8 +16,8 @@ format of the ``harness`` fixture. It drops to nobody/nogroup itself.
 
 Perdition checks no password: it passes the credentials on to the back-end
 and logs what that answered. The back-ends here are small servers in this
-process that do check them: POP3 (USER/PASS), IMAP (LOGIN, the upstream of
-test_daemon_imapproxy) and ManageSieve (AUTHENTICATE "PLAIN").
+process that do check them (tests/upstreams.py): POP3 (USER/PASS), IMAP
+(LOGIN) and ManageSieve (AUTHENTICATE "PLAIN").
 
 Sessions, each from its own source 127.0.0.121-139 (and ::1):
 - good: POP3 USER/PASS, IMAP LOGIN, POP3 after STLS, IMAP after STARTTLS,
@@ -41,16 +41,14 @@ import base64
 import concurrent.futures
 import os
 import re
-import socketserver
 import subprocess
-import threading
 import time
 
 import pytest
 
 import daemons
-import test_daemon_imapproxy as ix
 import test_daemon_logins as dl
+import upstreams
 from test_daemon_logins import harness  # noqa: F401  (the fixture: 3 maillog formats)
 
 pytestmark = pytest.mark.daemons
@@ -76,76 +74,6 @@ def perdition_root():
     if r.returncode != 0 or missing:
         dl.unavailable(f"perdition cannot run, missing libraries: {missing or r.stderr}")
     return root
-
-
-# The back-ends ################################################################
-
-def serve(handler):
-    server = dl.ThreadingServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def pop3_upstream(users):
-    """A POP3 server that accepts USER/PASS only with a right password."""
-    class Handler(socketserver.StreamRequestHandler):
-        def handle(self):
-            self.wfile.write(b"+OK upstream ready\r\n")
-            user = None
-            for raw in self.rfile:
-                command, _, arg = raw.decode(errors="replace").rstrip("\r\n").partition(" ")
-                command = command.upper()
-                if command == "USER":
-                    user = arg
-                    self.wfile.write(b"+OK\r\n")
-                elif command == "PASS" and user is not None and users.get(user) == arg:
-                    self.wfile.write(b"+OK logged in\r\n")
-                elif command == "QUIT":
-                    self.wfile.write(b"+OK bye\r\n")
-                    return
-                else:
-                    user = None
-                    self.wfile.write(b"-ERR [AUTH] failed\r\n")
-    return serve(Handler)
-
-
-_SIEVE_WORD = re.compile(rb'"((?:[^"\\]|\\.)*)"|\{(\d+)\+?\}$|(\S+)')
-
-
-def sieve_upstream(users):
-    """A ManageSieve server: AUTHENTICATE "PLAIN" (as a quoted string or a
-    literal) succeeds only with a right password; the authorisation id is
-    not checked."""
-    greeting = (b'"IMPLEMENTATION" "upstream"\r\n"SASL" "PLAIN"\r\n"VERSION" "1.0"\r\n'
-                b'OK "ready"\r\n')
-
-    class Handler(socketserver.StreamRequestHandler):
-        def handle(self):
-            self.wfile.write(greeting)
-            for raw in self.rfile:
-                words = []
-                for m in _SIEVE_WORD.finditer(raw.rstrip(b"\r\n")):
-                    if m[2] is not None:
-                        words.append(self.rfile.read(int(m[2])))
-                        self.rfile.readline()
-                    else:
-                        words.append(m[1] if m[1] is not None else m[3])
-                command = words[0].upper() if words else b""
-                if command == b"AUTHENTICATE" and len(words) == 3:
-                    try:
-                        _, user, password = base64.b64decode(words[2]).decode().split("\0")
-                    except ValueError:
-                        user = password = None
-                    ok = user is not None and users.get(user) == password
-                    self.wfile.write(b'OK "in"\r\n' if ok else b'NO "failed"\r\n')
-                elif command == b"CAPABILITY":
-                    self.wfile.write(greeting)
-                elif command == b"LOGOUT":
-                    self.wfile.write(b'OK "bye"\r\n')
-                    return
-                else:
-                    self.wfile.write(b'NO "unknown"\r\n')
-    return serve(Handler)
 
 
 # perdition ####################################################################
@@ -230,8 +158,9 @@ def test_perdition_logins(harness):  # noqa: F811  (the imported fixture)
     cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
     daemons.make_cert(cert, key)
     tls = ["--ssl_cert_file", cert, "--ssl_key_file", key]
-    upstreams = [pop3_upstream(USERS), ix.checking_upstream(USERS), sieve_upstream(USERS)]
-    pop_port, imap_port, sieve_port = (u.server_address[1] for u in upstreams)
+    backends = [upstreams.pop3_upstream(USERS), upstreams.imap_upstream(USERS),
+                upstreams.sieve_upstream(USERS)]
+    pop_port, imap_port, sieve_port = (u.server_address[1] for u in backends)
     ipv6 = daemons.ipv6_loopback()
     args = (root, workdir, rsyslog.socket)
     pop = Perdition(*args, "perdition.pop3", pop_port, ["--ssl_mode", "tls_listen", *tls], ipv6)
@@ -287,7 +216,7 @@ def test_perdition_logins(harness):  # noqa: F811  (the imported fixture)
     finally:
         for server in servers:
             server.stop()
-        for upstream in upstreams:
+        for upstream in backends:
             upstream.shutdown()
             upstream.server_close()
     log = daemons.read_text(rsyslog.maillog)

@@ -427,13 +427,17 @@ class Dovecot(Daemon):
     - log_file: Dovecot's own log file (``log_path``) instead of syslog, with
       *log_timestamp* and *login_log_format_elements* when given (Dovecot's
       defaults otherwise).
+    - proxy_ports: (imap, pop3) ports on 127.0.0.1 to proxy every login to,
+      once Dovecot itself accepted the password (passdb proxy=y).
 
     Runs as root with ``dovecot -F -c CONF`` inside a private mount namespace
     (see the module docstring); ``self.pid`` is the Dovecot master's PID."""
 
     def __init__(self, workdir, users, devlog, ipv6=False, auth_failure_delay=0, tls=True,
-                 log_file=None, log_timestamp=None, login_log_format_elements=None):
+                 log_file=None, log_timestamp=None, login_log_format_elements=None,
+                 proxy_ports=None):
         self.workdir = workdir
+        self.proxy_ports = proxy_ports
         self.log_file = log_file
         self.log_timestamp = log_timestamp
         self.login_log_format_elements = login_log_format_elements
@@ -491,7 +495,7 @@ auth_mechanisms = plain login
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {self.passwd}
-}}
+{self.proxy_config()}}}
 userdb {{
   driver = static
   args = uid=nobody gid=nogroup home={self.mail_dir}/%u
@@ -514,6 +518,13 @@ service imap-login {{
   }}
 }}
 """
+
+    def proxy_config(self):
+        if self.proxy_ports is None:
+            return ""
+        imap, pop3 = self.proxy_ports
+        return (f"  override_fields = proxy=y host=127.0.0.1 "
+                f"port=%{{if;%s;eq;imap;{imap};{pop3}}}\n")
 
     def ssl_config(self):
         if not self.tls:

@@ -683,6 +683,42 @@ def test_dovecot_logins(harness):
     dovecot_exercise(workdir, rsyslog.socket, rsyslog.maillog, "dovecot")
 
 
+def test_dovecot_as_a_proxy(harness):
+    """Dovecot as a proxy (passdb proxy=y) in front of password-checking
+    upstreams. 2.3 logs "proxy(u,HOST:PORT): Started proxying to <HOST> (N
+    secs): user=<u>, ..., rip=A" once the upstream accepted the login; a
+    password that Dovecot accepts but the upstream refuses writes no such
+    line, and neither does a wrong one."""
+    require_dovecot()
+    workdir, rsyslog = harness
+    upstream_users = {"alice": "secret", "bob": "hunter2"}
+    imap_up, pop3_up = upstreams.imap_upstream(upstream_users), upstreams.pop3_upstream(upstream_users)
+    dovecot = daemons.Dovecot(workdir, {**upstream_users, "carol": "secret"}, rsyslog.socket,
+                              proxy_ports=(imap_up.server_address[1], pop3_up.server_address[1]))
+    good = {"127.0.0.141": "alice", "127.0.0.142": "bob", "127.0.0.143": "alice",
+            "127.0.0.144": "bob"}
+    bad = ["127.0.0.151", "127.0.0.152", "127.0.0.153"]
+    try:
+        dovecot.start()
+        starttls, implicit = TLS("starttls", dovecot.cert), TLS("implicit", dovecot.cert)
+        assert imap_login(dovecot.imap_port, "127.0.0.141", "alice", "secret")
+        assert pop3_user_pass(dovecot.pop3_port, "127.0.0.142", "bob", "hunter2")
+        assert imap_login(dovecot.imap_port, "127.0.0.143", "alice", "secret", tls=starttls)
+        assert pop3_auth_plain(dovecot.pop3s_port, "127.0.0.144", "bob", "hunter2", tls=implicit)
+        assert not imap_login(dovecot.imap_port, bad[0], "alice", "wrong")
+        assert not imap_login(dovecot.imap_port, bad[1], "carol", "secret")  # upstream: NO
+        assert not pop3_user_pass(dovecot.pop3_port, bad[2], DOVECOT_CRAFTED_POP3, "x")
+        for address in bad:
+            daemons.wait_for_log(rsyslog.maillog, f"rip={address},")
+    finally:
+        dovecot.stop()
+        for server in (imap_up, pop3_up):
+            server.shutdown()
+            server.server_close()
+    assert "Started proxying to <127.0.0.1>" in daemons.read_text(rsyslog.maillog)
+    check(rsyslog.maillog, good, bad, "dovecot")
+
+
 @pytest.mark.parametrize("log_timestamp, elements", [
     (None, None),
     # The elements in another order, as sites change them; the date as ISO.

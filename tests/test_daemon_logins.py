@@ -367,7 +367,8 @@ tls_server_cert: {self.cert}
 tls_server_key: {self.key}
 """)
         bin_ = os.path.join(self.root, "usr/lib/cyrus/bin")
-        # imapd -s / pop3d -s: implicit TLS, logged as cyrus/imaps, cyrus/pop3s.
+        # imapd -s / pop3d -s below: implicit TLS, logged as cyrus/imaps and
+        # cyrus/pop3s. The ::1 listener is a service of its own, cyrus/imap6.
         imap6 = (f'imap6 cmd="{bin_}/imapd -C {self.conf}" listen="[::1]:{self.imap_port}" '
                  f"prefork=0" if self.ipv6 else "")
         with open(os.path.join(d, "cyrus.conf"), "w") as f:

@@ -113,26 +113,19 @@ def b64(text):
 
 def imap_login_atoms(port, source, user, password):
     """LOGIN with unquoted user name and password (dl.imap_login quotes them)."""
-    c = dl.Client(port, source)
-    try:
+    with dl.imap_session(port, source) as c:
         return dl.imap_command(c, "a1", f"LOGIN {user} {password}").startswith("a1 OK")
-    finally:
-        c.close("a9 LOGOUT")
 
 
 def imap_authenticate_login(port, source, user, password):
     """AUTHENTICATE LOGIN, the one SASL mechanism imapproxy takes itself."""
-    c = dl.Client(port, source)
-    try:
-        for prompt, answer in (("a1 AUTHENTICATE LOGIN", b64(user)), (None, b64(password))):
-            if prompt:
-                c.send(prompt)
+    with dl.imap_session(port, source) as c:
+        for line in ("a1 AUTHENTICATE LOGIN", b64(user)):
+            c.send(line)
             if not c.line().startswith("+"):
                 return False
-            c.send(answer)
+        c.send(b64(password))
         return dl.imap_tagged(c, "a1").startswith("a1 OK")
-    finally:
-        c.close("a9 LOGOUT")
 
 
 def test_imapproxy_logins(harness):  # noqa: F811  (the imported fixture)

@@ -174,15 +174,42 @@ def imap_quote(text):
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def imap_login(port, source, user, password, host="127.0.0.1", tls=None, reset=False):
-    """LOGIN; with *reset* the session ends in a TCP RST instead of LOGOUT."""
+@contextlib.contextmanager
+def session(port, source, host, tls, starttls, bye, reset=False):
+    """A connected Client, after STARTTLS/STLS when *tls* asks for it
+    (*starttls*: the command and its OK answer); it ends with *bye*, or with
+    a TCP reset."""
     c = Client(port, source, host, tls)
     try:
-        c.starttls(tls, "a0 STARTTLS", "a0 OK")
+        c.starttls(tls, *starttls)
+        yield c
+    finally:
+        c.reset() if reset else c.close(bye)
+
+
+def imap_session(port, source, host="127.0.0.1", tls=None, reset=False):
+    return session(port, source, host, tls, ("a0 STARTTLS", "a0 OK"), "a9 LOGOUT", reset)
+
+
+def pop3_session(port, source, host="127.0.0.1", tls=None):
+    return session(port, source, host, tls, ("STLS", "+OK"), "QUIT")
+
+
+def imap_continued(c, command, data):
+    """A command that waits for a "+" continuation before *data* (bytes,
+    sent as is, CRLF included): AUTHENTICATE, or a LOGIN literal."""
+    c.send(command)
+    if not c.line().startswith("+"):
+        return False
+    c.sock.sendall(data)
+    return imap_tagged(c, "a1").startswith("a1 OK")
+
+
+def imap_login(port, source, user, password, host="127.0.0.1", tls=None, reset=False):
+    """LOGIN; with *reset* the session ends in a TCP RST instead of LOGOUT."""
+    with imap_session(port, source, host, tls, reset) as c:
         return imap_command(c, "a1", f"LOGIN {imap_quote(user)} {imap_quote(password)}"
                             ).startswith("a1 OK")
-    finally:
-        c.reset() if reset else c.close("a9 LOGOUT")
 
 
 def plain(user, password):
@@ -190,54 +217,31 @@ def plain(user, password):
 
 
 def imap_authenticate_plain(port, source, user, password, host="127.0.0.1", tls=None):
-    c = Client(port, source, host, tls)
-    try:
-        c.starttls(tls, "a0 STARTTLS", "a0 OK")
-        c.send("a1 AUTHENTICATE PLAIN")
-        if not c.line().startswith("+"):
-            return False
-        c.send(plain(user, password))
-        return imap_tagged(c, "a1").startswith("a1 OK")
-    finally:
-        c.close("a9 LOGOUT")
+    with imap_session(port, source, host, tls) as c:
+        return imap_continued(c, "a1 AUTHENTICATE PLAIN", f"{plain(user, password)}\r\n".encode())
 
 
 def imap_login_literal(port, source, user, password, tls=None):
     """LOGIN with the user name as a synchronising literal, which carries any
     bytes (blanks, quotes, line feeds); *tls*: TLS("implicit", ...) for imaps."""
-    c = Client(port, source, tls=tls)
-    try:
-        data = user.encode()
-        c.send(f"a1 LOGIN {{{len(data)}}}")
-        if not c.line().startswith("+"):
-            return False
-        c.sock.sendall(data + f" {password}\r\n".encode())
-        return imap_tagged(c, "a1").startswith("a1 OK")
-    finally:
-        c.close("a9 LOGOUT")
+    data = user.encode()
+    with imap_session(port, source, tls=tls) as c:
+        return imap_continued(c, f"a1 LOGIN {{{len(data)}}}", data + f" {password}\r\n".encode())
 
 
 def pop3_user_pass(port, source, user, password, host="127.0.0.1", tls=None):
-    c = Client(port, source, host, tls)
-    try:
-        c.starttls(tls, "STLS", "+OK")
+    with pop3_session(port, source, host, tls) as c:
         c.send(f"USER {user}")
         if not c.line().startswith("+OK"):
             return False
         c.send(f"PASS {password}")
         return c.line().startswith("+OK")
-    finally:
-        c.close("QUIT")
 
 
 def pop3_auth_plain(port, source, user, password, host="127.0.0.1", tls=None):
-    c = Client(port, source, host, tls)
-    try:
-        c.starttls(tls, "STLS", "+OK")
+    with pop3_session(port, source, host, tls) as c:
         c.send(f"AUTH PLAIN {plain(user, password)}")
         return c.line().startswith("+OK")
-    finally:
-        c.close("QUIT")
 
 
 def leave_before_auth(port, source, bye):

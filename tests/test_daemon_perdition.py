@@ -135,14 +135,11 @@ def sieve_login(port, source, user, password, authzid=""):
 
 def held_session(port, source, user, password, seconds):
     """IMAP LOGIN, then a NOOP after *seconds*, then LOGOUT."""
-    c = dl.Client(port, source)
-    try:
+    with dl.imap_session(port, source) as c:
         if not dl.imap_command(c, "a1", f"LOGIN {user} {password}").startswith("a1 OK"):
             return False
         time.sleep(seconds)
         return dl.imap_command(c, "a2", "NOOP").startswith("a2 OK")
-    finally:
-        c.close("a9 LOGOUT")
 
 
 def ended(maillog, addresses):

@@ -143,10 +143,30 @@ in_root() {     # in_root DIR COMMAND: run COMMAND as root in DIR, as a fresh lo
 }
 
 echo "fresh-debian: $suite, commit $head, in $work"
+
+clone() {       # clone ROOT: the committed HEAD, into ROOT/root/pbsmtp-batch
+    git clone -q --no-local "$repo" "$1/root/pbsmtp-batch"
+    git -C "$1/root/pbsmtp-batch" checkout -q "$head"
+}
+
+# The README's quick start (its main job, on the demo log), in a root of its own.
+quick_cmd=$(sed -n '/^## Quick start/,/^## /p' "$repo/README" | grep -m1 -E '^apt-get ')
+[ -n "$quick_cmd" ] || { echo "fresh-debian: no quick start command in the README" >&2; exit 1; }
+quick=$work/quick
+make_root "$quick"
+clone "$quick"
+set +e
+in_root "$quick" "cd /root/pbsmtp-batch && $quick_cmd" >"$work/quick.log" 2>&1
+rc=$?
+set -e
+cp "$work/quick.log" "/var/tmp/fresh-debian-$suite-quick.log"
+found=$(grep -c '^would add ' "$work/quick.log" || true)
+echo "fresh-debian: $suite: quick start: exit $rc, $found addresses it would add"
+[ $rc -eq 0 ] && [ "$found" -gt 0 ] || { tail -n 20 "$work/quick.log"; exit 1; }
+
 root=$work/root
 make_root "$root"
-git clone -q --no-local "$repo" "$root/root/pbsmtp-batch"
-git -C "$root/root/pbsmtp-batch" checkout -q "$head"
+clone "$root"
 
 # The README's test command, exactly as it stands there.
 test_cmd=$(sed -n '/^## Running the tests/,/^## /p' "$repo/README" | grep -m1 -E '^\./ci/test')

@@ -24,6 +24,9 @@
 #   FRESH_CACHE     a directory to keep the debootstrap result in as a tarball,
 #                   so that a second run starts from the same pristine root
 #                   without downloading it again [default: none]
+# The whole script is one block, so bash has read all of it before it runs:
+# editing the file during a run cannot change what the run does.
+{
 set -euo pipefail
 
 usage() { echo "usage: $0 bookworm|trixie [--deb] [--keep]" >&2; exit 2; }
@@ -198,3 +201,5 @@ if [ -n "$want_deb" ]; then
     echo "fresh-debian: $suite: $(basename "$deb"): $(tail -n 1 "$work/smoke.log") (exit $rc)"
     [ $rc -eq 0 ] || { tail -n 40 "$work/smoke.log"; exit $rc; }
 fi
+exit 0
+}

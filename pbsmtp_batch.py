@@ -1977,16 +1977,16 @@ def read_mynetworks(config_dir: str | None, say, required: bool = True
     shared one, may have no Postfix at all, and a dry run may come before
     Postfix is configured: then there is none to read (``say`` tells), and
     leaving nothing out is harmless, since mynetworks relays anyway."""
-    problem = postfix_not_configured(config_dir)
-    if problem and required:
-        raise PbsmtpError(problem)
     try:
+        find_tool("postconf")
+        problem = postfix_not_configured(config_dir)
+        if problem:
+            raise PbsmtpError(problem)
         value = postconf("mynetworks", config_dir)
     except PbsmtpError as e:
         if required:
             raise
-        say(f"mynetworks is unknown, so it is not left out ({problem or e}); "
-            f"--ignore-net still applies")
+        say(f"mynetworks is unknown, so it is not left out ({e}); --ignore-net still applies")
         return []
     nets, notes = parse_mynetworks(value)
     for note in notes:

@@ -9,13 +9,13 @@ import pytest
 SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
 
 
-def require(tool: str) -> str:
+def require(tool: str, package: str = "postfix") -> str:
     """The path of a real program the test needs. In CI its absence is a
     failure, not a skip: a skipped suite would hide a missing install step."""
     found = shutil.which(tool, path=SBIN)
     if found:
         return found
-    message = f"{tool} is not installed (Debian: apt-get install postfix)"
+    message = f"{tool} is not installed (Debian: apt-get install {package})"
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)

@@ -99,10 +99,11 @@ def test_the_package_holds_what_an_admin_needs(built):
         "python3-psycopg", "python3-pymysql", "python3-systemd"}
 
 
-def test_the_packaged_program_runs_on_debians_python(built, tmp_path):
+def test_the_packaged_program_runs_on_debians_python(built, site):
     """The packaged module, run by /usr/bin/python3 with Debian's click and
     pygtail, finds the packaged patterns and reads the demo log."""
     _, tree = built
+    tmp_path = site.root
     env = {"PATH": SYSTEM_PATH, "PYTHONPATH": str(tree / "usr/lib/python3/dist-packages"),
            "LANG": "C.UTF-8"}
     code = ("import pbsmtp_batch as p, sys; print(p.__file__); "
@@ -113,10 +114,10 @@ def test_the_packaged_program_runs_on_debians_python(built, tmp_path):
     # Installed, the module sits in /usr/lib/python3/dist-packages: its
     # patterns are /usr/share's (here, under the unpacked tree).
     assert where[1] == str(tree / "usr/share/pbsmtp-batch/patterns")
-    require("postconf")
     demo = subprocess.run(["/usr/bin/python3", tree / "usr/bin/pbsmtp-batch",
                            f"--logfile={tree / 'usr/share/doc/pbsmtp-batch/examples/maillog'}",
-                           f"--state-dir={tmp_path / 'state'}", "--grace=31622400", "--dry-run"],
+                           f"--state-dir={site.state}", f"--postfix-config={site.conf}",
+                           "--grace=31622400", "--dry-run"],
                           env=env, cwd=tmp_path, capture_output=True, text=True)
     assert demo.returncode == 0, demo.stderr
     assert "would add 192.0.2.10 " in demo.stdout

@@ -22,13 +22,15 @@ def cron_path() -> str:
     return re.search(r"^PATH=(.*)$", text, re.M).group(1)
 
 
-def demo_run(program: Path, state: Path, path: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(program), f"--logfile={DEMO}", f"--state-dir={state}",
-                           "--grace=31622400", "--dry-run"], capture_output=True, text=True,
-                          env={"PATH": path, "HOME": str(state.parent)}, cwd=state.parent)
+def demo_run(program: Path, site, path: str) -> subprocess.CompletedProcess:
+    """The README's demo dry-run, with the test's own Postfix configuration."""
+    return subprocess.run([str(program), f"--logfile={DEMO}", f"--state-dir={site.state}",
+                           f"--postfix-config={site.conf}", "--grace=31622400", "--dry-run"],
+                          capture_output=True, text=True,
+                          env={"PATH": path, "HOME": str(site.root)}, cwd=site.root)
 
 
-def test_venv_under_opt_with_a_link_in_usr_local_bin(tmp_path):
+def test_venv_under_opt_with_a_link_in_usr_local_bin(site, tmp_path):
     """Debian's own python3 (PEP 668 refuses a plain pip install there), a
     venv, and the link cron's PATH reaches."""
     require("python3", "python3")
@@ -47,8 +49,7 @@ def test_venv_under_opt_with_a_link_in_usr_local_bin(tmp_path):
     # The job finds the program by cron's PATH, with /usr/local/bin standing
     # in for the temporary one.
     path = cron_path().replace("/usr/local/bin", str(bindir))
-    (tmp_path / "state").mkdir()
-    done = demo_run(Path("pbsmtp-batch"), tmp_path / "state", path)
+    done = demo_run(Path("pbsmtp-batch"), site, path)
     assert done.returncode == 0, done.stderr
     assert "would add 192.0.2.10 " in done.stdout
     # The README's uninstall: the link and the venv.
@@ -57,7 +58,7 @@ def test_venv_under_opt_with_a_link_in_usr_local_bin(tmp_path):
     assert not any(bindir.iterdir()) and not opt.exists()
 
 
-def test_pipx_with_its_own_home_and_bin_dir(tmp_path):
+def test_pipx_with_its_own_home_and_bin_dir(site, tmp_path):
     pipx = require("pipx", "pipx")
     env = {"PATH": SYSTEM_PATH, "HOME": str(tmp_path), "PIPX_HOME": str(tmp_path / "pipx"),
            "PIPX_BIN_DIR": str(tmp_path / "bin")}
@@ -65,8 +66,7 @@ def test_pipx_with_its_own_home_and_bin_dir(tmp_path):
                    capture_output=True)
     program = tmp_path / "bin" / "pbsmtp-batch"
     assert program.is_symlink() and os.access(program, os.X_OK)
-    (tmp_path / "state").mkdir()
-    done = demo_run(program, tmp_path / "state", SYSTEM_PATH)
+    done = demo_run(program, site, SYSTEM_PATH)
     assert done.returncode == 0, done.stderr
     assert "would add 192.0.2.10 " in done.stdout
     listed = subprocess.run([pipx, "list", "--short"], check=True, env=env,

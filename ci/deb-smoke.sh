@@ -27,6 +27,11 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work" $policy' EXIT
 
+# A root fresh from debootstrap has no package lists yet.
+if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' 2>/dev/null | head -n 1)" ]; then
+    step "apt-get update"
+    apt-get update -q > "$work/apt.log" 2>&1 || { tail -20 "$work/apt.log"; fail "apt-get update"; }
+fi
 step "apt-get install $deb"
 apt-get install -y "$deb" man-db > "$work/apt.log" 2>&1 \
     || { tail -20 "$work/apt.log"; fail "apt-get install"; }

@@ -32,6 +32,7 @@ import fcntl
 import functools
 import gzip
 import hashlib
+import io
 import ipaddress
 import json
 import lzma
@@ -188,10 +189,18 @@ def shipped_patterns_dir() -> str:
 
     From a source checkout (or an editable install) it sits beside the module;
     a plain ``pip install .`` puts it under the install scheme's data path
-    (setup.cfg's data_files). A directory that cannot be looked at counts as
-    absent here; load_patterns then says why it cannot be read.
+    (setup.cfg's data_files). An installed module looks first under its own
+    prefix: /usr/lib/python3/dist-packages (a Debian package) goes with
+    /usr/share, not with a copy another installer left under /usr/local. A
+    directory that cannot be looked at counts as absent here; load_patterns
+    then says why it cannot be read.
     """
-    candidates = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "patterns")]
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = [os.path.join(here, "patterns")]
+    libdir = os.path.dirname(os.path.dirname(here))
+    if os.path.basename(libdir).startswith("lib"):      # PREFIX/lib*/python*/*-packages
+        candidates.append(os.path.join(os.path.dirname(libdir), "share", "pbsmtp-batch",
+                                       "patterns"))
     for base in (sysconfig.get_path("data"), sys.prefix):
         candidates.append(os.path.join(base, "share", "pbsmtp-batch", "patterns"))
     for candidate in candidates:
@@ -2381,6 +2390,8 @@ def _age(seconds: int | None) -> str:
     return f"{sign}{seconds // 60}m{seconds % 60:02d}s"
 
 
+# Every variable is PBSMTP_ plus the long option's name: options whose Python
+# name differs from it (list_, as_json, patterns, ignore_nets) name it themselves.
 @click.command(context_settings={"auto_envvar_prefix": "PBSMTP",
                                  "help_option_names": ["-h", "--help"]})
 @click.option("--config", metavar="FILE", is_eager=True, callback=_config_callback,
@@ -2408,22 +2419,23 @@ def _age(seconds: int | None) -> str:
 @click.option("--reprocess", is_flag=True,
               help="Ignore the saved offset: read the whole log again and rebuild the "
                    "grace window (after a lost map).")
-@click.option("--list", "list_", is_flag=True,
+@click.option("--list", "list_", is_flag=True, envvar="PBSMTP_LIST",
               help="Show the map's entries: IP, login time, age and time left.")
-@click.option("--json", "as_json", is_flag=True, help="With --list: print JSON.")
+@click.option("--json", "as_json", is_flag=True, envvar="PBSMTP_JSON",
+              help="With --list: print JSON.")
 @click.option("--check-patterns", is_flag=True,
               help="Test the patterns on the whole --logfile and on their own samples: "
                    "hits per pattern, addresses found, lines that look like logins but "
                    "matched nothing. Exits 1 if a sample fails. Changes nothing.")
 @click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, metavar="DIR",
               help="Where the log offset and the lock live.")
-@click.option("--pattern", "patterns", multiple=True, metavar="NAME",
+@click.option("--pattern", "patterns", multiple=True, metavar="NAME", envvar="PBSMTP_PATTERN",
               help="Use only this pattern file (repeatable) [default: all].")
 @click.option("--patterns-dir", metavar="DIR",
               help=f"Pattern files [default: {ADMIN_PATTERNS_DIR} if it exists, "
                    f"else the shipped ones].")
 @click.option("--ignore-net", "ignore_nets", multiple=True, metavar="CIDR",
-              callback=_networks,
+              callback=_networks, envvar="PBSMTP_IGNORE_NET",
               help="Never add addresses in this network (repeatable). Postfix's "
                    "mynetworks is always left out.")
 @click.option("--postfix-config", metavar="DIR", envvar=["PBSMTP_POSTFIX_CONFIG", "MAIL_CONFIG"],
@@ -2467,7 +2479,8 @@ def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
         pbsmtp-batch --reprocess            # rebuild after losing the map
     """
     now = time.time() if now is None else now
-    err = lambda msg: click.echo(f"pbsmtp-batch: warning: {msg}", err=True)
+    tag = SD_WARNING if stderr_is_journal() else ""
+    err = lambda msg: click.echo(f"{tag}pbsmtp-batch: warning: {msg}", err=True)
     try:
         opts = Options(logfile=logfile or default_logfile(), dbfile=dbfile, grace=grace,
                        map_type=map_type, state_dir=state_dir, patterns_dir=patterns_dir,
@@ -2511,8 +2524,40 @@ def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
         click.echo(summary.line())
 
 
+# sd-daemon(3) priority prefixes: journald files a stderr line that starts with
+# one at that priority, so LogLevelMax=notice keeps errors and warnings.
+SD_ERR, SD_WARNING = "<3>", "<4>"
+
+
+def stderr_is_journal() -> bool:
+    """True when stderr is systemd's journal stream: systemd.exec(5) sets
+    JOURNAL_STREAM to its "device:inode". A child that only inherited the
+    variable (cron started from a unit, output piped on) has another stderr,
+    and its lines stay as they are."""
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}"
+
+
 def main() -> None:
-    cli(prog_name="pbsmtp-batch")
+    if not stderr_is_journal():
+        cli(prog_name="pbsmtp-batch")
+        return
+    # Click's own handling, with the Error: line tagged as an error.
+    try:
+        code = cli.main(prog_name="pbsmtp-batch", standalone_mode=False)
+    except click.ClickException as e:
+        shown = io.StringIO()
+        e.show(file=shown)
+        for line in shown.getvalue().splitlines():
+            click.echo(f"{SD_ERR if line.startswith('Error:') else ''}{line}", err=True)
+        sys.exit(e.exit_code)
+    except click.Abort:
+        click.echo(f"{SD_ERR}Aborted!", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

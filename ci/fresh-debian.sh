@@ -10,8 +10,9 @@
 # --propagation private` works inside), clones the committed HEAD into
 # /root/pbsmtp-batch, and runs the README's test command there as root with
 # CI=true and no standard input. It prints the pytest summary line and its run
-# time. With --deb it then builds the Debian package in that root and installs
-# it into a second pristine root (ci/deb-smoke.sh). Everything it made is
+# time. With --deb it then builds the Debian package in that root
+# (dpkg-buildpackage) and installs, runs and purges it in another pristine root
+# (ci/deb-smoke.sh). Everything it made is
 # unmounted and removed at the end, whatever happens; processes still running
 # inside the roots are stopped by PID first.
 #
@@ -187,7 +188,11 @@ echo "fresh-debian: $suite: ${summary:-no pytest summary} (exit $rc, $((took / 6
 [ $rc -eq 0 ] || { tail -n 40 "$work/test.log"; exit $rc; }
 
 if [ -n "$want_deb" ]; then
-    in_root "$root" "cd /root/pbsmtp-batch && ci/build-deb.sh" >"$work/deb.log" 2>&1 ||
+    # Built from a copy without the venv, as a packager's clean tree; the
+    # test command has installed the build dependencies.
+    in_root "$root" "mkdir /root/build && cd /root/pbsmtp-batch &&
+        tar --exclude=./.venv --exclude=./.git -cf - . | tar -C /root/build -xf - &&
+        cd /root/build && dpkg-buildpackage -us -uc -b" >"$work/deb.log" 2>&1 ||
         { tail -n 40 "$work/deb.log"; exit 1; }
     deb=$(ls "$root"/root/pbsmtp-batch_*.deb | head -n 1)
     clean=$work/clean

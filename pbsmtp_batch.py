@@ -990,7 +990,7 @@ def open_store(opts: "Options") -> Store:
 
 
 ###############################################################################
-# Other stores: Sendmail, qmail, Exim, PostgreSQL, memcached ##################
+# Other stores: Sendmail, qmail, Exim, PostgreSQL, memcached, SQLite, MySQL ###
 ###############################################################################
 # Each is a small class with the Store interface, registered in BACKENDS by its
 # --backend name. The file stores keep the login time next to each address (a
@@ -1435,12 +1435,247 @@ class MemcacheStore:
         self._call("version")
 
 
+SQLITE_SCHEMA = """\
+CREATE TABLE IF NOT EXISTS pbsmtp_relay (
+    ip         TEXT PRIMARY KEY,      -- as Postfix looks it up
+    last_login INTEGER NOT NULL,      -- epoch seconds: all digits, which access(5) reads as OK
+    host       TEXT NOT NULL          -- the POP/IMAP host that saw the login
+);
+CREATE INDEX IF NOT EXISTS pbsmtp_relay_last_login ON pbsmtp_relay (last_login);
+"""
+# Writers wait this long for a reader's or another writer's lock.
+SQLITE_BUSY_MS = 10000
+
+
+class SqliteStore:
+    """One SQLite file (--dbfile), read by Postfix's ``sqlite:`` map, updated
+    row by row instead of rebuilt.
+
+    The same rules as PgsqlStore: an upsert keeps the newest login, a purge
+    deletes a row only while it is still as old as when it was read, and
+    Postfix's query checks the grace window itself. The database stays in
+    rollback-journal mode, not WAL: a WAL database can only be read by a
+    process that may write its -shm file beside it, which smtpd (user
+    postfix, maybe chrooted) cannot do in a root-owned directory; with a
+    rollback journal a reader needs only read access to the file. Writers
+    wait SQLITE_BUSY_MS for the lock (busy timeout), and each publish is one
+    short write transaction.
+    """
+    MODE = 0o644                 # smtpd reads the file after dropping privileges
+
+    def __init__(self, path: str, host: str | None = None):
+        self.path = path
+        self.host = host or socket.gethostname()
+
+    def _db(self, create: bool = False):
+        import sqlite3
+        if not create and not os.path.exists(self.path):
+            return None
+        try:
+            if create and not os.path.exists(self.path):
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.MODE))
+            db = sqlite3.connect(self.path, timeout=SQLITE_BUSY_MS / 1000,
+                                 isolation_level=None)
+            db.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                db.execute("PRAGMA journal_mode = DELETE")
+            if create:
+                db.executescript(SQLITE_SCHEMA)
+            return db
+        except (sqlite3.Error, OSError) as e:
+            raise PbsmtpError(f"SQLite database {self.path}: {e}") from None
+
+    def _do(self, what: str, work, create: bool = False):
+        import sqlite3
+        db = self._db(create)
+        if db is None:
+            return None
+        try:
+            return work(db)
+        except sqlite3.Error as e:
+            raise PbsmtpError(f"SQLite {what} of {self.path}: {e}") from None
+        finally:
+            db.close()
+
+    def read(self) -> dict[str, str]:
+        rows = self._do("read", lambda db: db.execute(
+            "SELECT ip, last_login FROM pbsmtp_relay").fetchall()) or []
+        return {ip: str(when) for ip, when in rows}
+
+    def publish(self, plan: Plan) -> list[str]:
+        fresh = sorted({**plan.added, **plan.refreshed}.items())
+
+        def work(db):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "INSERT INTO pbsmtp_relay (ip, last_login, host) VALUES (?, ?, ?) "
+                    "ON CONFLICT (ip) DO UPDATE SET "
+                    "host = CASE WHEN excluded.last_login > last_login "
+                    "THEN excluded.host ELSE host END, "
+                    "last_login = max(last_login, excluded.last_login)",
+                    [(ip, when, self.host) for ip, when in fresh])
+                db.executemany("DELETE FROM pbsmtp_relay WHERE ip = ? AND last_login <= ?",
+                               sorted(plan.expired.items()))
+                db.executemany("DELETE FROM pbsmtp_relay WHERE ip = ?",
+                               [(ip,) for ip in sorted(plan.invalid)])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        self._do("update", work, create=True)
+        return []
+
+    def exists(self) -> bool:
+        return os.path.exists(self.path)
+
+    def check(self) -> None:
+        check_dir(self.path)
+        self._do("check", lambda db: db.execute(
+            "SELECT ip, last_login, host FROM pbsmtp_relay LIMIT 0"))
+
+
+MYSQL_SCHEMA = """\
+CREATE TABLE pbsmtp_relay (
+    ip         VARCHAR(45) CHARACTER SET ascii NOT NULL PRIMARY KEY,  -- as Postfix looks it up
+    last_login BIGINT NOT NULL,       -- epoch seconds: no time zone to get wrong
+    host       VARCHAR(255) NOT NULL, -- the POP/IMAP host that saw the login
+    KEY pbsmtp_relay_last_login (last_login)
+) ENGINE=InnoDB;
+"""
+
+
+def parse_mysql_url(url: str) -> dict:
+    """``mysql://USER[:PASSWORD]@HOST[:PORT]/DB[?unix_socket=PATH&read_default_file=FILE]``
+    as PyMySQL's connect() arguments."""
+    import urllib.parse
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("mysql", "mariadb") or not parts.path.strip("/"):
+        raise PbsmtpError("--mysql-url must look like mysql://USER:PASSWORD@HOST[:PORT]/DATABASE "
+                          "(or ?unix_socket=/PATH, ?read_default_file=/PATH)")
+    args: dict = {"database": urllib.parse.unquote(parts.path.strip("/"))}
+    if parts.username:
+        args["user"] = urllib.parse.unquote(parts.username)
+    if parts.password is not None:
+        args["password"] = urllib.parse.unquote(parts.password)
+    if parts.hostname:
+        args["host"] = parts.hostname
+    if parts.port:
+        args["port"] = parts.port
+    for key, value in urllib.parse.parse_qsl(parts.query):
+        if key not in ("unix_socket", "read_default_file", "read_default_group"):
+            raise PbsmtpError(f"--mysql-url: unknown parameter {key!r} (use unix_socket, "
+                              f"read_default_file or read_default_group)")
+        args[key] = value
+    return args
+
+
+class MysqlStore:
+    """One MariaDB/MySQL table shared by every POP/IMAP host (MYSQL_SCHEMA),
+    read by Postfix's ``mysql:`` map; the same rules as PgsqlStore: upserts
+    keep the newest login, a purge deletes a row only while it is still as
+    old as when it was read, and Postfix's query checks the grace window."""
+
+    def __init__(self, url: str | None, table: str = "pbsmtp_relay", host: str | None = None):
+        if not url:
+            raise PbsmtpError("the mysql backend needs --mysql-url (or PBSMTP_MYSQL_URL), "
+                              "e.g. 'mysql://pbsmtp:PASSWORD@db.example.com/mail'")
+        if not _SQL_NAME.fullmatch(table):
+            raise PbsmtpError(f"--mysql-table {table!r} is not a plain [database.]table name")
+        self.args, self.table = parse_mysql_url(url), table
+        self.host = host or socket.gethostname()
+        self._conn = None
+
+    def _db(self):
+        if self._conn is None:
+            try:
+                import pymysql
+            except ImportError:
+                raise PbsmtpError("the mysql backend needs PyMySQL: "
+                                  "pip install 'pbsmtp-batch[mysql]' (Debian: python3-pymysql)"
+                                  ) from None
+            try:
+                self._conn = pymysql.connect(**self.args, connect_timeout=10, autocommit=True,
+                                             charset="utf8mb4")
+            except pymysql.Error as e:
+                raise PbsmtpError(f"cannot connect to MySQL: {_mysql_message(e)}") from None
+        return self._conn
+
+    def _do(self, what: str, work):
+        db = self._db()
+        import pymysql
+        try:
+            return work(db)
+        except pymysql.err.ProgrammingError as e:
+            hint = (" (create it with the schema in the README)"
+                    if e.args and e.args[0] == 1146 else "")
+            raise PbsmtpError(f"MySQL {what} on {self.table}: {_mysql_message(e)}{hint}") from None
+        except pymysql.Error as e:
+            raise PbsmtpError(f"MySQL {what} on {self.table}: {_mysql_message(e)}") from None
+
+    def read(self) -> dict[str, str]:
+        def work(db):
+            with db.cursor() as cur:
+                cur.execute(f"SELECT ip, last_login FROM {self.table}")
+                return cur.fetchall()
+        return {ip: str(when) for ip, when in self._do("read", work)}
+
+    def publish(self, plan: Plan) -> list[str]:
+        t = self.table
+        # MySQL applies the SET list left to right: host is decided while
+        # last_login still holds the stored time.
+        upsert = (f"INSERT INTO {t} (ip, last_login, host) VALUES (%s, %s, %s) "
+                  f"ON DUPLICATE KEY UPDATE "
+                  f"host = IF(VALUES(last_login) > last_login, VALUES(host), host), "
+                  f"last_login = GREATEST(last_login, VALUES(last_login))")
+        fresh = sorted({**plan.added, **plan.refreshed}.items())
+        gone = sorted([(ip, f"DELETE FROM {t} WHERE ip = %s AND last_login <= %s", (ip, when))
+                       for ip, when in plan.expired.items()]
+                      + [(ip, f"DELETE FROM {t} WHERE ip = %s", (ip,)) for ip in plan.invalid])
+
+        # Two transactions, each taking its row locks in address order, so
+        # hosts that publish at the same time cannot deadlock.
+        def work(db):
+            for statements in ([(upsert, (ip, when, self.host)) for ip, when in fresh],
+                               [(sql, args) for _, sql, args in gone]):
+                if not statements:
+                    continue
+                db.begin()
+                try:
+                    with db.cursor() as cur:
+                        for sql, args in statements:
+                            cur.execute(sql, args)
+                    db.commit()
+                except BaseException:
+                    db.rollback()
+                    raise
+        self._do("update", work)
+        return []
+
+    def exists(self) -> bool:
+        return True          # a missing row is a plain "not found" for Postfix
+
+    def check(self) -> None:
+        def work(db):
+            with db.cursor() as cur:
+                cur.execute(f"SELECT ip, last_login, host FROM {self.table} LIMIT 0")
+        self._do("check", work)
+
+
+def _mysql_message(e: Exception) -> str:
+    if len(e.args) >= 2 and isinstance(e.args[0], int):
+        return f"({e.args[0]}) {str(e.args[1]).strip().splitlines()[0]}"
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
 BACKENDS["sendmail"] = lambda opts: SendmailAccess(opts.dbfile)
 BACKENDS["qmail"] = lambda opts: QmailRules(opts.dbfile)
 BACKENDS["exim"] = lambda opts: EximList(opts.dbfile)
 BACKENDS["pgsql"] = lambda opts: PgsqlStore(opts.pg_dsn, opts.pg_table)
 BACKENDS["memcache"] = lambda opts: MemcacheStore(opts.memcache_server, opts.memcache_prefix,
                                                   opts.grace)
+BACKENDS["sqlite"] = lambda opts: SqliteStore(opts.dbfile)
+BACKENDS["mysql"] = lambda opts: MysqlStore(opts.mysql_url, opts.mysql_table)
 
 
 ###############################################################################
@@ -1964,6 +2199,8 @@ class Options:
     pg_table: str = "pbsmtp_relay"
     memcache_server: str = "127.0.0.1:11211"  # --backend memcache
     memcache_prefix: str = "pbsmtp:"
+    mysql_url: str | None = None           # --backend mysql
+    mysql_table: str = "pbsmtp_relay"
 
 
 @dataclasses.dataclass
@@ -2705,8 +2942,8 @@ def dump_config(ctx: click.Context, opts: Options, echo, warn) -> None:
 @click.option("--backend", default="postfix", show_default=True, metavar="NAME",
               callback=_choice("--backend", ["postfix", *BACKENDS]),
               help="Where the entries go: postfix (a postmap-built file map), sendmail "
-                   "(access db), qmail (tcp.smtp rules), exim (iplsearch list), pgsql or "
-                   "memcache. See the README.")
+                   "(access db), qmail (tcp.smtp rules), exim (iplsearch list), pgsql, "
+                   "mysql, sqlite (--dbfile is the SQLite file) or memcache. See the README.")
 @click.option("--pg-dsn", metavar="DSN",
               help="pgsql: libpq connection string or URI (also $PBSMTP_PG_DSN).")
 @click.option("--pg-table", default="pbsmtp_relay", show_default=True, metavar="NAME",
@@ -2715,6 +2952,11 @@ def dump_config(ctx: click.Context, opts: Options, echo, warn) -> None:
               metavar="HOST:PORT", help="memcache: the server (or unix:/PATH).")
 @click.option("--memcache-prefix", default="pbsmtp:", show_default=True, metavar="TEXT",
               help="memcache: key prefix; Postfix's key_format must be TEXT%s.")
+@click.option("--mysql-url", metavar="URL",
+              help="mysql: mysql://USER:PASSWORD@HOST[:PORT]/DATABASE, or with "
+                   "?unix_socket=/PATH or ?read_default_file=/PATH (also $PBSMTP_MYSQL_URL).")
+@click.option("--mysql-table", default="pbsmtp_relay", show_default=True, metavar="NAME",
+              help="mysql: the shared table.")
 @click.option("--ipv6-shared-keys", default="write", show_default=True, metavar="write|skip",
               callback=_choice("--ipv6-shared-keys", ["write", "skip"]),
               help="IPv6 keys like 2001:db8::1 are also hit by Postfix's shortened "
@@ -2729,7 +2971,7 @@ def dump_config(ctx: click.Context, opts: Options, echo, warn) -> None:
 def cli(ctx, logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
         reprocess, logto, list_, as_json, dumpconfig, check_patterns, line, state_dir,
         patterns, patterns_dir, ignore_nets, postfix_config, backend, pg_dsn, pg_table,
-        memcache_server, memcache_prefix, ipv6_shared_keys, now):
+        memcache_server, memcache_prefix, mysql_url, mysql_table, ipv6_shared_keys, now):
     """Allow relaying for clients that logged in over POP3 or IMAP.
 
     Reads the mail log lines written since the last run, finds the successful
@@ -2762,7 +3004,8 @@ def cli(ctx, logfile, dbfile, map_type, grace, write, dry_run, flock, debug, ver
                        ipv6_shared_keys=ipv6_shared_keys == "write", write=write and not dry_run,
                        flock=flock, reprocess=reprocess, backend=backend,
                        pg_dsn=pg_dsn, pg_table=pg_table, memcache_server=memcache_server,
-                       memcache_prefix=memcache_prefix)
+                       memcache_prefix=memcache_prefix, mysql_url=mysql_url,
+                       mysql_table=mysql_table)
         if dumpconfig:
             dump_config(ctx, opts, click.echo, err)
             return

@@ -2787,6 +2787,104 @@ class ChangeLog:
                 self._file.close()
 
 
+# Where syslog(3) sends its datagrams. A module constant, not an option or a
+# variable: nothing in cron's environment can point the run log elsewhere.
+SYSLOG_SOCKET = "/dev/log"
+SYSLOG_MAIL_INFO = 2 * 8 + 6     # facility mail, severity info (RFC 5424 numbers)
+
+
+def log_run(summary: Summary, now: float) -> None:
+    """One line through syslog, facility mail, for a run that changed the
+    map, in Postfix's style: ``pbsmtp-batch[PID]: added=3 refreshed=5
+    expired=2 active=120 lines=5000``. Like syslog(3), a missing or full
+    log socket loses the line silently: the run itself has succeeded."""
+    t = time.localtime(now)
+    stamp = time.strftime("%b ", t) + f"{t.tm_mday:2d}" + time.strftime(" %H:%M:%S", t)
+    message = (f"<{SYSLOG_MAIL_INFO}>{stamp} pbsmtp-batch[{os.getpid()}]: "
+               f"added={summary.added} refreshed={summary.refreshed} "
+               f"expired={summary.expired} active={summary.active} lines={summary.lines}")
+    with contextlib.suppress(OSError):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(1.0)
+            sock.sendto(message.encode(), SYSLOG_SOCKET)
+
+
+# The node_exporter textfile-collector metrics: name -> (type, help).
+METRICS = {
+    "pbsmtp_batch_last_run_timestamp_seconds": ("gauge", "When the last run ended (Unix time)."),
+    "pbsmtp_batch_last_run_success": ("gauge", "1 if the last run succeeded, 0 if it failed."),
+    "pbsmtp_batch_last_run_duration_seconds": ("gauge", "How long the last run took."),
+    "pbsmtp_batch_last_run_lines_read": ("gauge", "Log lines the last run read."),
+    "pbsmtp_batch_last_run_logins": ("gauge", "Logins the last run found and kept."),
+    "pbsmtp_batch_last_run_added": ("gauge", "Addresses the last run added."),
+    "pbsmtp_batch_last_run_refreshed": ("gauge", "Addresses the last run refreshed."),
+    "pbsmtp_batch_last_run_expired": ("gauge", "Addresses the last run expired."),
+    "pbsmtp_batch_active_entries": ("gauge", "Addresses allowed to relay after the last "
+                                             "successful run."),
+    "pbsmtp_batch_errors_total": ("counter", "Runs that failed."),
+}
+
+
+class MetricsFile:
+    """--metrics-file=PATH: the node_exporter textfile-collector format,
+    replaced by rename so the collector never reads half a file. Every run
+    writes it, an idle one too (a small file, no fsync): its last-run time
+    is the heartbeat that shows cron is alive. A failed run keeps the last
+    known counts, sets success to 0 and counts the error."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def _previous(self) -> dict[str, float]:
+        values = {}
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            for line in Path(self.path).read_text().splitlines():
+                name, _, value = line.partition(" ")
+                with contextlib.suppress(ValueError):
+                    if name in METRICS:
+                        values[name] = float(value)
+        return values
+
+    def write(self, now: float, duration: float, summary: Summary | None) -> str | None:
+        """Write the file; returns a warning instead of raising."""
+        values = self._previous()
+        values.update({"pbsmtp_batch_last_run_timestamp_seconds": int(now),
+                       "pbsmtp_batch_last_run_success": int(summary is not None),
+                       "pbsmtp_batch_last_run_duration_seconds": round(duration, 3)})
+        if summary is None:
+            values["pbsmtp_batch_errors_total"] = \
+                values.get("pbsmtp_batch_errors_total", 0) + 1
+        else:
+            values.update({"pbsmtp_batch_last_run_lines_read": summary.lines,
+                           "pbsmtp_batch_last_run_logins": summary.logins,
+                           "pbsmtp_batch_last_run_added": summary.added,
+                           "pbsmtp_batch_last_run_refreshed": summary.refreshed,
+                           "pbsmtp_batch_last_run_expired": summary.expired,
+                           "pbsmtp_batch_active_entries": summary.active})
+            values.setdefault("pbsmtp_batch_errors_total", 0)
+        lines = []
+        for name, (kind, text) in METRICS.items():
+            if name in values:
+                value = values[name]
+                shown = int(value) if float(value).is_integer() else value
+                lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {shown}"]
+        directory = os.path.dirname(self.path) or "."
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", dir=directory)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write("\n".join(lines) + "\n")
+                os.chmod(tmp, 0o644)         # the collector runs as its own user
+                os.replace(tmp, self.path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+        except OSError as e:
+            return f"cannot write metrics file {self.path}: {e.strerror}"
+        return None
+
+
 _DSN_SECRET = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)|(://[^:/@\s]*:)[^@\s]*(@)")
 
 
@@ -2909,6 +3007,12 @@ def dump_config(ctx: click.Context, opts: Options, echo, warn) -> None:
 @click.option("--logto", metavar="FILE",
               help="Append every add and remove to FILE, one line each, as the classic "
                    "daemon did (- is standard output).")
+@click.option("--syslog/--nosyslog", "use_syslog", default=True, show_default=True,
+              envvar="PBSMTP_SYSLOG",
+              help="Log one line per run that changed the map, to syslog (facility mail).")
+@click.option("--metrics-file", metavar="PATH",
+              help="Write run metrics for node_exporter's textfile collector "
+                   "(e.g. /var/lib/prometheus/node-exporter/pbsmtp_batch.prom).")
 @click.option("--list", "list_", is_flag=True, allow_from_autoenv=False,
               help="Show the map's entries: IP, login time, age and time left.")
 @click.option("--json", "as_json", is_flag=True, allow_from_autoenv=False,
@@ -2969,7 +3073,7 @@ def dump_config(ctx: click.Context, opts: Options, echo, warn) -> None:
 @click.version_option(__version__, "--version", prog_name="pbsmtp-batch")
 @click.pass_context
 def cli(ctx, logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
-        reprocess, logto, list_, as_json, dumpconfig, check_patterns, line, state_dir,
+        reprocess, logto, use_syslog, metrics_file, list_, as_json, dumpconfig, check_patterns, line, state_dir,
         patterns, patterns_dir, ignore_nets, postfix_config, backend, pg_dsn, pg_table,
         memcache_server, memcache_prefix, mysql_url, mysql_table, ipv6_shared_keys, now):
     """Allow relaying for clients that logged in over POP3 or IMAP.
@@ -3025,15 +3129,29 @@ def cli(ctx, logfile, dbfile, map_type, grace, write, dry_run, flock, debug, ver
                 click.echo(f"{row['ip']:<40} {stamp:<25}  age {_age(row['age']):>9}  "
                            f"left {_age(row['left']):>9}")
             return
-        changes = ChangeLog(logto) if logto and opts.write else None
-        record = (lambda plan: changes.record(plan, now)) if changes else (lambda plan: None)
+        metrics = MetricsFile(metrics_file) if metrics_file and opts.write else None
+        started = time.monotonic()
         say = (lambda msg: click.echo(f"debug: {msg}")) if debug else (lambda msg: None)
-        summary, plan = run_caught_up(opts, now=now, say=say, warn=err, each=record)
+        try:
+            changes = ChangeLog(logto) if logto and opts.write else None
+            record = (lambda plan: changes.record(plan, now)) if changes else (lambda p: None)
+            summary, plan = run_caught_up(opts, now=now, say=say, warn=err, each=record)
+        except PbsmtpError:
+            if metrics is not None and (problem := metrics.write(
+                    now, time.monotonic() - started, None)):
+                err(problem)
+            raise
     except PbsmtpError as e:
         raise click.ClickException(str(e))
     finally:
         if changes is not None:
             changes.close()
+    if opts.write and not summary.locked_out:
+        if use_syslog and (summary.added or summary.refreshed or summary.expired):
+            log_run(summary, now)
+        if metrics is not None and (problem := metrics.write(
+                now, time.monotonic() - started, summary)):
+            err(problem)
     if dry_run and plan is not None:
         for title, items in (("add", plan.added), ("refresh", plan.refreshed),
                              ("expire", plan.expired)):

@@ -31,6 +31,13 @@ NOW = 1795563000
 
 
 @pytest.fixture(autouse=True)
+def no_host_syslog(monkeypatch):
+    """In-process runs never send their run line to the host's /dev/log."""
+    import pbsmtp_batch
+    monkeypatch.setattr(pbsmtp_batch, "SYSLOG_SOCKET", "/nonexistent/pbsmtp-test/devlog")
+
+
+@pytest.fixture(autouse=True)
 def utc(monkeypatch):
     """Log times without a zone are local: pin the zone so tests are repeatable."""
     monkeypatch.setenv("TZ", "UTC")

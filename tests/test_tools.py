@@ -418,3 +418,100 @@ def test_debug_prints_local_iso_times_in_the_local_zone(site, monkeypatch):
         time.tzset()
     assert ("debug: login 192.0.2.10 user=alice at 2026-11-25T00:29:00+01:00 "
             "(age 1m00s, left 29m00s) (dovecot)") in result.output
+
+
+###############################################################################
+# The run line in syslog, and metrics #########################################
+###############################################################################
+
+@pytest.mark.daemons
+def test_a_run_that_changed_the_map_logs_one_line_through_syslog(site, monkeypatch):
+    """A real rsyslogd (facility mail only) on a socket of its own."""
+    import os
+    import daemons
+    from conftest import require
+    require("rsyslogd")
+    workdir = daemons.make_workdir()
+    rsyslog = daemons.Rsyslog(workdir, template=daemons.TRADITIONAL)
+    try:
+        with rsyslog:
+            monkeypatch.setattr(pb, "SYSLOG_SOCKET", rsyslog.socket)
+            site.append(dovecot_login(NOW - 60, "192.0.2.10"), dovecot_login(NOW - 50, "192.0.2.11"),
+                        dovecot_login(NOW - 3000, "192.0.2.12"))
+            assert invoke(*site.args()).output == ""
+            line = f"pbsmtp-batch[{os.getpid()}]: added=2 refreshed=0 expired=0 active=2 lines=3"
+            daemons.wait_for_log(rsyslog.maillog, line)
+            # Nothing changed: no line. A refresh and an expiry: one line.
+            invoke(*site.args(now=NOW + 60))
+            site.append(dovecot_login(NOW + 1700, "192.0.2.11"))
+            invoke(*site.args(now=NOW + 1745))
+            last = (f"pbsmtp-batch[{os.getpid()}]: added=0 refreshed=1 expired=1 active=1 "
+                    f"lines=1")
+            daemons.wait_for_log(rsyslog.maillog, last)
+            invoke(*site.args("--nosyslog", now=NOW + 3600))      # expires the last one
+            assert query(site, "192.0.2.11") is None
+            rsyslog.send("pbsmtp-harness", "flush")                # every earlier datagram is in
+            daemons.wait_for_log(rsyslog.maillog, "pbsmtp-harness")
+            lines = [l for l in daemons.read_text(rsyslog.maillog).splitlines()
+                     if "pbsmtp-batch[" in l]
+            assert len(lines) == 2 and lines[0].endswith(line) and lines[1].endswith(last)
+            # The run line in the mail log is never read as a login.
+            assert invoke(*site.args("--dry-run", f"--logfile={rsyslog.maillog}",
+                                     "--reprocess")).output.count("would add") == 0
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def metrics(path):
+    values = {}
+    for line in Path(path).read_text().splitlines():
+        if not line.startswith("#"):
+            name, value = line.split()
+            values[name] = float(value)
+    return values
+
+
+def test_metrics_file_in_node_exporter_format(site, tmp_path):
+    prom = tmp_path / "pbsmtp_batch.prom"
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"), dovecot_login(NOW - 50, "192.0.2.11"))
+    assert invoke(*site.args(f"--metrics-file={prom}")).output == ""
+    got = metrics(prom)
+    assert {k: v for k, v in got.items() if k != "pbsmtp_batch_last_run_duration_seconds"} == {
+        "pbsmtp_batch_last_run_timestamp_seconds": NOW, "pbsmtp_batch_last_run_success": 1,
+        "pbsmtp_batch_last_run_lines_read": 2, "pbsmtp_batch_last_run_logins": 2,
+        "pbsmtp_batch_last_run_added": 2, "pbsmtp_batch_last_run_refreshed": 0,
+        "pbsmtp_batch_last_run_expired": 0, "pbsmtp_batch_active_entries": 2,
+        "pbsmtp_batch_errors_total": 0}
+    assert 0 <= got["pbsmtp_batch_last_run_duration_seconds"] < 3600
+    text = prom.read_text()
+    for name, (kind, _) in pb.METRICS.items():
+        assert f"# TYPE {name} {kind}\n" in text and f"# HELP {name} " in text
+    assert oct(prom.stat().st_mode & 0o777) == "0o644"
+    # An idle run: the heartbeat moves, the counts stay right.
+    invoke(*site.args(f"--metrics-file={prom}", now=NOW + 60))
+    got = metrics(prom)
+    assert got["pbsmtp_batch_last_run_timestamp_seconds"] == NOW + 60
+    assert (got["pbsmtp_batch_last_run_added"], got["pbsmtp_batch_active_entries"]) == (0, 2)
+    # A failed run: success 0, the error counted, the last counts kept.
+    site.log.unlink()
+    result = CliRunner().invoke(pb.cli, site.args(f"--metrics-file={prom}", now=NOW + 120))
+    assert result.exit_code == 1
+    got = metrics(prom)
+    assert (got["pbsmtp_batch_last_run_success"], got["pbsmtp_batch_errors_total"],
+            got["pbsmtp_batch_active_entries"],
+            got["pbsmtp_batch_last_run_timestamp_seconds"]) == (0, 1, 2, NOW + 120)
+    assert sorted(p.name for p in tmp_path.iterdir() if "prom" in p.name) == ["pbsmtp_batch.prom"]
+    # Dry runs leave it alone.
+    before = prom.read_text()
+    site.log.write_text("")
+    invoke(*site.args(f"--metrics-file={prom}", "--dry-run", now=NOW + 180))
+    assert prom.read_text() == before
+
+
+def test_an_unwritable_metrics_file_is_a_warning_not_a_failure(site, tmp_path):
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    result = CliRunner().invoke(pb.cli, site.args(f"--metrics-file={tmp_path}/nodir/m.prom"))
+    assert result.exit_code == 0
+    assert result.stderr == (f"pbsmtp-batch: warning: cannot write metrics file "
+                             f"{tmp_path}/nodir/m.prom: No such file or directory\n")
+    assert query(site, "192.0.2.10") == str(NOW - 60)

@@ -6,6 +6,10 @@ import time
 
 import pytest
 
+# Runs in tests, in-process or as child processes, never send their run line
+# to the host's /dev/log (a test that checks the line passes --syslog).
+os.environ["PBSMTP_SYSLOG"] = "0"
+
 SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
 
 
@@ -28,13 +32,6 @@ def postmap() -> str:
 
 # A fixed "now" for every test: 2026-11-24 23:30:00 UTC.
 NOW = 1795563000
-
-
-@pytest.fixture(autouse=True)
-def no_host_syslog(monkeypatch):
-    """In-process runs never send their run line to the host's /dev/log."""
-    import pbsmtp_batch
-    monkeypatch.setattr(pbsmtp_batch, "SYSLOG_SOCKET", "/nonexistent/pbsmtp-test/devlog")
 
 
 @pytest.fixture(autouse=True)

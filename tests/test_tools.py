@@ -438,13 +438,13 @@ def test_a_run_that_changed_the_map_logs_one_line_through_syslog(site, monkeypat
             monkeypatch.setattr(pb, "SYSLOG_SOCKET", rsyslog.socket)
             site.append(dovecot_login(NOW - 60, "192.0.2.10"), dovecot_login(NOW - 50, "192.0.2.11"),
                         dovecot_login(NOW - 3000, "192.0.2.12"))
-            assert invoke(*site.args()).output == ""
+            assert invoke(*site.args("--syslog")).output == ""
             line = f"pbsmtp-batch[{os.getpid()}]: added=2 refreshed=0 expired=0 active=2 lines=3"
             daemons.wait_for_log(rsyslog.maillog, line)
             # Nothing changed: no line. A refresh and an expiry: one line.
-            invoke(*site.args(now=NOW + 60))
+            invoke(*site.args("--syslog", now=NOW + 60))
             site.append(dovecot_login(NOW + 1700, "192.0.2.11"))
-            invoke(*site.args(now=NOW + 1745))
+            invoke(*site.args("--syslog", now=NOW + 1745))
             last = (f"pbsmtp-batch[{os.getpid()}]: added=0 refreshed=1 expired=1 active=1 "
                     f"lines=1")
             daemons.wait_for_log(rsyslog.maillog, last)

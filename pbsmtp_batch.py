@@ -188,15 +188,16 @@ def shipped_patterns_dir() -> str:
 
     From a source checkout (or an editable install) it sits beside the module;
     a plain ``pip install .`` puts it under the install scheme's data path
-    (setup.cfg's data_files).
+    (setup.cfg's data_files). A directory that cannot be looked at counts as
+    absent here; load_patterns then says why it cannot be read.
     """
-    candidates = [Path(__file__).resolve().parent / "patterns"]
+    candidates = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "patterns")]
     for base in (sysconfig.get_path("data"), sys.prefix):
-        candidates.append(Path(base) / "share" / "pbsmtp-batch" / "patterns")
+        candidates.append(os.path.join(base, "share", "pbsmtp-batch", "patterns"))
     for candidate in candidates:
-        if candidate.is_dir():
-            return str(candidate)
-    return str(candidates[0])
+        if os.path.isdir(candidate):       # never raises, unlike Path.is_dir()
+            return candidate
+    return candidates[0]
 
 
 def default_patterns_dir() -> str:
@@ -229,7 +230,9 @@ def _disabled(path: str) -> bool:
 
 def _toml_files(directory: str) -> dict[str, str]:
     try:
-        return {p.stem: str(p) for p in sorted(Path(directory).glob("*.toml"))}
+        # Path.glob() would take an unreadable directory for an empty one.
+        return {n[:-len(".toml")]: os.path.join(directory, n)
+                for n in sorted(os.listdir(directory)) if n.endswith(".toml")}
     except OSError as e:
         raise PbsmtpError(f"cannot read patterns directory {directory}: {e.strerror}") from None
 
@@ -2252,16 +2255,34 @@ def ensure_state_dir(state_dir: str) -> None:
         raise PbsmtpError(f"cannot write state directory {state_dir}")
 
 
+def postfix_not_configured(config_dir: str | None) -> str | None:
+    """Why Postfix's tools cannot read their configuration (None: they can).
+
+    A Debian machine where postfix was installed with "No configuration" has
+    no main.cf, and every postconf and postmap call then fails."""
+    main_cf = os.path.join(config_dir or "/etc/postfix", "main.cf")
+    if os.path.isfile(main_cf):
+        return None
+    return (f"Postfix is not configured: {main_cf} does not exist (Debian: "
+            f"dpkg-reconfigure postfix; or name the instance with --postfix-config=DIR)")
+
+
 def read_mynetworks(config_dir: str | None, say, required: bool = True
                     ) -> list[tuple[bool, Network]]:
     """Postfix's mynetworks. A host that feeds another MTA's table, or a
-    shared one, may have no Postfix at all: then there is none to read."""
+    shared one, may have no Postfix at all, and a dry run may come before
+    Postfix is configured: then there is none to read (``say`` tells), and
+    leaving nothing out is harmless, since mynetworks relays anyway."""
+    problem = postfix_not_configured(config_dir)
+    if problem and required:
+        raise PbsmtpError(problem)
     try:
         value = postconf("mynetworks", config_dir)
     except PbsmtpError as e:
         if required:
             raise
-        say(f"no Postfix mynetworks to leave out ({e}); --ignore-net still applies")
+        say(f"mynetworks is unknown, so it is not left out ({problem or e}); "
+            f"--ignore-net still applies")
         return []
     nets, notes = parse_mynetworks(value)
     for note in notes:
@@ -2387,7 +2408,11 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
         raise PbsmtpError(f"log {opts.logfile} {reason}")
     patterns = load_patterns(opts.patterns_dir, opts.patterns)
     store = open_store(opts)
-    mynetworks = read_mynetworks(opts.postfix_config, say, required=opts.backend == "postfix")
+    # Only a run that writes a Postfix map needs Postfix; a dry run before
+    # Postfix is configured warns once and leaves nothing out.
+    needs_postfix = opts.backend == "postfix"
+    mynetworks = read_mynetworks(opts.postfix_config, warn if needs_postfix else say,
+                                 required=needs_postfix and opts.write)
     if opts.write:
         store.check()
     ensure_state_dir(opts.state_dir)

@@ -1,10 +1,17 @@
 """Shared fixtures: real Postfix tools, a demo log, and a fixed clock."""
 
+import codecs
+import json
 import os
+import pwd
 import shutil
+import sysconfig
 import time
 
 import pytest
+from click.testing import CliRunner
+
+import pbsmtp_batch as pb
 
 # Runs in tests, in-process or as child processes, never send their run line
 # to the host's /dev/log (a test that checks the line passes --syslog).
@@ -13,13 +20,14 @@ os.environ["PBSMTP_SYSLOG"] = "0"
 SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
 
 
-def require(tool: str) -> str:
-    """The path of a real program the test needs. In CI its absence is a
-    failure, not a skip: a skipped suite would hide a missing install step."""
+def require(tool: str, package: str = "postfix") -> str:
+    """The path of a real program the test needs, from the named Debian
+    package. In CI its absence is a failure, not a skip: a skipped suite
+    would hide a missing install step."""
     found = shutil.which(tool, path=SBIN)
     if found:
         return found
-    message = f"{tool} is not installed (Debian: apt-get install postfix)"
+    message = f"{tool} is not installed (Debian: apt-get install {package})"
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
@@ -104,3 +112,51 @@ class Site:
 @pytest.fixture
 def site(tmp_path, postmap):
     return Site(tmp_path)
+
+
+@pytest.fixture
+def nobody_site(site):
+    """The site, world-traversable, for runs as an unprivileged user (root
+    can read and write everything, so only such a run shows these errors)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to nobody")
+    # The child is forked from this process: load what the run loads lazily
+    # (a codec, sysconfig's data) now, in case this Python's stdlib is in a
+    # directory that nobody cannot read (pyenv under /root).
+    codecs.lookup("latin-1")
+    sysconfig.get_config_vars()
+    # The checkout may sit where nobody cannot look (a clone in /root, mode
+    # 0700): the child reads a world-readable copy of the patterns.
+    patterns = site.root / "patterns"
+    shutil.copytree(pb.shipped_patterns_dir(), patterns)
+    site.patterns = patterns
+    path = site.root
+    os.chmod(path, 0o755)                  # like /var/log: listable, for rotated files
+    while str(path) != "/":
+        os.chmod(path, os.stat(path).st_mode | 0o711)
+        path = path.parent
+    return site
+
+
+def run_as_nobody(site, *args):
+    """Run the CLI on the site in a forked child that has dropped to nobody;
+    returns (exit code, stderr)."""
+    nobody = pwd.getpwnam("nobody")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                   # the child
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            result = CliRunner().invoke(pb.cli, [f"--patterns-dir={site.patterns}", *args])
+            os.write(write_end, json.dumps([result.exit_code, result.stderr]).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    exit_code, stderr = json.loads(data)
+    return exit_code, stderr

@@ -2,7 +2,7 @@
 
 - sendmail: ``makemap`` from Debian's sendmail-bin, which conflicts with
   Postfix as a package, so it is unpacked once (``apt-get download`` +
-  ``dpkg -x``) under TOOLS_CACHE, never installed;
+  ``dpkg -x``, tests/debs.py), never installed;
 - qmail: ``tcprules`` compiles the rules and a real ``tcpserver`` hands
   RELAYCLIENT to the process it starts for a loopback client;
 - exim: Exim itself (unpacked like sendmail) runs an SMTP session with -bh
@@ -22,17 +22,16 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 from click.testing import CliRunner
 
 import daemons
+import debs
 import pbsmtp_batch as pb
 from conftest import NOW, dovecot_login, noise
 
-TOOLS_CACHE = "/tmp/pbsmtp-test-tools"      # unpacked .deb files, kept between runs
 RELAY_RCPT = "someone@example.net"
 
 
@@ -50,27 +49,6 @@ def program(name, package):
     path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
     return shutil.which(name, path=path) or missing(
         f"{name} is not installed (Debian: apt-get install {package})")
-
-
-def unpacked(package, relpath):
-    """A file of a Debian package that cannot be installed beside Postfix,
-    unpacked once with apt-get download and dpkg -x."""
-    root = os.path.join(TOOLS_CACHE, package)
-    path = os.path.join(root, relpath)
-    if os.path.exists(path):
-        return path
-    os.makedirs(TOOLS_CACHE, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=TOOLS_CACHE) as tmp:
-        os.chmod(tmp, 0o755)     # apt-get download may run as _apt
-        got = subprocess.run(["apt-get", "download", package], cwd=tmp,
-                             capture_output=True, text=True)
-        debs = glob.glob(os.path.join(tmp, "*.deb"))
-        if got.returncode != 0 or not debs:
-            missing(f"cannot apt-get download {package}: {got.stderr.strip()[-300:]}")
-        subprocess.run(["dpkg", "-x", debs[0], tmp + "/x"], check=True)
-        shutil.rmtree(root, ignore_errors=True)
-        os.rename(tmp + "/x", root)
-    return path
 
 
 def invoke(*args, env=None):
@@ -149,7 +127,7 @@ def assert_refused(postfix, source):
 @pytest.fixture(scope="module")
 def makemap():
     found = shutil.which("makemap", path=os.environ.get("PATH", "") + ":/usr/sbin")
-    return found or unpacked("sendmail-bin", "usr/libexec/sendmail/makemap")
+    return found or debs.unpacked_file("sendmail-bin", "usr/libexec/sendmail/makemap")
 
 
 def dump(makemap, dbfile):
@@ -201,8 +179,8 @@ def sendmail_relay(workdir, access, clients):
     """sendmail's own check_rcpt ruleset (sendmail -bt) for a relay recipient,
     as each client address: RELAY, or the error it returns."""
     m4 = program("m4", "m4")
-    sendmail = unpacked("sendmail-bin", "usr/libexec/sendmail/sendmail")
-    cf_dir = unpacked("sendmail-cf", "usr/share/sendmail/cf") + "/"
+    sendmail = debs.unpacked_file("sendmail-bin", "usr/libexec/sendmail/sendmail")
+    cf_dir = debs.unpacked_file("sendmail-cf", "usr/share/sendmail/cf") + "/"
     with open(os.path.join(workdir, "service.switch"), "w") as f:
         f.write("hosts files\naliases files\n")
     with open(os.path.join(workdir, "test.mc"), "w") as f:
@@ -329,7 +307,7 @@ EXIM_ACL = "  accept  hosts = net-iplsearch;{list}\n"
 def exim():
     found = shutil.which("exim4", path="/usr/sbin:/usr/bin") or shutil.which(
         "exim", path="/usr/sbin:/usr/bin")
-    return found or unpacked("exim4-daemon-light", "usr/sbin/exim4")
+    return found or debs.unpacked_file("exim4-daemon-light", "usr/sbin/exim4")
 
 
 def exim_session(exim, workdir, listfile, client):

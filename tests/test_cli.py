@@ -2,7 +2,7 @@
 
 import json
 import os
-import pwd
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 import pbsmtp_batch as pb
-from conftest import NOW, dovecot_failure, dovecot_login, noise, write_main_cf
+from conftest import NOW, dovecot_failure, dovecot_login, noise, run_as_nobody, write_main_cf
 
 
 def invoke(*args, env=None):
@@ -321,42 +321,6 @@ def test_missing_map_directory_is_an_error(site):
     assert result.stderr == f"Error: map directory {site.root}/nodir does not exist\n"
 
 
-@pytest.fixture
-def nobody_site(site):
-    """The site, world-traversable, for runs as an unprivileged user."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to switch to nobody")
-    path = site.root
-    while str(path) != "/":
-        os.chmod(path, os.stat(path).st_mode | 0o711)
-        path = path.parent
-    return site
-
-
-def run_as_nobody(*args):
-    """Run the CLI in a forked child that has dropped to nobody: root can
-    write and read everything, so only an unprivileged run shows these errors."""
-    nobody = pwd.getpwnam("nobody")
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:                                   # the child
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            result = CliRunner().invoke(pb.cli, list(args))
-            os.write(write_end, json.dumps([result.exit_code, result.stderr]).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    exit_code, stderr = json.loads(data)
-    return exit_code, stderr
-
-
 def test_unwritable_map_directory_and_unreadable_log(nobody_site):
     site = nobody_site
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
@@ -364,11 +328,11 @@ def test_unwritable_map_directory_and_unreadable_log(nobody_site):
     os.chmod(site.state, 0o777)
     site.append(dovecot_login(NOW - 5, "192.0.2.11"))
     before = snapshot(site)
-    assert run_as_nobody(*site.args()) == (
+    assert run_as_nobody(site, *site.args()) == (
         1, f"Error: cannot write map directory {site.map.parent}\n")
     os.chmod(site.map.parent, 0o777)
     os.chmod(site.log, 0o600)
-    assert run_as_nobody(*site.args()) == (1, f"Error: log {site.log} cannot be read\n")
+    assert run_as_nobody(site, *site.args()) == (1, f"Error: log {site.log} cannot be read\n")
     assert snapshot(site) == before
 
 
@@ -598,3 +562,56 @@ def test_window_search_stops_where_lines_carry_no_time(site):
     assert 0 < start < timed_end
     invoke(*site.args("--reprocess"))
     assert query(site, "192.0.2.20") == str(NOW - 10)
+
+
+###############################################################################
+# Before Postfix is configured (Debian's "No configuration": no main.cf) #####
+###############################################################################
+
+@pytest.fixture
+def unconfigured(site):
+    """The site, with a Postfix instance directory that has no main.cf."""
+    (site.conf / "main.cf").unlink()
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    return site
+
+
+def test_dry_run_without_main_cf_warns_once_and_works(unconfigured):
+    site = unconfigured
+    result = CliRunner().invoke(pb.cli, site.args("--dry-run"))
+    assert result.exit_code == 0, result.output
+    assert f"would add 192.0.2.10 {NOW - 60}" in result.stdout
+    warnings = result.stderr.splitlines()
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("pbsmtp-batch: warning: mynetworks is unknown")
+    assert f"{site.conf}/main.cf does not exist" in warnings[0]
+    assert snapshot(site) == {}
+
+
+def test_real_run_without_main_cf_is_one_error(unconfigured):
+    site = unconfigured
+    result = CliRunner().invoke(pb.cli, site.args())
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == (f"Error: Postfix is not configured: {site.conf}/main.cf does not "
+                             f"exist (Debian: dpkg-reconfigure postfix; or name the instance "
+                             f"with --postfix-config=DIR)\n")
+    assert snapshot(site) == {}
+
+
+def test_list_and_check_patterns_without_main_cf(unconfigured):
+    site = unconfigured
+    assert invoke(*site.args("--list")).output == ""
+    result = CliRunner().invoke(pb.cli, ["--check-patterns", f"--logfile={site.log}",
+                                         f"--now={NOW}"])
+    assert result.exit_code == 0, result.output
+    assert "1 lines, 1 logins from 1 distinct addresses" in result.stdout
+
+
+def test_unreadable_patterns_directory_is_one_error(nobody_site, tmp_path):
+    site = nobody_site
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    hidden = site.root / "hidden"
+    hidden.mkdir(mode=0o700)
+    shutil.copytree(site.patterns, hidden / "patterns")
+    assert run_as_nobody(site, *site.args("--dry-run", f"--patterns-dir={hidden}/patterns")) == (
+        1, f"Error: cannot read patterns directory {hidden}/patterns: Permission denied\n")

@@ -47,20 +47,15 @@ import pbsmtp_batch as pb
 
 sys.path.insert(0, os.path.dirname(__file__))
 import daemons  # noqa: E402  (tests/daemons.py, owned by the e2e harness)
+import debs  # noqa: E402
 import upstreams  # noqa: E402
 
 pytestmark = pytest.mark.daemons
 
-CACHE = os.environ.get("PBSMTP_DEB_CACHE", "/var/cache/pbsmtp-test")
 PATTERNS = pb.load_patterns(pb.shipped_patterns_dir())
 # The address a crafted user name tries to get into the map.
 ATTACKER = "203.0.113.9"
-
-
-def unavailable(message):
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+unavailable, unpacked = debs.unavailable, debs.unpacked
 
 
 def require_harness():
@@ -73,29 +68,8 @@ def require_harness():
         unavailable(f"missing programs: {', '.join(missing)}")
 
 
-def unpacked(packages, marker, tree):
-    """CACHE/*tree* with *packages* unpacked in it; *marker* is a path below
-    it that exists once they are. Downloads only when it is missing."""
-    root = os.path.join(CACHE, tree)
-    if os.path.exists(os.path.join(root, marker)):
-        return root
-    debs = os.path.join(CACHE, "debs")
-    os.makedirs(debs, exist_ok=True)
-    r = subprocess.run(["apt-get", "download", *packages], cwd=debs,
-                       capture_output=True, text=True, timeout=600)
-    if r.returncode != 0:
-        unavailable(f"apt-get download {' '.join(packages)} failed: {r.stderr.strip()}")
-    for name in sorted(os.listdir(debs)):
-        if name.endswith(".deb") and name.split("_")[0] in packages:
-            subprocess.run(["dpkg", "-x", os.path.join(debs, name), root], check=True)
-    if not os.path.exists(os.path.join(root, marker)):
-        unavailable(f"{marker} not found after unpacking {' '.join(packages)}")
-    return root
-
-
 def library_path(root):
-    return ":".join(os.path.join(root, d) for d in (
-        "usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu", "usr/lib/cyrus/lib"))
+    return debs.library_path(root, "usr/lib/cyrus/lib")
 
 
 # Clients: a raw line protocol, so that user names reach the daemon verbatim ###
@@ -316,8 +290,7 @@ def check(maillog, good, bad, family):
 
 # Cyrus IMAP 3.6 (cyrus-common, cyrus-imapd, cyrus-pop3d) ######################
 
-CYRUS_PACKAGES = ["cyrus-common", "cyrus-imapd", "cyrus-pop3d", "sasl2-bin",
-                  "libxapian30", "libpcre3", "libical3"]
+CYRUS_PACKAGES = ["cyrus-common", "cyrus-imapd", "cyrus-pop3d", "sasl2-bin"]
 
 
 class Cyrus:
@@ -498,8 +471,7 @@ def test_cyrus_logins(harness):
 # Courier-IMAP 5.0 / courier-pop 1.0 (with courier-authlib's authdaemond) ######
 
 COURIER_PACKAGES = ["courier-base", "courier-imap", "courier-pop", "courier-authlib",
-                    "courier-authdaemon", "courier-authlib-userdb", "libcourier-unicode4",
-                    "libgamin0", "libidn12", "libltdl7"]
+                    "courier-authdaemon", "courier-authlib-userdb"]
 
 # Courier's paths are compiled in (/etc/courier, /usr/lib/courier,
 # /run/courier/authdaemon/socket). In its private mount namespace the unpacked
@@ -747,7 +719,7 @@ def test_dovecot_own_log_file(log_timestamp, elements):
 
 # solid-pop3d and popa3d (Debian 12), run from inetd ###########################
 
-OTHER_PACKAGES = ["solid-pop3d", "popa3d", "liblockfile1"]
+OTHER_PACKAGES = ["solid-pop3d", "popa3d"]
 
 # Both log with a facility other than mail (seen live: they are missing from a
 # mail.* file), so this rsyslogd writes every facility to its "maillog".

@@ -47,13 +47,14 @@ import time
 import pytest
 
 import daemons
+import debs
 import test_daemon_logins as dl
 import upstreams
 from test_daemon_logins import harness  # noqa: F401  (the fixture: 3 maillog formats)
 
 pytestmark = pytest.mark.daemons
 
-PACKAGES = ["perdition", "libvanessa-adt1", "libvanessa-logger0", "libvanessa-socket2"]
+PACKAGES = ["perdition"]
 BINARY = "usr/sbin/perdition"
 USERS = {"alice": "secret", "bob": "hunter2"}
 # The tail of a success line, as a user name: with blanks, tabs, or a whole line.
@@ -63,7 +64,7 @@ FORGED = (f'Auth: {dl.ATTACKER}:4242->127.0.0.1:110 client-secure=plaintext '
 
 
 def library_path(root):
-    return ":".join(os.path.join(root, d) for d in ("usr/lib/x86_64-linux-gnu", "usr/lib"))
+    return debs.library_path(root, "usr/lib")
 
 
 def perdition_root():

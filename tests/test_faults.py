@@ -8,7 +8,6 @@ grace window (``Model``). Runs that are killed or fail are real processes
 in-process through click's CliRunner, which is faster.
 """
 
-import codecs
 import json
 import os
 import random
@@ -16,7 +15,6 @@ import re
 import resource
 import subprocess
 import sys
-import sysconfig
 import threading
 import time
 
@@ -24,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 import pbsmtp_batch as pb
-from conftest import NOW, dovecot_login, noise
+from conftest import NOW, dovecot_login, noise, run_as_nobody
 
 GRACE = 600
 
@@ -374,26 +372,7 @@ def test_failed_write_rlimit_fsize(site, who, new, message):
 # Permissions: the same, and the next run catches up ##########################
 ###############################################################################
 
-@pytest.fixture
-def nobody_site(site):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to switch to nobody")
-    # The child is forked from this process: load what the run loads lazily
-    # (a codec, sysconfig's data) now, in case this Python's stdlib is in a
-    # directory that nobody cannot read (pyenv under /root).
-    codecs.lookup("latin-1")
-    sysconfig.get_config_vars()
-    pb.shipped_patterns_dir()
-    path = site.root
-    os.chmod(path, 0o755)                  # like /var/log: listable, for rotated files
-    while str(path) != "/":
-        os.chmod(path, os.stat(path).st_mode | 0o711)
-        path = path.parent
-    return site
-
-
 def test_unwritable_map_dir_unreadable_log_then_catch_up(nobody_site):
-    from test_cli import run_as_nobody
     site, model = nobody_site, Model()
     logins(site, model, 2, 0)
     ok_run(site)
@@ -402,15 +381,15 @@ def test_unwritable_map_dir_unreadable_log_then_catch_up(nobody_site):
         os.chmod(p, 0o666)
     logins(site, model, 2, 2)
     before = snapshot(site)
-    code, err = run_as_nobody(*site.args())
+    code, err = run_as_nobody(site, *site.args())
     assert (code, err) == (1, f"Error: cannot write map directory {site.map.parent}\n")
     assert snapshot(site) == before
     os.chmod(site.map.parent, 0o777)
     os.chmod(site.log, 0o600)
-    assert run_as_nobody(*site.args())[0] == 1
+    assert run_as_nobody(site, *site.args())[0] == 1
     assert snapshot(site) == before
     os.chmod(site.log, 0o644)
-    code, err = run_as_nobody(*site.args())
+    code, err = run_as_nobody(site, *site.args())
     # nobody cannot give the new map root's ownership: a warning, no error.
     assert code == 0 and err in ("", f"pbsmtp-batch: warning: cannot keep owner 0:0 of "  # noqa
                                      f"{site.map}.db\n"), (code, err)
@@ -420,24 +399,23 @@ def test_unwritable_map_dir_unreadable_log_then_catch_up(nobody_site):
 def test_unreadable_rotated_log(nobody_site):
     """The run must finish mail.log.1, which it cannot read: error, nothing
     changed; readable again, the next run reads the rest."""
-    from test_cli import run_as_nobody
     site, model = nobody_site, Model()
     for d in (site.state, site.map.parent):
         d.mkdir(exist_ok=True)
         os.chmod(d, 0o777)
     logins(site, model, 2, 0)
-    assert run_as_nobody(*site.args()) == (0, "")
+    assert run_as_nobody(site, *site.args()) == (0, "")
     logins(site, model, 2, 2)
     os.rename(site.log, f"{site.log}.1")
     site.log.write_text("")
     os.chmod(f"{site.log}.1", 0o600)
     logins(site, model, 1, 4)
     before = snapshot(site)
-    code, err = run_as_nobody(*site.args())
+    code, err = run_as_nobody(site, *site.args())
     assert (code, err) == (1, f"Error: cannot read {site.log}.1: Permission denied\n"), err
     assert snapshot(site) == before
     os.chmod(f"{site.log}.1", 0o644)
-    assert run_as_nobody(*site.args()) == (0, "")
+    assert run_as_nobody(site, *site.args()) == (0, "")
     assert entries(site) == model.expected(NOW)
 
 

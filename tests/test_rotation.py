@@ -56,7 +56,7 @@ def logrotate(log, state, mode, rotate=10):
         # the kernel's coarse clock, a few ms behind: keep a margin.
         while any(str(int(time.time() - 0.05)) in p.name for p in log.parent.iterdir()):
             time.sleep(0.05)
-    done = subprocess.run([require("logrotate"), "-f", "-s", str(state), str(conf)],
+    done = subprocess.run([require("logrotate", "logrotate"), "-f", "-s", str(state), str(conf)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 

@@ -11,11 +11,13 @@ A missing program is a skip, and a failure under CI (CI=true).
 """
 
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -87,11 +89,23 @@ def test_sqlite_errors_are_one_line_and_change_nothing(site, tmp_path):
     assert not (site.state / "offset").exists() and len(result.output.splitlines()) == 1
 
 
-SQLITE_CF = """\
-dbpath = {db}
-query = SELECT last_login FROM pbsmtp_relay
-    WHERE ip = '%s' AND last_login > CAST(strftime('%%s', 'now') AS INTEGER) - {grace}
-"""
+README = Path(__file__).resolve().parent.parent / "README"
+
+
+def readme_cf(after: str, **replace) -> str:
+    """The README's Postfix .cf block that follows ``after``, with its
+    example values replaced by the test's."""
+    text = README.read_text()
+    block = re.search(r"```\n(.*?)```", text[text.index(after):], re.DOTALL)[1]
+    for old, new in replace.items():
+        assert old in block, old
+        block = block.replace(old, new)
+    return block
+
+
+def sqlite_cf(db, grace):
+    return readme_cf("/etc/postfix/pop-before-smtp.sqlite.cf`:", **{
+        "/var/lib/pbsmtp-batch/relay.sqlite": db, "- 1800": f"- {grace}"})
 
 
 def require_map_type(map_type, package):
@@ -109,7 +123,7 @@ def test_sqlite_map_grants_relay_through_postfix(site):
     store_dir = os.path.join(workdir, "store")
     os.mkdir(store_dir, 0o755)
     db = os.path.join(store_dir, "relay.sqlite")
-    postfix = postfix_with_map(workdir, "sqlite", SQLITE_CF.format(db=db, grace=grace))
+    postfix = postfix_with_map(workdir, "sqlite", sqlite_cf(db, grace))
     try:
         postfix.configure()
         args = ["--backend=sqlite", f"--dbfile={db}", f"--postfix-config={postfix.config_dir}"]
@@ -323,14 +337,14 @@ def test_mysql_url_forms():
         pb.parse_mysql_url("mysql://u@h/d?ssl=1")
 
 
-MYSQL_CF = """\
-hosts = inet:127.0.0.1:{port}
-user = postfix_relay
-password = reader-pw
-dbname = mail
-query = SELECT last_login FROM pbsmtp_relay
-    WHERE ip = '%s' AND last_login > UNIX_TIMESTAMP() - {grace}
-"""
+def mysql_cf(port, grace):
+    return readme_cf("/etc/postfix/pop-before-smtp.mysql.cf` (mode 0640", **{
+        "hosts = db.example.com": f"hosts = inet:127.0.0.1:{port}",
+        "password = secret": "password = reader-pw", "- 1800": f"- {grace}"})
+
+
+def test_the_readme_mysql_schema_is_the_one_tested():
+    assert pb.MYSQL_SCHEMA in README.read_text()
 
 
 @pytest.mark.daemons
@@ -341,7 +355,7 @@ def test_mysql_map_grants_relay_through_postfix(mariadb, site, tmp_path):
     mysql_clear(mariadb)
     grace = 300
     workdir = daemons.make_workdir()
-    postfix = postfix_with_map(workdir, "mysql", MYSQL_CF.format(port=mariadb.port, grace=grace))
+    postfix = postfix_with_map(workdir, "mysql", mysql_cf(mariadb.port, grace))
     (tmp_path / "b").mkdir()
     host_b = Site(tmp_path / "b")
     try:

@@ -209,7 +209,8 @@ def dumped_settings(output: str) -> dict[str, tuple[str, str]]:
 def test_dumpconfig_names_each_settings_source(site, tmp_path):
     config = tmp_path / "pbsmtp.conf"
     config.write_text(f'grace = 600\ndbfile = "{site.map}"\nignore-net = ["10.0.0.0/8"]\n'
-                      f'pg-dsn = "host=db user=pbsmtp password=s3cret"\n')
+                      f'pg-dsn = "host=db user=pbsmtp password=s3cret"\n'
+                      f'mysql-url = "mysql://pbsmtp:t0psecret@db.example.com/mail"\n')
     result = invoke(f"--config={config}", f"--logfile={site.log}", "--dumpconfig",
                     f"--postfix-config={site.conf}",
                     env={"PBSMTP_STATE_DIR": str(site.state), "PBSMTP_GRACE": None})
@@ -221,7 +222,8 @@ def test_dumpconfig_names_each_settings_source(site, tmp_path):
     assert settings["ignore-net"] == ('["10.0.0.0/8"]', f"config file {config}")
     assert settings["write"] == ("true", "default")
     assert settings["pg-dsn"][0] == '"host=db user=pbsmtp password=***"'
-    assert "s3cret" not in result.output
+    assert settings["mysql-url"][0] == '"mysql://pbsmtp:***@db.example.com/mail"'
+    assert "s3cret" not in result.output and "t0psecret" not in result.output
     assert settings["postfix-config"] == (f'"{site.conf}"', "command line")
     assert f"# config file: {config}" in result.output
     assert f"# postfix instance: {site.conf}\n" in result.output

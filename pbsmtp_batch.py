@@ -1254,7 +1254,7 @@ class PgsqlStore:
                   f"THEN EXCLUDED.host ELSE t.host END")
         stale = f"DELETE FROM {t} WHERE ip = %s AND last_login <= to_timestamp(%s)"
         invalid = f"DELETE FROM {t} WHERE ip = %s"
-        fresh = sorted({**plan.added, **plan.refreshed}.items())
+        fresh, gone = sql_row_changes(plan, stale, invalid)
 
         # Two transactions, each taking its row locks in address order, so
         # hosts that publish at the same time cannot deadlock.
@@ -1263,9 +1263,7 @@ class PgsqlStore:
                 if fresh:
                     cur.executemany(upsert, [(ip, when, self.host) for ip, when in fresh])
             with db.transaction(), db.cursor() as cur:
-                gone = sorted([(ip, stale, (ip, when)) for ip, when in plan.expired.items()]
-                              + [(ip, invalid, (ip,)) for ip in plan.invalid])
-                for _, sql, args in gone:
+                for sql, args in gone:
                     cur.execute(sql, args)
         self._do("update", work)
         return []
@@ -1276,6 +1274,19 @@ class PgsqlStore:
     def check(self) -> None:
         self._do("check", lambda db: db.execute(
             f"SELECT ip, last_login, host FROM {self.table} LIMIT 0"))
+
+
+def sql_row_changes(plan: Plan, stale_sql: str, invalid_sql: str
+                    ) -> tuple[list[tuple[str, int]], list[tuple[str, tuple]]]:
+    """A plan as rows to upsert, (ip, login time), and deletions, (sql, args):
+    each list in address order, so that hosts publishing at the same time
+    take their row locks in one order. An expired row is deleted only while
+    it is as old as this host saw it (stale_sql gets ip and that time); a
+    row that is not an address goes whatever its time (invalid_sql gets ip)."""
+    fresh = sorted({**plan.added, **plan.refreshed}.items())
+    gone = sorted([(ip, stale_sql, (ip, when)) for ip, when in plan.expired.items()]
+                  + [(ip, invalid_sql, (ip,)) for ip in plan.invalid])
+    return fresh, [(sql, args) for _, sql, args in gone]
 
 
 def _pg_message(e: Exception) -> str:
@@ -1507,7 +1518,9 @@ class SqliteStore:
         return {ip: str(when) for ip, when in rows}
 
     def publish(self, plan: Plan) -> list[str]:
-        fresh = sorted({**plan.added, **plan.refreshed}.items())
+        fresh, gone = sql_row_changes(
+            plan, "DELETE FROM pbsmtp_relay WHERE ip = ? AND last_login <= ?",
+            "DELETE FROM pbsmtp_relay WHERE ip = ?")
 
         def work(db):
             db.execute("BEGIN IMMEDIATE")
@@ -1519,10 +1532,8 @@ class SqliteStore:
                     "THEN excluded.host ELSE host END, "
                     "last_login = max(last_login, excluded.last_login)",
                     [(ip, when, self.host) for ip, when in fresh])
-                db.executemany("DELETE FROM pbsmtp_relay WHERE ip = ? AND last_login <= ?",
-                               sorted(plan.expired.items()))
-                db.executemany("DELETE FROM pbsmtp_relay WHERE ip = ?",
-                               [(ip,) for ip in sorted(plan.invalid)])
+                for sql, args in gone:
+                    db.execute(sql, args)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -1632,16 +1643,14 @@ class MysqlStore:
                   f"ON DUPLICATE KEY UPDATE "
                   f"host = IF(VALUES(last_login) > last_login, VALUES(host), host), "
                   f"last_login = GREATEST(last_login, VALUES(last_login))")
-        fresh = sorted({**plan.added, **plan.refreshed}.items())
-        gone = sorted([(ip, f"DELETE FROM {t} WHERE ip = %s AND last_login <= %s", (ip, when))
-                       for ip, when in plan.expired.items()]
-                      + [(ip, f"DELETE FROM {t} WHERE ip = %s", (ip,)) for ip in plan.invalid])
+        fresh, gone = sql_row_changes(plan, f"DELETE FROM {t} WHERE ip = %s AND last_login <= %s",
+                                      f"DELETE FROM {t} WHERE ip = %s")
 
         # Two transactions, each taking its row locks in address order, so
         # hosts that publish at the same time cannot deadlock.
         def work(db):
             for statements in ([(upsert, (ip, when, self.host)) for ip, when in fresh],
-                               [(sql, args) for _, sql, args in gone]):
+                               gone):
                 if not statements:
                     continue
                 db.begin()

@@ -210,8 +210,70 @@ def shipped_patterns_dir() -> str:
 
 
 def default_patterns_dir() -> str:
-    """The admin's own copy wins over the shipped one, when it exists."""
-    return ADMIN_PATTERNS_DIR if os.path.isdir(ADMIN_PATTERNS_DIR) else shipped_patterns_dir()
+    """Where the shipped pattern files are; the admin's directory is laid
+    over them (see pattern_files)."""
+    return shipped_patterns_dir()
+
+
+@dataclasses.dataclass(frozen=True)
+class PatternSource:
+    """Where one pattern file in use comes from, for --dumpconfig."""
+    name: str
+    path: str | None             # None: disabled
+    origin: str                  # "shipped", "replaces the shipped one", "added", "disabled"
+
+
+def _disabled(path: str) -> bool:
+    """Whether an admin file only switches a pattern off (disabled = true)."""
+    try:
+        with open(path, "rb") as f:
+            value = tomllib.load(f).get("disabled", False)
+    except tomllib.TOMLDecodeError as e:
+        raise PbsmtpError(f"pattern file {path}: {e}") from None
+    except OSError as e:
+        raise PbsmtpError(f"cannot read pattern file {path}: {e.strerror}") from None
+    if not isinstance(value, bool):
+        raise PbsmtpError(f"pattern file {path}: disabled must be true or false")
+    return value
+
+
+def _toml_files(directory: str) -> dict[str, str]:
+    try:
+        # Path.glob() would take an unreadable directory for an empty one.
+        return {n[:-len(".toml")]: os.path.join(directory, n)
+                for n in sorted(os.listdir(directory)) if n.endswith(".toml")}
+    except OSError as e:
+        raise PbsmtpError(f"cannot read patterns directory {directory}: {e.strerror}") from None
+
+
+def pattern_files(directory: str | None = None) -> list[PatternSource]:
+    """The pattern files in use, by name.
+
+    An explicit directory means exactly its files. Otherwise the shipped
+    files are overlaid by ADMIN_PATTERNS_DIR, like fail2ban's .local files:
+    a file there with a shipped file's name replaces it, a new name adds
+    one, and a file that says ``disabled = true`` switches that name off.
+    The shipped files keep their upstream fixes; the admin's set is only
+    the difference.
+    """
+    if directory is not None:
+        layers = [(directory, "shipped")]
+    else:
+        layers = [(default_patterns_dir(), "shipped")]
+        if os.path.isdir(ADMIN_PATTERNS_DIR):
+            layers.append((ADMIN_PATTERNS_DIR, "admin"))
+    chosen: dict[str, PatternSource] = {}
+    for where, layer in layers:
+        for name, path in _toml_files(where).items():
+            if _disabled(path):
+                chosen[name] = PatternSource(name, None, f"disabled by {path}")
+            elif layer == "admin":
+                origin = "replaces the shipped one" if name in chosen else "added"
+                chosen[name] = PatternSource(name, path, origin)
+            else:
+                chosen[name] = PatternSource(name, path, "shipped" if directory is None
+                                             else "from --patterns-dir")
+    return [chosen[name] for name in sorted(chosen)]
 
 
 _GREEDY = re.compile(r"(?<!\\)\.[*+](?!\?)")
@@ -278,7 +340,7 @@ def load_pattern(path: str) -> Pattern:
             raise PbsmtpError(f"pattern file {path}: bad {what} regex: {e}") from None
 
     known = {"description", "version", "program", "pid", "contains", "unique", "regex",
-             "address", "sample"}
+             "address", "sample", "disabled"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise PbsmtpError(f"pattern file {path}: unknown key '{unknown[0]}'")
@@ -311,16 +373,13 @@ def load_pattern(path: str) -> Pattern:
     )
 
 
-def load_patterns(directory: str, names: Sequence[str] = ()) -> list[Pattern]:
-    """Every ``*.toml`` in the directory, or only the named ones."""
-    try:
-        # Path.glob() would take an unreadable directory for an empty one.
-        files = {n[:-len(".toml")]: os.path.join(directory, n)
-                 for n in sorted(os.listdir(directory)) if n.endswith(".toml")}
-    except OSError as e:
-        raise PbsmtpError(f"cannot read patterns directory {directory}: {e.strerror}") from None
+def load_patterns(directory: str | None, names: Sequence[str] = ()) -> list[Pattern]:
+    """Every pattern file in use (see pattern_files), or only the named ones."""
+    files = {src.name: src.path for src in pattern_files(directory) if src.path}
     if not files:
-        raise PbsmtpError(f"no pattern files (*.toml) in {directory}")
+        where = directory or f"{default_patterns_dir()} and {ADMIN_PATTERNS_DIR}"
+        raise PbsmtpError(f"no pattern files (*.toml) in use in {where}")
+    directory = directory or "the pattern files in use"
     for name in names:
         if name not in files:
             raise PbsmtpError(f"no pattern '{name}' in {directory} (have: {', '.join(files)})")
@@ -943,7 +1002,7 @@ def open_store(opts: "Options") -> Store:
 
 
 ###############################################################################
-# Other stores: Sendmail, qmail, Exim, PostgreSQL, memcached ##################
+# Other stores: Sendmail, qmail, Exim, PostgreSQL, memcached, SQLite, MySQL ###
 ###############################################################################
 # Each is a small class with the Store interface, registered in BACKENDS by its
 # --backend name. The file stores keep the login time next to each address (a
@@ -1204,7 +1263,7 @@ class PgsqlStore:
                   f"THEN EXCLUDED.host ELSE t.host END")
         stale = f"DELETE FROM {t} WHERE ip = %s AND last_login <= to_timestamp(%s)"
         invalid = f"DELETE FROM {t} WHERE ip = %s"
-        fresh = sorted({**plan.added, **plan.refreshed}.items())
+        fresh, gone = sql_row_changes(plan, stale, invalid)
 
         # Two transactions, each taking its row locks in address order, so
         # hosts that publish at the same time cannot deadlock.
@@ -1213,9 +1272,7 @@ class PgsqlStore:
                 if fresh:
                     cur.executemany(upsert, [(ip, when, self.host) for ip, when in fresh])
             with db.transaction(), db.cursor() as cur:
-                gone = sorted([(ip, stale, (ip, when)) for ip, when in plan.expired.items()]
-                              + [(ip, invalid, (ip,)) for ip in plan.invalid])
-                for _, sql, args in gone:
+                for sql, args in gone:
                     cur.execute(sql, args)
         self._do("update", work)
         return []
@@ -1226,6 +1283,19 @@ class PgsqlStore:
     def check(self) -> None:
         self._do("check", lambda db: db.execute(
             f"SELECT ip, last_login, host FROM {self.table} LIMIT 0"))
+
+
+def sql_row_changes(plan: Plan, stale_sql: str, invalid_sql: str
+                    ) -> tuple[list[tuple[str, int]], list[tuple[str, tuple]]]:
+    """A plan as rows to upsert, (ip, login time), and deletions, (sql, args):
+    each list in address order, so that hosts publishing at the same time
+    take their row locks in one order. An expired row is deleted only while
+    it is as old as this host saw it (stale_sql gets ip and that time); a
+    row that is not an address goes whatever its time (invalid_sql gets ip)."""
+    fresh = sorted({**plan.added, **plan.refreshed}.items())
+    gone = sorted([(ip, stale_sql, (ip, when)) for ip, when in plan.expired.items()]
+                  + [(ip, invalid_sql, (ip,)) for ip in plan.invalid])
+    return fresh, [(sql, args) for _, sql, args in gone]
 
 
 def _pg_message(e: Exception) -> str:
@@ -1388,12 +1458,245 @@ class MemcacheStore:
         self._call("version")
 
 
+SQLITE_SCHEMA = """\
+CREATE TABLE IF NOT EXISTS pbsmtp_relay (
+    ip         TEXT PRIMARY KEY,      -- as Postfix looks it up
+    last_login INTEGER NOT NULL,      -- epoch seconds: all digits, which access(5) reads as OK
+    host       TEXT NOT NULL          -- the POP/IMAP host that saw the login
+);
+CREATE INDEX IF NOT EXISTS pbsmtp_relay_last_login ON pbsmtp_relay (last_login);
+"""
+# Writers wait this long for a reader's or another writer's lock.
+SQLITE_BUSY_MS = 10000
+
+
+class SqliteStore:
+    """One SQLite file (--dbfile), read by Postfix's ``sqlite:`` map, updated
+    row by row instead of rebuilt.
+
+    The same rules as PgsqlStore: an upsert keeps the newest login, a purge
+    deletes a row only while it is still as old as when it was read, and
+    Postfix's query checks the grace window itself. The database stays in
+    rollback-journal mode, not WAL: a WAL database can only be read by a
+    process that may write its -shm file beside it, which smtpd (user
+    postfix, maybe chrooted) cannot do in a root-owned directory; with a
+    rollback journal a reader needs only read access to the file. Writers
+    wait SQLITE_BUSY_MS for the lock (busy timeout), and each publish is one
+    short write transaction.
+    """
+    MODE = 0o644                 # smtpd reads the file after dropping privileges
+
+    def __init__(self, path: str, host: str | None = None):
+        self.path = path
+        self.host = host or socket.gethostname()
+
+    def _db(self, create: bool = False):
+        import sqlite3
+        if not create and not os.path.exists(self.path):
+            return None
+        try:
+            if create and not os.path.exists(self.path):
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.MODE))
+            db = sqlite3.connect(self.path, timeout=SQLITE_BUSY_MS / 1000,
+                                 isolation_level=None)
+            db.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                db.execute("PRAGMA journal_mode = DELETE")
+            if create:
+                db.executescript(SQLITE_SCHEMA)
+            return db
+        except (sqlite3.Error, OSError) as e:
+            raise PbsmtpError(f"SQLite database {self.path}: {e}") from None
+
+    def _do(self, what: str, work, create: bool = False):
+        import sqlite3
+        db = self._db(create)
+        if db is None:
+            return None
+        try:
+            return work(db)
+        except sqlite3.Error as e:
+            raise PbsmtpError(f"SQLite {what} of {self.path}: {e}") from None
+        finally:
+            db.close()
+
+    def read(self) -> dict[str, str]:
+        rows = self._do("read", lambda db: db.execute(
+            "SELECT ip, last_login FROM pbsmtp_relay").fetchall()) or []
+        return {ip: str(when) for ip, when in rows}
+
+    def publish(self, plan: Plan) -> list[str]:
+        fresh, gone = sql_row_changes(
+            plan, "DELETE FROM pbsmtp_relay WHERE ip = ? AND last_login <= ?",
+            "DELETE FROM pbsmtp_relay WHERE ip = ?")
+
+        def work(db):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "INSERT INTO pbsmtp_relay (ip, last_login, host) VALUES (?, ?, ?) "
+                    "ON CONFLICT (ip) DO UPDATE SET "
+                    "host = CASE WHEN excluded.last_login > last_login "
+                    "THEN excluded.host ELSE host END, "
+                    "last_login = max(last_login, excluded.last_login)",
+                    [(ip, when, self.host) for ip, when in fresh])
+                for sql, args in gone:
+                    db.execute(sql, args)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        self._do("update", work, create=True)
+        return []
+
+    def exists(self) -> bool:
+        return os.path.exists(self.path)
+
+    def check(self) -> None:
+        check_dir(self.path)
+        self._do("check", lambda db: db.execute(
+            "SELECT ip, last_login, host FROM pbsmtp_relay LIMIT 0"))
+
+
+MYSQL_SCHEMA = """\
+CREATE TABLE pbsmtp_relay (
+    ip         VARCHAR(45) CHARACTER SET ascii NOT NULL PRIMARY KEY,  -- as Postfix looks it up
+    last_login BIGINT NOT NULL,       -- epoch seconds: no time zone to get wrong
+    host       VARCHAR(255) NOT NULL, -- the POP/IMAP host that saw the login
+    KEY pbsmtp_relay_last_login (last_login)
+) ENGINE=InnoDB;
+"""
+
+
+def parse_mysql_url(url: str) -> dict:
+    """``mysql://USER[:PASSWORD]@HOST[:PORT]/DB[?unix_socket=PATH&read_default_file=FILE]``
+    as PyMySQL's connect() arguments."""
+    import urllib.parse
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("mysql", "mariadb") or not parts.path.strip("/"):
+        raise PbsmtpError("--mysql-url must look like mysql://USER:PASSWORD@HOST[:PORT]/DATABASE "
+                          "(or ?unix_socket=/PATH, ?read_default_file=/PATH)")
+    args: dict = {"database": urllib.parse.unquote(parts.path.strip("/"))}
+    if parts.username:
+        args["user"] = urllib.parse.unquote(parts.username)
+    if parts.password is not None:
+        args["password"] = urllib.parse.unquote(parts.password)
+    if parts.hostname:
+        args["host"] = parts.hostname
+    if parts.port:
+        args["port"] = parts.port
+    for key, value in urllib.parse.parse_qsl(parts.query):
+        if key not in ("unix_socket", "read_default_file", "read_default_group"):
+            raise PbsmtpError(f"--mysql-url: unknown parameter {key!r} (use unix_socket, "
+                              f"read_default_file or read_default_group)")
+        args[key] = value
+    return args
+
+
+class MysqlStore:
+    """One MariaDB/MySQL table shared by every POP/IMAP host (MYSQL_SCHEMA),
+    read by Postfix's ``mysql:`` map; the same rules as PgsqlStore: upserts
+    keep the newest login, a purge deletes a row only while it is still as
+    old as when it was read, and Postfix's query checks the grace window."""
+
+    def __init__(self, url: str | None, table: str = "pbsmtp_relay", host: str | None = None):
+        if not url:
+            raise PbsmtpError("the mysql backend needs --mysql-url (or PBSMTP_MYSQL_URL), "
+                              "e.g. 'mysql://pbsmtp:PASSWORD@db.example.com/mail'")
+        if not _SQL_NAME.fullmatch(table):
+            raise PbsmtpError(f"--mysql-table {table!r} is not a plain [database.]table name")
+        self.args, self.table = parse_mysql_url(url), table
+        self.host = host or socket.gethostname()
+        self._conn = None
+
+    def _db(self):
+        if self._conn is None:
+            try:
+                import pymysql
+            except ImportError:
+                raise PbsmtpError("the mysql backend needs PyMySQL: "
+                                  "pip install 'pbsmtp-batch[mysql]' (Debian: python3-pymysql)"
+                                  ) from None
+            try:
+                self._conn = pymysql.connect(**self.args, connect_timeout=10, autocommit=True,
+                                             charset="utf8mb4")
+            except pymysql.Error as e:
+                raise PbsmtpError(f"cannot connect to MySQL: {_mysql_message(e)}") from None
+        return self._conn
+
+    def _do(self, what: str, work):
+        db = self._db()
+        import pymysql
+        try:
+            return work(db)
+        except pymysql.err.ProgrammingError as e:
+            hint = (" (create it with the schema in the README)"
+                    if e.args and e.args[0] == 1146 else "")
+            raise PbsmtpError(f"MySQL {what} on {self.table}: {_mysql_message(e)}{hint}") from None
+        except pymysql.Error as e:
+            raise PbsmtpError(f"MySQL {what} on {self.table}: {_mysql_message(e)}") from None
+
+    def read(self) -> dict[str, str]:
+        def work(db):
+            with db.cursor() as cur:
+                cur.execute(f"SELECT ip, last_login FROM {self.table}")
+                return cur.fetchall()
+        return {ip: str(when) for ip, when in self._do("read", work)}
+
+    def publish(self, plan: Plan) -> list[str]:
+        t = self.table
+        # MySQL applies the SET list left to right: host is decided while
+        # last_login still holds the stored time.
+        upsert = (f"INSERT INTO {t} (ip, last_login, host) VALUES (%s, %s, %s) "
+                  f"ON DUPLICATE KEY UPDATE "
+                  f"host = IF(VALUES(last_login) > last_login, VALUES(host), host), "
+                  f"last_login = GREATEST(last_login, VALUES(last_login))")
+        fresh, gone = sql_row_changes(plan, f"DELETE FROM {t} WHERE ip = %s AND last_login <= %s",
+                                      f"DELETE FROM {t} WHERE ip = %s")
+
+        # Two transactions, each taking its row locks in address order, so
+        # hosts that publish at the same time cannot deadlock.
+        def work(db):
+            for statements in ([(upsert, (ip, when, self.host)) for ip, when in fresh],
+                               gone):
+                if not statements:
+                    continue
+                db.begin()
+                try:
+                    with db.cursor() as cur:
+                        for sql, args in statements:
+                            cur.execute(sql, args)
+                    db.commit()
+                except BaseException:
+                    db.rollback()
+                    raise
+        self._do("update", work)
+        return []
+
+    def exists(self) -> bool:
+        return True          # a missing row is a plain "not found" for Postfix
+
+    def check(self) -> None:
+        def work(db):
+            with db.cursor() as cur:
+                cur.execute(f"SELECT ip, last_login, host FROM {self.table} LIMIT 0")
+        self._do("check", work)
+
+
+def _mysql_message(e: Exception) -> str:
+    if len(e.args) >= 2 and isinstance(e.args[0], int):
+        return f"({e.args[0]}) {str(e.args[1]).strip().splitlines()[0]}"
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
 BACKENDS["sendmail"] = lambda opts: SendmailAccess(opts.dbfile)
 BACKENDS["qmail"] = lambda opts: QmailRules(opts.dbfile)
 BACKENDS["exim"] = lambda opts: EximList(opts.dbfile)
 BACKENDS["pgsql"] = lambda opts: PgsqlStore(opts.pg_dsn, opts.pg_table)
 BACKENDS["memcache"] = lambda opts: MemcacheStore(opts.memcache_server, opts.memcache_prefix,
                                                   opts.grace)
+BACKENDS["sqlite"] = lambda opts: SqliteStore(opts.dbfile)
+BACKENDS["mysql"] = lambda opts: MysqlStore(opts.mysql_url, opts.mysql_table)
 
 
 ###############################################################################
@@ -1917,6 +2220,8 @@ class Options:
     pg_table: str = "pbsmtp_relay"
     memcache_server: str = "127.0.0.1:11211"  # --backend memcache
     memcache_prefix: str = "pbsmtp:"
+    mysql_url: str | None = None           # --backend mysql
+    mysql_table: str = "pbsmtp_relay"
 
 
 @dataclasses.dataclass
@@ -2018,7 +2323,7 @@ def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
         # The cheap check first: in a first run or --reprocess most logins
         # found are older than the window, and need no network lookup.
         if login.when < now - opts.grace:
-            say(f"skipped {login.ip} ({login.pattern}): login at {login.when} "
+            say(f"skipped {login.ip} ({login.pattern}): login at {human_time(login.when, now)} "
                 f"is older than the grace window")
             continue
         if login.ip not in exclusions:
@@ -2028,7 +2333,8 @@ def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
         if why:
             say(f"skipped {login.ip} ({login.pattern}): {why}")
             continue
-        say(f"login {login.ip} user={login.user} at {login.when} ({login.pattern})")
+        say(f"login {login.ip} user={login.user} at {human_time(login.when, now, opts.grace)} "
+            f"({login.pattern})")
         summary.logins += 1
         logins.append(login)
     return logins
@@ -2118,7 +2424,7 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
     if not os.path.isfile(opts.logfile) or not os.access(opts.logfile, os.R_OK):
         reason = "does not exist" if not os.path.exists(opts.logfile) else "cannot be read"
         raise PbsmtpError(f"log {opts.logfile} {reason}")
-    patterns = load_patterns(opts.patterns_dir or default_patterns_dir(), opts.patterns)
+    patterns = load_patterns(opts.patterns_dir, opts.patterns)
     store = open_store(opts)
     # Only a run that writes a Postfix map needs Postfix; a dry run before
     # Postfix is configured warns once and leaves nothing out.
@@ -2203,7 +2509,8 @@ def unread_lines(opts: Options) -> bool:
 
 
 def run_caught_up(opts: Options, now: float | None = None, say=lambda msg: None,
-                  warn=lambda msg: None, passes: int = 3) -> tuple[Summary, Plan | None]:
+                  warn=lambda msg: None, passes: int = 3, each=lambda plan: None
+                  ) -> tuple[Summary, Plan | None]:
     """run(), again while lines arrived during the last pass.
 
     systemd's path unit ignores the writes made while its service runs, so a
@@ -2214,6 +2521,8 @@ def run_caught_up(opts: Options, now: float | None = None, say=lambda msg: None,
     total = Summary()
     for _ in range(passes):
         summary, plan = run(opts, now, say, warn)
+        if plan is not None:
+            each(plan)
         for field in ("lines", "logins", "added", "refreshed", "expired"):
             setattr(total, field, getattr(total, field) + getattr(summary, field))
         total.active, total.locked_out = summary.active, summary.locked_out
@@ -2267,6 +2576,24 @@ class PatternReport:
     addresses: dict[str, set] = dataclasses.field(default_factory=dict)
     refused: list[str] = dataclasses.field(default_factory=list)
     unmatched: list[str] = dataclasses.field(default_factory=list)
+    untimed: int = 0             # lines whose prefix gives no time: never a login
+    untimed_examples: list[str] = dataclasses.field(default_factory=list)
+
+    def as_json(self, failures: Sequence[str]) -> dict:
+        return {"lines": self.lines,
+                "patterns": {name: {"hits": self.hits[name],
+                                    "addresses": sorted(self.addresses[name])}
+                             for name in sorted(self.hits)},
+                "logins": sum(self.hits.values()),
+                "distinct_addresses": len(set().union(*self.addresses.values())
+                                          if self.addresses else ()),
+                "untimed": self.untimed, "untimed_examples": self.untimed_examples,
+                "refused": self.refused, "unmatched": self.unmatched,
+                "sample_failures": list(failures)}
+
+
+# How many lines without a time --check-patterns keeps as examples.
+UNTIMED_EXAMPLES = 5
 
 
 def check_log(lines: Iterable[str], patterns: Sequence[Pattern], now: float) -> PatternReport:
@@ -2284,17 +2611,27 @@ def check_log(lines: Iterable[str], patterns: Sequence[Pattern], now: float) -> 
             report.addresses[login.pattern].add(login.ip)
         elif reason:
             report.refused.append(f"{reason}: {line}")
+        elif not line.strip():
+            continue
+        elif (prefix := parse_prefix(line, now)) is None or prefix.when is None:
+            report.untimed += 1
+            if len(report.untimed_examples) < UNTIMED_EXAMPLES:
+                report.untimed_examples.append(line)
         elif (_LOGINISH.search(line) and not _FAILURE.search(line)
               and any(normalise_ip(t.strip(".:")) for t in _ADDRESSISH.findall(line))):
             report.unmatched.append(line)
     return report
 
 
-def print_pattern_report(report: PatternReport, failures: Sequence[str], shown: int = 20,
-                         echo=print) -> None:
+def print_pattern_report(report: PatternReport, failures: Sequence[str],
+                         shown: int | None = 20, echo=print, every_pattern: bool = False
+                         ) -> None:
+    """The tester's report; only patterns with hits unless every_pattern,
+    and at most ``shown`` lines of each finding (None: all of them)."""
     echo(f"{'pattern':<20} {'hits':>8} {'addresses':>10}")
     for name in sorted(report.hits, key=lambda n: (-report.hits[n], n)):
-        echo(f"{name:<20} {report.hits[name]:>8} {len(report.addresses[name]):>10}")
+        if report.hits[name] or every_pattern:
+            echo(f"{name:<20} {report.hits[name]:>8} {len(report.addresses[name]):>10}")
     everyone = set().union(*report.addresses.values()) if report.addresses else set()
     echo(f"{report.lines} lines, {sum(report.hits.values())} logins from "
          f"{len(everyone)} distinct addresses")
@@ -2302,28 +2639,52 @@ def print_pattern_report(report: PatternReport, failures: Sequence[str], shown: 
                          ("look like logins but matched no pattern", report.unmatched),
                          ("sample failures", failures)):
         echo(f"{len(items)} {title}" + (":" if items else ""))
-        for item in items[:shown]:
+        for item in items if shown is None else items[:shown]:
             echo(f"  {item}")
-        if len(items) > shown:
-            echo(f"  ... and {len(items) - shown} more")
+        if shown is not None and len(items) > shown:
+            echo(f"  ... and {len(items) - shown} more (-v shows all)")
+    echo(f"{report.untimed} lines without a time it can read (never a login)"
+         + (", e.g.:" if report.untimed else ""))
+    for item in report.untimed_examples:
+        echo(f"  {item}")
 
 
 ###############################################################################
 # The command line ############################################################
 ###############################################################################
 
+# The classic daemon's config is Perl (pop-before-smtp-conf.pl). None of these
+# lines can be TOML, so a match is a Perl file, not a TOML syntax error.
+_PERL_CONFIG = re.compile(
+    r"\A#!.*\bperl\b"
+    r"|^\s*(?:use|require|no)\s+[A-Za-z][\w:]*[^=\n]*;"
+    r"|^\s*(?:my\s+|our\s+|local\s+)?[$@%][A-Za-z_]\w*(?:\{[^}\n]*\})?\s*[.|]?=[^=]"
+    r"|^\s*sub\s+\w+\s*(?:\{|$)",
+    re.MULTILINE)
+MIGRATION_SECTION = 'the README, "Migrating from the Perl pop-before-smtp"'
+
+
 def _config_callback(ctx: click.Context, param: click.Parameter, value: str | None):
     """Load the config file (TOML, keys named like the long options) into
     click's default_map, so that the command line and PBSMTP_* variables
     still win over it."""
     path = value or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    ctx.meta["pbsmtp.config"] = path
     if path is None:
         return None
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            raw = f.read()
     except OSError as e:
         raise click.ClickException(f"cannot read config file {path}: {e.strerror}")
+    if _PERL_CONFIG.search(raw.decode("utf-8", "replace")):
+        raise click.ClickException(
+            f"config file {path} is the classic pop-before-smtp Perl config "
+            f"(pop-before-smtp-conf.pl); pbsmtp-batch reads TOML: see {MIGRATION_SECTION}")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise click.ClickException(f"config file {path}: not UTF-8 text")
     except tomllib.TOMLDecodeError as e:
         raise click.ClickException(f"config file {path}: {e}")
     # Keys are the long option names; "nowrite = true" works like --nowrite.
@@ -2383,6 +2744,15 @@ def _now(ctx, param, value):
         raise click.ClickException(f"--now {value!r} is not an epoch time")
 
 
+def _no_daemon(ctx, param, value):
+    if value is not None:
+        raise click.UsageError(
+            f"--daemon={value}: pbsmtp-batch is not a daemon; each run does one pass and "
+            f"exits. Start it from cron (cron.d/pbsmtp-batch) or with the systemd path unit "
+            f"(systemd/pbsmtp-batch.path): see the README, \"Cron mode or path mode\"", ctx)
+    return value
+
+
 def _age(seconds: int | None) -> str:
     if seconds is None:
         return "-"
@@ -2390,17 +2760,273 @@ def _age(seconds: int | None) -> str:
     return f"{sign}{seconds // 60}m{seconds % 60:02d}s"
 
 
-# Every variable is PBSMTP_ plus the long option's name: options whose Python
-# name differs from it (list_, as_json, patterns, ignore_nets) name it themselves.
+def iso_local(epoch: float) -> str:
+    """An epoch as local ISO 8601 time with its UTC offset."""
+    return dt.datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
+
+
+def human_time(epoch: float, now: float, grace: int | None = None) -> str:
+    """A login time for people: local ISO time, its age and (given the grace
+    window) the time left."""
+    text = f"{iso_local(epoch)} (age {_age(int(now - epoch))}"
+    if grace is not None:
+        text += f", left {_age(int(epoch + grace - now))}"
+    return text + ")"
+
+
+# Options that say what to do in this invocation, not how runs behave: they
+# are not read from PBSMTP_* variables (a variable left in cron's
+# environment must never turn every run into a listing), and --dumpconfig
+# does not list them.
+ACTIONS = ("list_", "as_json", "check_patterns", "line", "dumpconfig", "daemon", "now",
+           "version", "help", "dry_run", "verbose")
+
+
+def option_envvars(param: click.Parameter, prefix: str = "PBSMTP") -> list[str]:
+    """The environment variables an option is read from (none for actions)."""
+    if not isinstance(param, click.Option) or param.name in ACTIONS:
+        return []
+    if param.envvar:
+        return [param.envvar] if isinstance(param.envvar, str) else list(param.envvar)
+    if not param.allow_from_autoenv:
+        return []
+    return [f"{prefix}_{param.name.upper()}"]
+
+
+class ChangeLog:
+    """--logto=FILE: every add and remove on its own line, as pop-before-smtp
+    wrote them ("%b %e %T added IP to DB", "... removed IP from DB");
+    ``-`` is standard output. The file is opened (appended to) before the
+    run, so that an unwritable one fails before anything changed."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self._file = None
+        if target != "-":
+            try:
+                self._file = open(target, "a", encoding="utf-8")
+            except OSError as e:
+                raise PbsmtpError(f"cannot write --logto file {target}: {e.strerror}") from None
+
+    def record(self, plan: Plan, now: float) -> None:
+        t = time.localtime(now)
+        stamp = time.strftime("%b ", t) + f"{t.tm_mday:2d}" + time.strftime(" %H:%M:%S", t)
+        lines = [f"{stamp} added {ip} to DB" for ip in sorted(plan.added)]
+        lines += [f"{stamp} removed {ip} from DB" for ip in sorted({**plan.expired,
+                                                                    **plan.invalid})]
+        if self._file is None:
+            for line in lines:
+                click.echo(line)
+            return
+        try:
+            self._file.writelines(line + "\n" for line in lines)
+            self._file.flush()
+        except OSError as e:
+            raise PbsmtpError(f"cannot write --logto file {self.target}: {e.strerror}") from None
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+
+
+# Where syslog(3) sends its datagrams. A module constant, not an option or a
+# variable: nothing in cron's environment can point the run log elsewhere.
+SYSLOG_SOCKET = "/dev/log"
+SYSLOG_MAIL_INFO = 2 * 8 + 6     # facility mail, severity info (RFC 5424 numbers)
+
+
+def log_run(summary: Summary, now: float) -> None:
+    """One line through syslog, facility mail, for a run that changed the
+    map, in Postfix's style: ``pbsmtp-batch[PID]: added=3 refreshed=5
+    expired=2 active=120 lines=5000``. Like syslog(3), a missing or full
+    log socket loses the line silently: the run itself has succeeded."""
+    t = time.localtime(now)
+    stamp = time.strftime("%b ", t) + f"{t.tm_mday:2d}" + time.strftime(" %H:%M:%S", t)
+    message = (f"<{SYSLOG_MAIL_INFO}>{stamp} pbsmtp-batch[{os.getpid()}]: "
+               f"added={summary.added} refreshed={summary.refreshed} "
+               f"expired={summary.expired} active={summary.active} lines={summary.lines}")
+    with contextlib.suppress(OSError):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(1.0)
+            sock.sendto(message.encode(), SYSLOG_SOCKET)
+
+
+# The node_exporter textfile-collector metrics: name -> (type, help).
+METRICS = {
+    "pbsmtp_batch_last_run_timestamp_seconds": ("gauge", "When the last run ended (Unix time)."),
+    "pbsmtp_batch_last_run_success": ("gauge", "1 if the last run succeeded, 0 if it failed."),
+    "pbsmtp_batch_last_run_duration_seconds": ("gauge", "How long the last run took."),
+    "pbsmtp_batch_last_run_lines_read": ("gauge", "Log lines the last run read."),
+    "pbsmtp_batch_last_run_logins": ("gauge", "Logins the last run found and kept."),
+    "pbsmtp_batch_last_run_added": ("gauge", "Addresses the last run added."),
+    "pbsmtp_batch_last_run_refreshed": ("gauge", "Addresses the last run refreshed."),
+    "pbsmtp_batch_last_run_expired": ("gauge", "Addresses the last run expired."),
+    "pbsmtp_batch_active_entries": ("gauge", "Addresses allowed to relay after the last "
+                                             "successful run."),
+    "pbsmtp_batch_errors_total": ("counter", "Runs that failed."),
+}
+
+
+class MetricsFile:
+    """--metrics-file=PATH: the node_exporter textfile-collector format,
+    replaced by rename so the collector never reads half a file. Every run
+    writes it, an idle one too (a small file, no fsync): its last-run time
+    is the heartbeat that shows cron is alive. A failed run keeps the last
+    known counts, sets success to 0 and counts the error."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def _previous(self) -> dict[str, float]:
+        values = {}
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            for line in Path(self.path).read_text().splitlines():
+                name, _, value = line.partition(" ")
+                with contextlib.suppress(ValueError):
+                    if name in METRICS:
+                        values[name] = float(value)
+        return values
+
+    def write(self, now: float, duration: float, summary: Summary | None) -> str | None:
+        """Write the file; returns a warning instead of raising."""
+        values = self._previous()
+        values.update({"pbsmtp_batch_last_run_timestamp_seconds": int(now),
+                       "pbsmtp_batch_last_run_success": int(summary is not None),
+                       "pbsmtp_batch_last_run_duration_seconds": round(duration, 3)})
+        if summary is None:
+            values["pbsmtp_batch_errors_total"] = \
+                values.get("pbsmtp_batch_errors_total", 0) + 1
+        else:
+            values.update({"pbsmtp_batch_last_run_lines_read": summary.lines,
+                           "pbsmtp_batch_last_run_logins": summary.logins,
+                           "pbsmtp_batch_last_run_added": summary.added,
+                           "pbsmtp_batch_last_run_refreshed": summary.refreshed,
+                           "pbsmtp_batch_last_run_expired": summary.expired,
+                           "pbsmtp_batch_active_entries": summary.active})
+            values.setdefault("pbsmtp_batch_errors_total", 0)
+        lines = []
+        for name, (kind, text) in METRICS.items():
+            if name in values:
+                value = values[name]
+                shown = int(value) if float(value).is_integer() else value
+                lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {shown}"]
+        directory = os.path.dirname(self.path) or "."
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", dir=directory)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write("\n".join(lines) + "\n")
+                os.chmod(tmp, 0o644)         # the collector runs as its own user
+                os.replace(tmp, self.path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+        except OSError as e:
+            return f"cannot write metrics file {self.path}: {e.strerror}"
+        return None
+
+
+_DSN_SECRET = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)|(://[^:/@\s]*:)[^@\s]*(@)")
+
+
+def _masked(value: str) -> str:
+    """A connection string without its password, for printing."""
+    return _DSN_SECRET.sub(lambda m: (m[1] + "***") if m[1] else f"{m[3]}***{m[4]}", value)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(str(v)) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def dump_config(ctx: click.Context, opts: Options, echo, warn) -> None:
+    """--dumpconfig: every effective setting and where it came from, the
+    pattern files in use, the Postfix instance and its mynetworks, the map.
+    The settings are printed as TOML, so they can seed a config file."""
+    config = ctx.meta.get("pbsmtp.config")
+    echo(f"# pbsmtp-batch {__version__}")
+    echo(f"# config file: {config or f'none ({DEFAULT_CONFIG} does not exist)'}")
+    for param in ctx.command.params:
+        if (not isinstance(param, click.Option) or param.hidden or param.name in ACTIONS
+                or param.name == "config"):
+            continue
+        name = param.opts[0].lstrip("-") if param.opts[0].startswith("--") else param.name
+        source = ctx.get_parameter_source(param.name)
+        value = ctx.params.get(param.name)
+        if source == click.core.ParameterSource.COMMANDLINE:
+            where = "command line"
+        elif source == click.core.ParameterSource.ENVIRONMENT:
+            where = "environment " + next((v for v in option_envvars(param)
+                                           if os.environ.get(v)), "")
+        elif source == click.core.ParameterSource.DEFAULT_MAP:
+            where = f"config file {config}"
+        else:
+            where = "default"
+        if param.name == "logfile" and value is None:
+            value, where = opts.logfile, "default (the first that exists of "\
+                + ", ".join(DEFAULT_LOGFILES) + ")"
+        if param.multiple:
+            value = [str(v) for v in value or ()]
+        if param.name in ("pg_dsn", "mysql_url") and value:
+            value = _masked(value)
+        text = "# (not set)" if value is None else _toml_value(value)
+        line = f"{name} = {text}" if not text.startswith("#") else f"# {name} {text[2:]}"
+        echo(f"{line:<48} # {where}")
+
+    admin = "" if opts.patterns_dir else (
+        f", overlaid by {ADMIN_PATTERNS_DIR}" if os.path.isdir(ADMIN_PATTERNS_DIR)
+        else f" ({ADMIN_PATTERNS_DIR} does not exist)")
+    echo(f"# patterns: {opts.patterns_dir or default_patterns_dir()}{admin}")
+    for src in pattern_files(opts.patterns_dir):
+        used = not opts.patterns or src.name in opts.patterns
+        state = src.origin if used or not src.path else "not selected by --pattern"
+        echo(f"#   {src.name:<18} {src.path or '-'} ({state})")
+    try:
+        load_patterns(opts.patterns_dir, opts.patterns)
+    except PbsmtpError as e:
+        warn(str(e))
+
+    try:
+        directory = postconf("config_directory", opts.postfix_config)
+        echo(f"# postfix instance: {directory}"
+             + ("" if opts.postfix_config else " (the default instance)"))
+        nets = postconf("mynetworks", opts.postfix_config)
+        echo(f"# mynetworks (never added): {' '.join(nets.split()) or '(empty)'}")
+    except PbsmtpError as e:
+        echo("# postfix instance: cannot be read")
+        warn(f"cannot read Postfix's mynetworks ({e}); "
+             + ("a run would fail" if opts.backend == "postfix" else "only --ignore-net applies"))
+    if opts.backend == "postfix":
+        try:
+            map_type = opts.map_type or default_map_type(opts.postfix_config)
+            path = map_file(opts.dbfile, map_type)
+            where = "command line or config" if opts.map_type else "postconf default_database_type"
+            echo(f"# map: {map_type}:{opts.dbfile} (type from {where}; file {path}, "
+                 f"{'exists' if os.path.exists(path) else 'not yet written'})")
+        except PbsmtpError as e:
+            warn(f"cannot tell the map type: {e}")
+    else:
+        echo(f"# store: --backend={opts.backend}")
+
+
 @click.command(context_settings={"auto_envvar_prefix": "PBSMTP",
                                  "help_option_names": ["-h", "--help"]})
 @click.option("--config", metavar="FILE", is_eager=True, callback=_config_callback,
               expose_value=False,
               help=f"TOML settings file, keys named like these options "
                    f"[default: {DEFAULT_CONFIG}, if it exists].")
-@click.option("--logfile", metavar="FILE",
-              help="Mail log to read [default: /var/log/maillog, else the first of "
-                   "/var/log/mail.log, /var/log/mail/info, /var/log/messages].")
+@click.option("--logfile", "--watchlog", "logfile", metavar="FILE",
+              help="Mail log to read (--watchlog: the classic name) [default: "
+                   "/var/log/maillog, else the first of /var/log/mail.log, "
+                   "/var/log/mail/info, /var/log/messages]. - is standard input, "
+                   "for --check-patterns.")
 @click.option("--dbfile", metavar="FILE", default=DEFAULT_DBFILE, show_default=True,
               help="The map, as in main.cf without the type (postmap adds .db/.lmdb/.cdb).")
 @click.option("--map-type", callback=_choice("--map-type", list(MAP_SUFFIXES)), metavar="TYPE",
@@ -2410,32 +3036,51 @@ def _age(seconds: int | None) -> str:
               help="How long a login allows relaying.")
 @click.option("--write/--nowrite", default=True, show_default=True,
               help="Write the map and commit the offset.")
-@click.option("--dry-run", is_flag=True,
+@click.option("--dry-run", is_flag=True, allow_from_autoenv=False,
               help="Print what would be added, refreshed and expired; change nothing.")
 @click.option("--flock/--noflock", default=True, show_default=True,
               help="Take the state directory's lock, so overlapping runs skip.")
 @click.option("--debug/--nodebug", default=False, help="Explain every matched line.")
-@click.option("-v", "--verbose", is_flag=True, help="Print a one-line summary.")
-@click.option("--reprocess", is_flag=True,
+@click.option("-v", "--verbose", is_flag=True, allow_from_autoenv=False,
+              help="Print a one-line summary; with --check-patterns, every pattern and "
+                   "every finding.")
+@click.option("--reprocess/--noreprocess", default=False,
               help="Ignore the saved offset: read the whole log again and rebuild the "
                    "grace window (after a lost map).")
-@click.option("--list", "list_", is_flag=True, envvar="PBSMTP_LIST",
+@click.option("--logto", metavar="FILE",
+              help="Append every add and remove to FILE, one line each, as the classic "
+                   "daemon did (- is standard output).")
+@click.option("--syslog/--nosyslog", "use_syslog", default=True, show_default=True,
+              envvar="PBSMTP_SYSLOG",
+              help="Log one line per run that changed the map, to syslog (facility mail).")
+@click.option("--metrics-file", metavar="PATH",
+              help="Write run metrics for node_exporter's textfile collector "
+                   "(e.g. /var/lib/prometheus/node-exporter/pbsmtp_batch.prom).")
+@click.option("--list", "list_", is_flag=True, allow_from_autoenv=False,
               help="Show the map's entries: IP, login time, age and time left.")
-@click.option("--json", "as_json", is_flag=True, envvar="PBSMTP_JSON",
-              help="With --list: print JSON.")
-@click.option("--check-patterns", is_flag=True,
-              help="Test the patterns on the whole --logfile and on their own samples: "
-                   "hits per pattern, addresses found, lines that look like logins but "
-                   "matched nothing. Exits 1 if a sample fails. Changes nothing.")
+@click.option("--json", "as_json", is_flag=True, allow_from_autoenv=False,
+              help="With --list or --check-patterns: print JSON.")
+@click.option("--dumpconfig", is_flag=True, allow_from_autoenv=False,
+              help="Print every effective setting and where it came from, the pattern "
+                   "files, the Postfix instance and its mynetworks, and the map.")
+@click.option("--check-patterns", is_flag=True, allow_from_autoenv=False,
+              help="Test the patterns on the whole --logfile (- is standard input) and on "
+                   "their own samples: hits per pattern, addresses found, lines that look "
+                   "like logins but matched nothing. Exits 1 if a sample fails. Changes "
+                   "nothing.")
+@click.option("--line", "line", multiple=True, metavar="TEXT", allow_from_autoenv=False,
+              help="With --check-patterns: test this log line instead of --logfile "
+                   "(repeatable).")
 @click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, metavar="DIR",
               help="Where the log offset and the lock live.")
-@click.option("--pattern", "patterns", multiple=True, metavar="NAME", envvar="PBSMTP_PATTERN",
+@click.option("--pattern", "patterns", multiple=True, metavar="NAME",
+              envvar=["PBSMTP_PATTERN", "PBSMTP_PATTERNS"],
               help="Use only this pattern file (repeatable) [default: all].")
 @click.option("--patterns-dir", metavar="DIR",
-              help=f"Pattern files [default: {ADMIN_PATTERNS_DIR} if it exists, "
-                   f"else the shipped ones].")
+              help=f"Use exactly the pattern files in DIR [default: the shipped ones, "
+                   f"overlaid by {ADMIN_PATTERNS_DIR}].")
 @click.option("--ignore-net", "ignore_nets", multiple=True, metavar="CIDR",
-              callback=_networks, envvar="PBSMTP_IGNORE_NET",
+              envvar=["PBSMTP_IGNORE_NET", "PBSMTP_IGNORE_NETS"], callback=_networks,
               help="Never add addresses in this network (repeatable). Postfix's "
                    "mynetworks is always left out.")
 @click.option("--postfix-config", metavar="DIR", envvar=["PBSMTP_POSTFIX_CONFIG", "MAIL_CONFIG"],
@@ -2444,8 +3089,8 @@ def _age(seconds: int | None) -> str:
 @click.option("--backend", default="postfix", show_default=True, metavar="NAME",
               callback=_choice("--backend", ["postfix", *BACKENDS]),
               help="Where the entries go: postfix (a postmap-built file map), sendmail "
-                   "(access db), qmail (tcp.smtp rules), exim (iplsearch list), pgsql or "
-                   "memcache. See the README.")
+                   "(access db), qmail (tcp.smtp rules), exim (iplsearch list), pgsql, "
+                   "mysql, sqlite (--dbfile is the SQLite file) or memcache. See the README.")
 @click.option("--pg-dsn", metavar="DSN",
               help="pgsql: libpq connection string or URI (also $PBSMTP_PG_DSN).")
 @click.option("--pg-table", default="pbsmtp_relay", show_default=True, metavar="NAME",
@@ -2454,17 +3099,26 @@ def _age(seconds: int | None) -> str:
               metavar="HOST:PORT", help="memcache: the server (or unix:/PATH).")
 @click.option("--memcache-prefix", default="pbsmtp:", show_default=True, metavar="TEXT",
               help="memcache: key prefix; Postfix's key_format must be TEXT%s.")
+@click.option("--mysql-url", metavar="URL",
+              help="mysql: mysql://USER:PASSWORD@HOST[:PORT]/DATABASE, or with "
+                   "?unix_socket=/PATH or ?read_default_file=/PATH (also $PBSMTP_MYSQL_URL).")
+@click.option("--mysql-table", default="pbsmtp_relay", show_default=True, metavar="NAME",
+              help="mysql: the shared table.")
 @click.option("--ipv6-shared-keys", default="write", show_default=True, metavar="write|skip",
               callback=_choice("--ipv6-shared-keys", ["write", "skip"]),
               help="IPv6 keys like 2001:db8::1 are also hit by Postfix's shortened "
                    "lookups for 2001:db8::1:X (same /64): write them, or skip them "
                    "(those clients then cannot relay). See the README.")
-@click.option("--now", hidden=True, callback=_now)
+@click.option("--daemon", metavar="PIDFILE", callback=_no_daemon, expose_value=False,
+              allow_from_autoenv=False,
+              help="The classic daemon's option: refused (use cron or the systemd path unit).")
+@click.option("--now", hidden=True, callback=_now, allow_from_autoenv=False)
 @click.version_option(__version__, "--version", prog_name="pbsmtp-batch")
-def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
-        reprocess, list_, as_json, check_patterns, state_dir, patterns, patterns_dir, ignore_nets,
-        postfix_config, backend, pg_dsn, pg_table, memcache_server, memcache_prefix,
-        ipv6_shared_keys, now):
+@click.pass_context
+def cli(ctx, logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
+        reprocess, logto, use_syslog, metrics_file, list_, as_json, dumpconfig, check_patterns, line, state_dir,
+        patterns, patterns_dir, ignore_nets, postfix_config, backend, pg_dsn, pg_table,
+        memcache_server, memcache_prefix, mysql_url, mysql_table, ipv6_shared_keys, now):
     """Allow relaying for clients that logged in over POP3 or IMAP.
 
     Reads the mail log lines written since the last run, finds the successful
@@ -2476,11 +3130,20 @@ def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
         * * * * * root pbsmtp-batch
         pbsmtp-batch --dry-run --debug      # what would change, and why
         pbsmtp-batch --list                 # who may relay now
+        pbsmtp-batch --dumpconfig           # every setting, and where it came from
         pbsmtp-batch --reprocess            # rebuild after losing the map
     """
+    if as_json and not (list_ or check_patterns):
+        raise click.UsageError("--json goes with --list or --check-patterns", ctx)
+    if line and not check_patterns:
+        raise click.UsageError("--line goes with --check-patterns", ctx)
+    if logfile == "-" and not check_patterns:
+        raise click.UsageError("--logfile=- (standard input) works only with "
+                               "--check-patterns: a run must keep an offset in a file", ctx)
     now = time.time() if now is None else now
     tag = SD_WARNING if stderr_is_journal() else ""
     err = lambda msg: click.echo(f"{tag}pbsmtp-batch: warning: {msg}", err=True)
+    changes = None
     try:
         opts = Options(logfile=logfile or default_logfile(), dbfile=dbfile, grace=grace,
                        map_type=map_type, state_dir=state_dir, patterns_dir=patterns_dir,
@@ -2489,37 +3152,57 @@ def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
                        ipv6_shared_keys=ipv6_shared_keys == "write", write=write and not dry_run,
                        flock=flock, reprocess=reprocess, backend=backend,
                        pg_dsn=pg_dsn, pg_table=pg_table, memcache_server=memcache_server,
-                       memcache_prefix=memcache_prefix)
+                       memcache_prefix=memcache_prefix, mysql_url=mysql_url,
+                       mysql_table=mysql_table)
+        if dumpconfig:
+            dump_config(ctx, opts, click.echo, err)
+            return
         if check_patterns:
-            patterns = load_patterns(patterns_dir or default_patterns_dir(), opts.patterns)
-            failures = sample_failures(patterns, now)
-            try:
-                report = check_log(read_span(opts.logfile, 0, []), patterns, now)
-            except OSError as e:
-                raise PbsmtpError(f"cannot read log file {opts.logfile}: {e.strerror}")
-            print_pattern_report(report, failures, echo=click.echo)
-            if failures:
-                raise PbsmtpError(f"{len(failures)} pattern samples failed")
+            check_patterns_cli(opts, line, now, as_json, verbose)
             return
         if list_:
             rows = list_entries(open_store(opts), now, grace)
             if as_json:
+                for row in rows:
+                    row["login_iso"] = None if row["login"] is None else iso_local(row["login"])
+                    row["expires_iso"] = (None if row["login"] is None
+                                          else iso_local(row["login"] + grace))
                 click.echo(json.dumps(rows, indent=2))
             for row in [] if as_json else rows:
-                stamp = ("-" if row["login"] is None else
-                         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["login"])))
-                click.echo(f"{row['ip']:<40} {stamp}  age {_age(row['age']):>9}  "
+                stamp = "-" if row["login"] is None else iso_local(row["login"])
+                click.echo(f"{row['ip']:<40} {stamp:<25}  age {_age(row['age']):>9}  "
                            f"left {_age(row['left']):>9}")
             return
+        metrics = MetricsFile(metrics_file) if metrics_file and opts.write else None
+        started = time.monotonic()
         say = (lambda msg: click.echo(f"debug: {msg}")) if debug else (lambda msg: None)
-        summary, plan = run_caught_up(opts, now=now, say=say, warn=err)
+        try:
+            changes = ChangeLog(logto) if logto and opts.write else None
+            record = (lambda plan: changes.record(plan, now)) if changes else (lambda p: None)
+            summary, plan = run_caught_up(opts, now=now, say=say, warn=err, each=record)
+        except PbsmtpError:
+            if metrics is not None and (problem := metrics.write(
+                    now, time.monotonic() - started, None)):
+                err(problem)
+            raise
     except PbsmtpError as e:
         raise click.ClickException(str(e))
+    finally:
+        if changes is not None:
+            changes.close()
+    if opts.write and not summary.locked_out:
+        if use_syslog and (summary.added or summary.refreshed or summary.expired):
+            log_run(summary, now)
+        if metrics is not None and (problem := metrics.write(
+                now, time.monotonic() - started, summary)):
+            err(problem)
     if dry_run and plan is not None:
         for title, items in (("add", plan.added), ("refresh", plan.refreshed),
-                             ("expire", plan.expired), ("drop invalid", plan.invalid)):
+                             ("expire", plan.expired)):
             for ip, value in sorted(items.items()):
-                click.echo(f"would {title} {ip} {value}")
+                click.echo(f"would {title} {ip} {value} login {human_time(value, now, grace)}")
+        for ip, value in sorted(plan.invalid.items()):
+            click.echo(f"would drop invalid {ip} {value}")
     if verbose or debug or (dry_run and not summary.locked_out):
         click.echo(summary.line())
 
@@ -2539,6 +3222,34 @@ def stderr_is_journal() -> bool:
     except (AttributeError, OSError, ValueError):
         return False
     return os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}"
+
+
+def check_patterns_cli(opts: Options, texts: Sequence[str], now: float, as_json: bool,
+                       verbose: bool) -> None:
+    """--check-patterns on --logfile, standard input (-) or --line TEXT."""
+    patterns = load_patterns(opts.patterns_dir, opts.patterns)
+    failures = sample_failures(patterns, now)
+    if texts:
+        # The reader hands on lines as latin-1 text of the raw bytes.
+        lines = [t.encode("utf-8", "surrogateescape").decode("latin-1") for t in texts]
+    elif opts.logfile == "-":
+        data = sys.stdin.buffer.read()
+        lines = data.decode("latin-1").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+    else:
+        lines = read_span(opts.logfile, 0, [])
+    try:
+        report = check_log(lines, patterns, now)
+    except OSError as e:
+        raise PbsmtpError(f"cannot read log file {opts.logfile}: {e.strerror}")
+    if as_json:
+        click.echo(json.dumps(report.as_json(failures), indent=2))
+    else:
+        print_pattern_report(report, failures, shown=None if verbose else 20,
+                             echo=click.echo, every_pattern=verbose)
+    if failures:
+        raise PbsmtpError(f"{len(failures)} pattern samples failed")
 
 
 def main() -> None:

@@ -43,14 +43,8 @@ def options(ctx: click.Context) -> list[click.Option]:
 
 
 def envvars(ctx: click.Context, param: click.Option) -> list[str]:
-    """The variables click reads for this option (click.core.Option.resolve_envvar_value)."""
-    if param.name in ("version", getattr(pb.cli.get_help_option(ctx), "name", None)):
-        return []
-    if param.envvar:
-        return [param.envvar] if isinstance(param.envvar, str) else list(param.envvar)
-    if param.allow_from_autoenv and ctx.auto_envvar_prefix and param.name:
-        return [f"{ctx.auto_envvar_prefix}_{param.name.upper()}"]
-    return []
+    """The variables click reads for this option (the module says which)."""
+    return pb.option_envvars(param, ctx.auto_envvar_prefix or "PBSMTP")
 
 
 def config_keys(param: click.Option) -> list[str]:

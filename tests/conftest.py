@@ -13,6 +13,10 @@ from click.testing import CliRunner
 
 import pbsmtp_batch as pb
 
+# Runs in tests, in-process or as child processes, never send their run line
+# to the host's /dev/log (a test that checks the line passes --syslog).
+os.environ["PBSMTP_SYSLOG"] = "0"
+
 SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
 
 

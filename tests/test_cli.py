@@ -82,8 +82,10 @@ def test_dry_run_changes_nothing_and_says_what_it_would_do(site):
     before = snapshot(site)
     result = invoke(*site.args("--dry-run"))
     assert result.exit_code == 0
-    assert result.output == (f"would add 192.0.2.10 {NOW - 60}\n"
-                             f"would expire 192.0.2.9 {NOW - 3000}\n"
+    assert result.output == (f"would add 192.0.2.10 {NOW - 60} login "
+                             "2026-11-24T23:29:00+00:00 (age 1m00s, left 29m00s)\n"
+                             f"would expire 192.0.2.9 {NOW - 3000} login "
+                             "2026-11-24T22:40:00+00:00 (age 50m00s, left -20m00s)\n"
                              "pbsmtp-batch: 1 lines read, 1 logins, 1 added, 0 refreshed, "
                              "1 expired, 1 active\n")
     assert snapshot(site) == before
@@ -99,7 +101,8 @@ def test_classic_flags_work_verbatim(site):
                     f"--dbfile={site.map}", "--grace=1800", f"--state-dir={site.state}",
                     f"--postfix-config={site.conf}", f"--now={NOW}")
     assert result.exit_code == 0
-    assert f"debug: login 192.0.2.10 user=alice at {NOW - 60} (dovecot)" in result.output
+    assert ("debug: login 192.0.2.10 user=alice at 2026-11-24T23:29:00+00:00 "
+            "(age 1m00s, left 29m00s) (dovecot)") in result.output
     assert snapshot(site) == before
     result = invoke("--write", "--nodebug", "--flock", f"--logfile={site.log}",
                     f"--dbfile={site.map}", "--grace=1800", f"--state-dir={site.state}",
@@ -239,11 +242,17 @@ def test_list_and_json(site):
             f"--now={NOW}", "--list"]
     text = invoke(*args)
     assert text.output.splitlines() == [
-        "192.0.2.10                               2026-11-24 23:29:00  age     1m00s  left    29m00s",
-        "2001:db8::10                             2026-11-24 23:29:30  age     0m30s  left    29m30s"]
+        "192.0.2.10                               2026-11-24T23:29:00+00:00  age     1m00s"
+        "  left    29m00s",
+        "2001:db8::10                             2026-11-24T23:29:30+00:00  age     0m30s"
+        "  left    29m30s"]
     data = json.loads(invoke(*args, "--json").output)
-    assert data == [{"ip": "192.0.2.10", "login": NOW - 60, "age": 60, "left": 1740},
-                    {"ip": "2001:db8::10", "login": NOW - 30, "age": 30, "left": 1770}]
+    assert data == [{"ip": "192.0.2.10", "login": NOW - 60, "age": 60, "left": 1740,
+                     "login_iso": "2026-11-24T23:29:00+00:00",
+                     "expires_iso": "2026-11-24T23:59:00+00:00"},
+                    {"ip": "2001:db8::10", "login": NOW - 30, "age": 30, "left": 1770,
+                     "login_iso": "2026-11-24T23:29:30+00:00",
+                     "expires_iso": "2026-11-24T23:59:30+00:00"}]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -359,13 +368,6 @@ def test_mail_config_names_the_postfix_instance(site):
     assert invoke(*args, env={"MAIL_CONFIG": str(site.conf)}).exit_code == 0
     assert query(site, "192.0.2.10") is None               # that instance's mynetworks
     assert query(site, "198.51.100.10") == str(NOW - 9)
-
-
-def test_admin_patterns_directory_wins_when_it_exists(tmp_path, monkeypatch):
-    monkeypatch.setattr(pb, "ADMIN_PATTERNS_DIR", str(tmp_path / "absent"))
-    assert pb.default_patterns_dir() == pb.shipped_patterns_dir()
-    monkeypatch.setattr(pb, "ADMIN_PATTERNS_DIR", str(tmp_path))
-    assert pb.default_patterns_dir() == str(tmp_path)
 
 
 def test_check_patterns_reports_hits_and_near_misses(site, tmp_path):

@@ -1920,7 +1920,7 @@ def decode(line: str) -> str:
 # What a run asks journalctl for (--output-fields; __CURSOR and
 # __REALTIME_TIMESTAMP always come with the export format).
 JOURNAL_FIELDS = ("MESSAGE", "SYSLOG_IDENTIFIER", "SYSLOG_PID", "_PID", "_UID", "_EXE",
-                  "_COMM", "_SYSTEMD_UNIT", "_HOSTNAME")
+                  "_SYSTEMD_UNIT", "_HOSTNAME")
 # Where journald keeps the system journal: persistent, then volatile storage.
 JOURNAL_DIRS = ("/var/log/journal", "/run/log/journal")
 _CURSOR = re.compile(r"s=[0-9a-f]{32};i=[0-9a-f]+;b=[0-9a-f]{32};m=[0-9a-f]+;t=[0-9a-f]+;x=[0-9a-f]+")
@@ -2046,26 +2046,37 @@ def cursor_text(directory: str | None, cursor: str | None) -> str:
                        "cursor": cursor}) + "\n"
 
 
+def journal_files(directory: str) -> list[str]:
+    """The journal files journalctl -D reads: in DIR and its machine-id
+    subdirectories."""
+    names = []
+    for entry in os.scandir(directory):
+        if entry.is_dir():
+            names += os.listdir(entry.path)
+        names.append(entry.name)
+    return [n for n in names if n.endswith((".journal", ".journal~"))]
+
+
 def check_journal(directory: str | None) -> None:
     """Fail early, with one line, when there is no journal to read."""
     if directory is None:
-        if not any(os.path.isdir(d) for d in JOURNAL_DIRS):
+        found = [d for d in JOURNAL_DIRS if os.path.isdir(d)]
+        if not found:
             raise PbsmtpError(f"no systemd journal on this host (neither "
                               f"{' nor '.join(JOURNAL_DIRS)} exists)")
+        with contextlib.suppress(OSError):
+            if not any(journal_files(d) for d in found):
+                raise PbsmtpError(f"no journal files in {' or '.join(found)} "
+                                  f"(is systemd-journald running?)")
         return
     if not os.path.isdir(directory):
         raise PbsmtpError(f"journal directory {directory} does not exist" if not
                           os.path.exists(directory) else f"{directory} is not a directory")
     try:
-        names = os.listdir(directory)
-        subdirs = [os.path.join(directory, n) for n in names
-                   if os.path.isdir(os.path.join(directory, n))]
-        # journalctl -D reads DIR and its machine-id subdirectories.
-        for sub in subdirs:
-            names += os.listdir(sub)
+        files = journal_files(directory)
     except OSError as e:
         raise PbsmtpError(f"cannot read journal directory {directory}: {e.strerror}") from None
-    if not any(n.endswith((".journal", ".journal~")) for n in names):
+    if not files:
         raise PbsmtpError(f"no journal files (*.journal) in {directory}")
 
 
@@ -2098,7 +2109,7 @@ class JournalReader:
         self.anchors = pattern_anchors(self.patterns)
         self.say, self.warn, self.everything = say, warn, everything
         self.lines_read = 0
-        self.cursor = saved
+        self._last: bytes | None = None      # the cursor of the last entry read
 
     def command(self, *position: str) -> list[str]:
         return [self.journalctl, "-o", "export", f"--output-fields={','.join(JOURNAL_FIELDS)}",
@@ -2114,6 +2125,7 @@ class JournalReader:
                     return
             self.warn(f"the journal no longer has the entry read last time (vacuumed or "
                       f"rotated away?); re-reading the grace window")
+            self.saved = None
         since = [] if self.since is None else ["--since", f"@{int(self.since)}"]
         with self._journalctl(*since) as entries:
             yield from self._lines(entries)
@@ -2125,9 +2137,13 @@ class JournalReader:
         with tempfile.TemporaryFile() as errors:
             try:
                 proc = subprocess.Popen(self.command(*position), stdout=subprocess.PIPE,
-                                        stderr=errors, stdin=subprocess.DEVNULL)
+                                        stderr=errors, stdin=subprocess.DEVNULL,
+                                        bufsize=1 << 20)
             except OSError as e:
                 raise PbsmtpError(f"cannot run {self.journalctl}: {e.strerror}") from None
+            # A bigger pipe lets journalctl run ahead while entries are parsed.
+            with contextlib.suppress(AttributeError, OSError):
+                fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
             ended = []
 
             def entries() -> Iterator[dict[bytes, bytes]]:
@@ -2155,7 +2171,7 @@ class JournalReader:
         anchors, everything = self.anchors, self.everything
         for fields in entries:
             self.lines_read += 1
-            self.cursor = fields.get(b"__CURSOR", b"").decode("latin-1") or self.cursor
+            self._last = fields.get(b"__CURSOR") or self._last
             message = fields.get(b"MESSAGE")
             if message is None:
                 continue
@@ -2178,14 +2194,13 @@ class JournalReader:
                     continue
             elif not everything:
                 continue
-            line = journal_line(fields, identifier or
-                                fields.get(b"_COMM", b"-").decode("latin-1") or "-")
+            line = journal_line(fields, identifier or "-")
             if line is not None:
                 yield line
 
     def state(self) -> str | None:
         """The cursor to commit: call once the lines are consumed."""
-        return self.cursor
+        return self._last.decode("latin-1") if self._last else self.saved
 
 
 def open_journal(opts: "Options", patterns: Sequence[Pattern], now: float, say, warn

@@ -474,3 +474,14 @@ def test_a_real_journald_records_who_wrote_a_line(site, tmp_path):
                    if l.startswith("would add"))
     assert added == ["192.0.2.50", "192.0.2.51"]    # root's lines; never nobody's
     assert f"_UID={nobody.decode()} is not one of dovecot's journal_users" in trusting.output
+
+
+def test_a_vanished_cursor_with_nothing_newer_is_forgotten_once(site):
+    site.journal.write((NOW - 5000, dovecot_login("192.0.2.10"), DOVECOT), name="old.journal")
+    assert invoke(*site.args(now=NOW - 4900)).exit_code == 0
+    (site.journal.dir / "old.journal").unlink()
+    site.journal.write((NOW - 86400, "noise", DOVECOT), name="new.journal")   # outside the window
+    first = CliRunner().invoke(pb.cli, site.args("-v"))
+    assert first.exit_code == 0 and first.stderr.count("no longer has the entry") == 1
+    second = CliRunner().invoke(pb.cli, site.args("-v"))
+    assert second.exit_code == 0 and second.stderr == "" and lines_read(second) == 0

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 
 import pbsmtp_batch as pb
 from conftest import NOW, SBIN, require
+from test_cli import snapshot
 
 JOURNAL_REMOTE_PATHS = ("/lib/systemd/systemd-journal-remote",
                         "/usr/lib/systemd/systemd-journal-remote")
@@ -127,13 +128,7 @@ class Site:
         return dict(line.split(None, 1) for line in done.stdout.splitlines())
 
     def snapshot(self):
-        files = {}
-        for directory in (self.map.parent, self.state):
-            if directory.exists():
-                for path in sorted(directory.iterdir()):
-                    if path.is_file() and path.name != "lock":
-                        files[str(path)] = path.read_bytes()
-        return files
+        return snapshot(self)
 
 
 @pytest.fixture
@@ -485,3 +480,17 @@ def test_a_vanished_cursor_with_nothing_newer_is_forgotten_once(site):
     assert first.exit_code == 0 and first.stderr.count("no longer has the entry") == 1
     second = CliRunner().invoke(pb.cli, site.args("-v"))
     assert second.exit_code == 0 and second.stderr == "" and lines_read(second) == 0
+
+
+def test_fields_inside_a_message_stay_in_the_message(site):
+    # A multi-line message that imitates the export format: blank lines and
+    # trusted fields, then a login. journalctl writes it as one binary field.
+    fake = ("x\n\n__CURSOR=s=0\n__REALTIME_TIMESTAMP=%d000000\nSYSLOG_IDENTIFIER=dovecot\n"
+            "_EXE=/usr/lib/dovecot/log\n_UID=0\n_SYSTEMD_UNIT=dovecot.service\nMESSAGE=%s\n\n"
+            % (NOW - 50, dovecot_login("203.0.113.66")))
+    site.journal.write((NOW - 60, fake, LOGGER), (NOW - 59, fake, DOVECOT),
+                       (NOW - 40, dovecot_login("192.0.2.11"), DOVECOT))
+    result = invoke(*site.args("-v"))
+    assert result.exit_code == 0, result.output
+    assert lines_read(result) == 3
+    assert site.entries() == {"192.0.2.11": str(NOW - 40)}

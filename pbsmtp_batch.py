@@ -2160,7 +2160,9 @@ class JournalReader:
                 return
             errors.seek(0)
             text = errors.read().decode("utf-8", "replace")
-        if "not seeing messages from other users" in text:
+        # journalctl's notices (systemd 252 to 257) when it could open only
+        # the user's own journal files, or none of them.
+        if "not seeing messages from other users" in text or "insufficient permissions" in text:
             raise PbsmtpError("journalctl shows this user only its own entries: run as root "
                               "or as a member of the group systemd-journal")
         if status != 0:

@@ -2106,7 +2106,9 @@ class JournalReader:
         self.directory, self.matches = directory, tuple(matches)
         self.saved, self.since = saved, since
         self.patterns = tuple(patterns)
-        self.anchors = pattern_anchors(self.patterns)
+        # One search for every anchor: far cheaper per entry than a loop.
+        self.anchors = re.compile(b"|".join(re.escape(a) for a in pattern_anchors(patterns))
+                                  or b"(?!)")
         self.say, self.warn, self.everything = say, warn, everything
         self.lines_read = 0
         self._last: bytes | None = None      # the cursor of the last entry read
@@ -2170,15 +2172,14 @@ class JournalReader:
             raise PbsmtpError(f"journalctl failed: {detail}")
 
     def _lines(self, entries: Iterator[dict[bytes, bytes]]) -> Iterator[str]:
-        anchors, everything = self.anchors, self.everything
+        anchors, everything = self.anchors.search, self.everything
         for fields in entries:
             self.lines_read += 1
             self._last = fields.get(b"__CURSOR") or self._last
             message = fields.get(b"MESSAGE")
             if message is None:
                 continue
-            lowered = message.lower()
-            hit = any(a in lowered for a in anchors)
+            hit = anchors(message.lower()) is not None
             if not (hit or everything):
                 continue
             identifier = fields.get(b"SYSLOG_IDENTIFIER", b"").decode("latin-1")

@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 import pbsmtp_batch as pb
-from conftest import NOW, SBIN, require
+from conftest import NOW, require
 from test_cli import snapshot
 
 JOURNAL_REMOTE_PATHS = ("/lib/systemd/systemd-journal-remote",
@@ -46,6 +46,19 @@ LOGGER = {"SYSLOG_IDENTIFIER": "dovecot", "_COMM": "logger", "_EXE": "/usr/bin/l
           "_UID": "1000", "_GID": "1000", "_PID": "31337", "_SYSTEMD_UNIT": "session-3.scope"}
 
 
+def require_file(paths, package):
+    """The first of these paths that exists (programs outside PATH, under
+    /lib/systemd), like conftest.require: a skip, or in CI a failure."""
+    found = next((p for p in paths if os.path.exists(p)), None)
+    if found:
+        return found
+    message = (f"{os.path.basename(paths[0])} is not installed "
+               f"(Debian: apt-get install {package})")
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def dovecot_login(ip, user="alice", verb="Login"):
     return (f"imap-login: {verb}: user=<{user}>, method=PLAIN, rip={ip}, lip=192.0.2.1, "
             f"mpid=4242, TLS, session=<AbCdEf012345>")
@@ -64,14 +77,8 @@ class Journal:
     def __init__(self, directory):
         self.dir = directory
         self.dir.mkdir(exist_ok=True)
-        self.tool = next((p for p in JOURNAL_REMOTE_PATHS if os.path.exists(p)), None)
-        if self.tool is None:
-            message = ("systemd-journal-remote is not installed "
-                       "(Debian: apt-get install systemd-journal-remote)")
-            if os.environ.get("CI") == "true":
-                pytest.fail(message)
-            pytest.skip(message)
-        require("journalctl")
+        self.tool = require_file(JOURNAL_REMOTE_PATHS, "systemd-journal-remote")
+        require("journalctl", "systemd")
         self.monotonic = 1_000_000
 
     def write(self, *entries, name="mail.journal"):
@@ -424,13 +431,10 @@ wait $journald || true
 
 
 def test_a_real_journald_records_who_wrote_a_line(site, tmp_path):
-    journald = next((p for p in JOURNALD_PATHS if os.path.exists(p)), None)
     for tool, package in (("unshare", "util-linux"), ("setpriv", "util-linux"),
                           ("logger", "bsdutils"), ("mount", "mount")):
-        if shutil.which(tool, path=SBIN) is None:
-            pytest.skip(f"{tool} is not installed (Debian: {package})")
-    if journald is None:
-        pytest.skip("systemd-journald is not installed (Debian: systemd)")
+        require(tool, package)
+    journald = require_file(JOURNALD_PATHS, "systemd")
     if os.geteuid() != 0:
         pytest.skip("a private journald needs root (mount namespace)")
     store = tmp_path / "journald"
@@ -443,7 +447,7 @@ def test_a_real_journald_records_who_wrote_a_line(site, tmp_path):
     if done.returncode != 0 and "unshare" in done.stderr:
         pytest.skip(f"no private mount namespace here: {done.stderr.strip()}")
     assert done.returncode == 0, done.stderr
-    written = subprocess.run([require("journalctl"), "-D", str(store), "-o", "export",
+    written = subprocess.run([require("journalctl", "systemd"), "-D", str(store), "-o", "export",
                               "--output-fields=SYSLOG_IDENTIFIER,_EXE,_UID,MESSAGE"],
                              capture_output=True)
     nobody = str(pwd.getpwnam("nobody").pw_uid).encode()

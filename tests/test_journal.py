@@ -15,6 +15,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -498,3 +499,42 @@ def test_fields_inside_a_message_stay_in_the_message(site):
     assert result.exit_code == 0, result.output
     assert lines_read(result) == 3
     assert site.entries() == {"192.0.2.11": str(NOW - 40)}
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_point_rereads_and_the_next_run_catches_up(site):
+    from test_faults import KILL_AT_EVENT
+    site.journal.write((NOW - 300, dovecot_login("192.0.2.10"), DOVECOT))
+    assert invoke(*site.args()).exit_code == 0
+    site.journal.write((NOW - 100, dovecot_login("192.0.2.20"), DOVECOT),
+                       (NOW - 90, dovecot_login("192.0.2.10"), DOVECOT))
+    before = site.snapshot()
+    want = {"192.0.2.10": str(NOW - 90), "192.0.2.20": str(NOW - 100)}
+    cmd = [sys.executable, "-c", KILL_AT_EVENT, *site.args()]
+
+    def killed(at):
+        return subprocess.run(cmd, env={**os.environ, "PBSMTP_KILL_AT": str(at)},
+                              capture_output=True, text=True)
+    done = killed(0)
+    assert done.returncode == 0, done.stderr
+    events = int(done.stderr.split("EVENTS ")[1])
+    assert site.entries() == want
+
+    def position():
+        return {p.name: p.read_text() for p in site.state.glob("*") if p.suffix in
+                (".offset", ".pending")}
+    final = position()
+    for at in sorted(set(range(1, events + 1, max(1, events // 12))) | {events - 1, events}):
+        for path in (site.map.parent, site.state):
+            shutil.rmtree(path)
+            path.mkdir()
+        for path, data in before.items():
+            Path(path).write_bytes(data)
+        killed(at)
+        # Killed anywhere, the map is the old one or the new one ...
+        assert site.entries() in ({"192.0.2.10": str(NOW - 300)}, want), at
+        # ... and the next run ends exactly where an uninterrupted one did.
+        again = invoke(*site.args("-v"))
+        assert again.exit_code == 0 and site.entries() == want, (at, again.output)
+        assert position() == final, at
+        assert lines_read(invoke(*site.args("-v"))) == 0

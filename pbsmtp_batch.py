@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import fcntl
+import fnmatch
 import functools
 import gzip
 import hashlib
@@ -37,6 +38,7 @@ import ipaddress
 import json
 import lzma
 import os
+import pwd
 import re
 import shutil
 import socket
@@ -111,6 +113,12 @@ class Pattern:
     # read the address line, and a success regex without an ip group takes
     # the address of the same host, program and PID.
     address: tuple[re.Pattern[str], ...] = ()
+    # Who may write this server's lines to the systemd journal, by the
+    # fields journald takes from the sender's kernel credentials (see
+    # journal_refusal): executables (_EXE), users (_UID) and units.
+    journal_exe: tuple[str, ...] = ()
+    journal_users: tuple[str, ...] = ("root",)
+    journal_units: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,7 +348,8 @@ def load_pattern(path: str) -> Pattern:
             raise PbsmtpError(f"pattern file {path}: bad {what} regex: {e}") from None
 
     known = {"description", "version", "program", "pid", "contains", "unique", "regex",
-             "address", "sample", "disabled"}
+             "address", "sample", "disabled", "journal_exe", "journal_users",
+             "journal_units"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise PbsmtpError(f"pattern file {path}: unknown key '{unknown[0]}'")
@@ -358,6 +367,18 @@ def load_pattern(path: str) -> Pattern:
         raise PbsmtpError(f"pattern file {path}: address lines are paired by PID: set pid = true")
     regexes = compile_all(need("regex", list), needs_ip=not address)
     contains = need("contains", list)
+    journal = {}
+    for key in ("journal_exe", "journal_users", "journal_units"):
+        value = data.get(key)
+        if value is None:
+            continue
+        if (not isinstance(value, list) or not value
+                or not all(isinstance(x, str) and x for x in value)):
+            raise PbsmtpError(f"pattern file {path}: '{key}' must be a list of names")
+        journal[key] = tuple(value)
+    for exe in journal.get("journal_exe", ()):
+        if not exe.startswith("/"):
+            raise PbsmtpError(f"pattern file {path}: journal_exe {exe!r} is not an absolute path")
     return Pattern(
         name=Path(path).stem,
         path=path,
@@ -370,6 +391,7 @@ def load_pattern(path: str) -> Pattern:
         regexes=regexes,
         samples=tuple(_sample(s, path) for s in data.get("sample", [])),
         address=address,
+        **journal,
     )
 
 
@@ -2197,6 +2219,320 @@ def decode(line: str) -> str:
 
 
 ###############################################################################
+# The systemd journal: trusted senders, read by cursor ########################
+###############################################################################
+# A syslog line's tag and PID (SYSLOG_IDENTIFIER, SYSLOG_PID) are the sender's
+# own word: `logger -t dovecot` by any local user writes one. journald adds
+# fields from the sender's kernel credentials, which the sender cannot set:
+# _UID (from the socket's SCM_CREDENTIALS), _EXE (/proc/PID/exe) and
+# _SYSTEMD_UNIT (its cgroup). _COMM is not among the strong ones: any user
+# can run a copy of logger named "dovecot" or "log", or rename itself with
+# prctl(PR_SET_NAME). So an entry counts only when the pattern for its
+# identifier names the executable it came from, and the user it ran as.
+
+# What a run asks journalctl for (--output-fields; __CURSOR and
+# __REALTIME_TIMESTAMP always come with the export format).
+JOURNAL_FIELDS = ("MESSAGE", "SYSLOG_IDENTIFIER", "SYSLOG_PID", "_PID", "_UID", "_EXE",
+                  "_SYSTEMD_UNIT", "_HOSTNAME")
+# Where journald keeps the system journal: persistent, then volatile storage.
+JOURNAL_DIRS = ("/var/log/journal", "/run/log/journal")
+_CURSOR = re.compile(r"s=[0-9a-f]{32};i=[0-9a-f]+;b=[0-9a-f]{32};m=[0-9a-f]+;t=[0-9a-f]+;x=[0-9a-f]+")
+_JOURNAL_MATCH = re.compile(r"[A-Z0-9_]+=[^\n]*")             # journalctl(1) MATCHES
+_TAG_TEXT = re.compile(r"[^\s\[\]:]+")                         # what _TAG reads back
+_HOST_UNSAFE = re.compile(r"[\s\[\]:<]")
+# Every control character but TAB becomes "?", so that one entry is one line
+# and nothing in a MESSAGE can start a line of its own.
+_CONTROLS = bytes(range(256)).translate(
+    bytes.maketrans(bytes([*range(9), *range(10, 32), 127]), b"?" * 32))
+
+
+@functools.lru_cache(maxsize=256)
+def user_ids(names: tuple[str, ...]) -> frozenset[int]:
+    """The UIDs of these user names (or numbers) on this host; unknown names
+    give none."""
+    ids = set()
+    for name in names:
+        if name.isdigit():
+            ids.add(int(name))
+            continue
+        with contextlib.suppress(KeyError):
+            ids.add(pwd.getpwnam(name).pw_uid)
+    return frozenset(ids)
+
+
+def journal_refusal(fields: dict[bytes, bytes], pattern: Pattern) -> str | None:
+    """Why this journal entry must not be read as one of this server's lines
+    (None: its sender is the server).
+
+    The executable must be one of the pattern's journal_exe (" (deleted)",
+    which the kernel appends once a package upgrade has replaced the running
+    binary, is allowed: only a process started from that very file shows
+    it), the UID one of its journal_users, and the unit, when the entry has
+    one and the pattern names some, one of its journal_units.
+    """
+    if not pattern.journal_exe:
+        return f"pattern {pattern.name} has no journal_exe, so no journal entry is its"
+    exe = fields.get(b"_EXE", b"").decode("latin-1")
+    if exe.removesuffix(" (deleted)") not in pattern.journal_exe:
+        return f"_EXE={exe or '(none)'} is not one of {pattern.name}'s journal_exe"
+    uid = fields.get(b"_UID", b"").decode("latin-1")
+    if not uid.isdigit() or int(uid) not in user_ids(pattern.journal_users):
+        return (f"_UID={uid or '(none)'} is not one of {pattern.name}'s journal_users "
+                f"({', '.join(pattern.journal_users)})")
+    unit = fields.get(b"_SYSTEMD_UNIT")
+    if (unit is not None and pattern.journal_units and not any(
+            fnmatch.fnmatchcase(unit.decode("latin-1"), u) for u in pattern.journal_units)):
+        return (f"_SYSTEMD_UNIT={unit.decode('latin-1')} is not one of {pattern.name}'s "
+                f"journal_units")
+    return None
+
+
+def journal_line(fields: dict[bytes, bytes], identifier: str) -> str | None:
+    """An entry as the syslog line the patterns read:
+    ``2026-11-24T23:20:23+00:00 HOST IDENTIFIER[PID]: MESSAGE``, its time
+    from __REALTIME_TIMESTAMP; None when it has no time."""
+    usec = fields.get(b"__REALTIME_TIMESTAMP", b"")
+    if not usec.isdigit():
+        return None
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(int(usec) // 1000000))
+    host = _HOST_UNSAFE.sub("-", fields.get(b"_HOSTNAME", b"").decode("latin-1"))
+    pid = fields.get(b"SYSLOG_PID") or fields.get(b"_PID") or b""
+    tag = f"{identifier}[{pid.decode()}]" if pid.isdigit() else identifier
+    message = fields.get(b"MESSAGE", b"").translate(_CONTROLS).decode("latin-1")
+    return f"{stamp} {host} {tag}: {message}" if host else f"{stamp} {tag}: {message}"
+
+
+def export_entries(stream: BinaryIO) -> Iterator[dict[bytes, bytes]]:
+    """The entries of journalctl's export format
+    (https://systemd.io/JOURNAL_EXPORT_FORMATS/): ``NAME=value`` lines, or
+    for a value with newlines or other binary ``NAME``, a 64-bit
+    little-endian length, the bytes and a newline; a blank line ends an
+    entry."""
+    fields: dict[bytes, bytes] = {}
+    readline, read = stream.readline, stream.read
+    while line := readline():
+        if line == b"\n":
+            yield fields
+            fields = {}
+            continue
+        name, eq, value = line.partition(b"=")
+        if eq:
+            fields[name] = value[:-1]
+        else:
+            size = read(8)
+            if len(size) < 8:
+                break
+            fields[line[:-1]] = read(struct.unpack("<Q", size)[0])
+            read(1)
+    if fields:
+        yield fields
+
+
+def journal_state_path(state_dir: str, directory: str | None) -> str:
+    """The cursor file: one for the system journal, one per --journal-directory.
+    (".offset", like the log offsets, so staged copies are cleaned alike.)"""
+    name = "journal" if directory is None else \
+        "journal_" + os.path.abspath(directory).strip("/").replace("/", "_")
+    return os.path.join(state_dir, f"{name}.offset")
+
+
+def load_cursor(path: str) -> tuple[str | None, str | None]:
+    """The committed cursor, or (None, warning) when it cannot be trusted."""
+    try:
+        data = json.loads(Path(path).read_text(errors="replace"))
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        return None, f"cannot read cursor file {path}: {e.strerror}"
+    except ValueError:
+        data = None
+    cursor = data.get("cursor") if isinstance(data, dict) else None
+    if cursor is None and isinstance(data, dict) and "cursor" in data:
+        return None, None
+    if not isinstance(cursor, str) or not _CURSOR.fullmatch(cursor):
+        return None, f"cursor file {path} is corrupt; re-reading the grace window"
+    return cursor, None
+
+
+def cursor_text(directory: str | None, cursor: str | None) -> str:
+    return json.dumps({"journal": directory and os.path.abspath(directory),
+                       "cursor": cursor}) + "\n"
+
+
+def journal_files(directory: str) -> list[str]:
+    """The journal files journalctl -D reads: in DIR and its machine-id
+    subdirectories."""
+    names = []
+    for entry in os.scandir(directory):
+        if entry.is_dir():
+            names += os.listdir(entry.path)
+        names.append(entry.name)
+    return [n for n in names if n.endswith((".journal", ".journal~"))]
+
+
+def check_journal(directory: str | None) -> None:
+    """Fail early, with one line, when there is no journal to read."""
+    if directory is None:
+        found = [d for d in JOURNAL_DIRS if os.path.isdir(d)]
+        if not found:
+            raise PbsmtpError(f"no systemd journal on this host (neither "
+                              f"{' nor '.join(JOURNAL_DIRS)} exists)")
+        with contextlib.suppress(OSError):
+            if not any(journal_files(d) for d in found):
+                raise PbsmtpError(f"no journal files in {' or '.join(found)} "
+                                  f"(is systemd-journald running?)")
+        return
+    if not os.path.isdir(directory):
+        raise PbsmtpError(f"journal directory {directory} does not exist" if not
+                          os.path.exists(directory) else f"{directory} is not a directory")
+    try:
+        files = journal_files(directory)
+    except OSError as e:
+        raise PbsmtpError(f"cannot read journal directory {directory}: {e.strerror}") from None
+    if not files:
+        raise PbsmtpError(f"no journal files (*.journal) in {directory}")
+
+
+class JournalReader:
+    """The journal entries written since the saved cursor, as log lines;
+    then the cursor to commit. The same interface as LogReader.
+
+    journalctl is run with ``-o export``: the documented, stable output that
+    carries every byte of a value. With a saved cursor it starts *at* the
+    cursor (``--cursor``), so that the first entry shows whether the journal
+    still has it; if not (vacuumed, rotated away, another journal), the
+    grace window is read again by time (``--since``), with a warning, as on
+    the first run and with --reprocess.
+
+    Only entries that a pattern could read become lines: a MESSAGE holding
+    one of the patterns' anchors, from an identifier that a pattern claims,
+    whose trusted fields that pattern accepts (journal_refusal). With
+    ``everything`` (--check-patterns), every entry becomes a line but those
+    that fail the trust check.
+    """
+
+    def __init__(self, directory: str | None, matches: Sequence[str], saved: str | None,
+                 since: float | None, patterns: Sequence[Pattern], say=lambda msg: None,
+                 warn=lambda msg: None, everything: bool = False):
+        self.journalctl = find_tool("journalctl", "systemd")
+        check_journal(directory)
+        self.directory, self.matches = directory, tuple(matches)
+        self.saved, self.since = saved, since
+        self.patterns = tuple(patterns)
+        # One search for every anchor: far cheaper per entry than a loop.
+        self.anchors = re.compile(b"|".join(re.escape(a) for a in pattern_anchors(patterns))
+                                  or b"(?!)")
+        self.say, self.warn, self.everything = say, warn, everything
+        self.lines_read = 0
+        self._last: bytes | None = None      # the cursor of the last entry read
+
+    def command(self, *position: str) -> list[str]:
+        return [self.journalctl, "-o", "export", f"--output-fields={','.join(JOURNAL_FIELDS)}",
+                *(["-D", self.directory] if self.directory else []), *position,
+                "--", *self.matches]
+
+    def __iter__(self) -> Iterator[str]:
+        if self.saved:
+            with self._journalctl("--cursor", self.saved) as entries:
+                first = next(entries, None)
+                if first is not None and first.get(b"__CURSOR") == self.saved.encode():
+                    yield from self._lines(entries)
+                    return
+            self.warn("the journal no longer has the entry read last time (vacuumed or "
+                      "rotated away?); re-reading the grace window")
+            self.saved = None
+        since = [] if self.since is None else ["--since", f"@{int(self.since)}"]
+        with self._journalctl(*since) as entries:
+            yield from self._lines(entries)
+
+    @contextlib.contextmanager
+    def _journalctl(self, *position: str) -> Iterator[Iterator[dict[bytes, bytes]]]:
+        """journalctl's entries; its failure, once they are read, is an error.
+        Left early, the process is stopped (by its PID, through Popen)."""
+        with tempfile.TemporaryFile() as errors:
+            try:
+                proc = subprocess.Popen(self.command(*position), stdout=subprocess.PIPE,
+                                        stderr=errors, stdin=subprocess.DEVNULL,
+                                        bufsize=1 << 20)
+            except OSError as e:
+                raise PbsmtpError(f"cannot run {self.journalctl}: {e.strerror}") from None
+            # A bigger pipe lets journalctl run ahead while entries are parsed.
+            with contextlib.suppress(AttributeError, OSError):
+                fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+            ended = []
+
+            def entries() -> Iterator[dict[bytes, bytes]]:
+                yield from export_entries(proc.stdout)
+                ended.append(True)
+            try:
+                yield entries()
+            finally:
+                if not ended:
+                    proc.kill()
+                proc.stdout.close()
+                status = proc.wait()
+            if not ended:
+                return
+            errors.seek(0)
+            text = errors.read().decode("utf-8", "replace")
+        # journalctl's notices (systemd 252 to 257) when it could open only
+        # the user's own journal files, or none of them.
+        if "not seeing messages from other users" in text or "insufficient permissions" in text:
+            raise PbsmtpError("journalctl shows this user only its own entries: run as root "
+                              "or as a member of the group systemd-journal")
+        if status != 0:
+            detail = (text.strip().splitlines() or [f"exit {status}"])[-1]
+            raise PbsmtpError(f"journalctl failed: {detail}")
+
+    def _lines(self, entries: Iterator[dict[bytes, bytes]]) -> Iterator[str]:
+        anchors, everything = self.anchors.search, self.everything
+        for fields in entries:
+            self.lines_read += 1
+            self._last = fields.get(b"__CURSOR") or self._last
+            message = fields.get(b"MESSAGE")
+            if message is None:
+                continue
+            hit = anchors(message.lower()) is not None
+            if not (hit or everything):
+                continue
+            identifier = fields.get(b"SYSLOG_IDENTIFIER", b"").decode("latin-1")
+            claimed = (patterns_for_program(self.patterns, identifier)
+                       if _TAG_TEXT.fullmatch(identifier) else ())
+            if claimed:
+                refusals = [journal_refusal(fields, p) for p in claimed]
+                if all(refusals):
+                    if hit:
+                        # The reasons of the patterns that do read the journal say most.
+                        why = [r for p, r in zip(claimed, refusals) if p.journal_exe]
+                        self.say(f"refused journal entry from {identifier!r}: "
+                                 f"{'; '.join(why or refusals[:1])}: "
+                                 f"{message.translate(_CONTROLS).decode('latin-1')}")
+                    continue
+            elif not everything:
+                continue
+            line = journal_line(fields, identifier or "-")
+            if line is not None:
+                yield line
+
+    def state(self) -> str | None:
+        """The cursor to commit: call once the lines are consumed."""
+        return self._last.decode("latin-1") if self._last else self.saved
+
+
+def open_journal(opts: "Options", patterns: Sequence[Pattern], now: float, say, warn
+                 ) -> tuple[JournalReader, str | None, str]:
+    """The reader for this run, the cursor it starts from and the cursor
+    file: the first run and --reprocess read the grace window, by time."""
+    path = journal_state_path(opts.state_dir, opts.journal_directory)
+    saved, problem = (None, None) if opts.reprocess else load_cursor(path)
+    if problem:
+        warn(problem)
+    reader = JournalReader(opts.journal_directory, opts.journal_match, saved,
+                           now - opts.grace - WINDOW_MARGIN, patterns, say, warn)
+    return reader, saved, path
+
+
+###############################################################################
 # The run #####################################################################
 ###############################################################################
 
@@ -2222,6 +2558,9 @@ class Options:
     memcache_prefix: str = "pbsmtp:"
     mysql_url: str | None = None           # --backend mysql
     mysql_table: str = "pbsmtp_relay"
+    journal: bool = False                  # read the systemd journal, not logfile
+    journal_directory: str | None = None
+    journal_match: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -2421,7 +2760,9 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
     """
     now = time.time() if now is None else now
     summary = Summary()
-    if not os.path.isfile(opts.logfile) or not os.access(opts.logfile, os.R_OK):
+    if opts.journal:
+        check_journal(opts.journal_directory)
+    elif not os.path.isfile(opts.logfile) or not os.access(opts.logfile, os.R_OK):
         reason = "does not exist" if not os.path.exists(opts.logfile) else "cannot be read"
         raise PbsmtpError(f"log {opts.logfile} {reason}")
     patterns = load_patterns(opts.patterns_dir, opts.patterns)
@@ -2442,15 +2783,19 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
         if opts.flock:
             remove_staged_leftovers(opts.state_dir)
 
-        offset_file = offset_path(opts.state_dir, opts.logfile)
-        saved, problem = (None, None) if opts.reprocess else load_offset(offset_file)
-        if problem:
-            warn(problem)
+        if opts.journal:
+            reader, saved, offset_file = open_journal(opts, patterns, now, say, warn)
+        else:
+            offset_file = offset_path(opts.state_dir, opts.logfile)
+            saved, problem = (None, None) if opts.reprocess else load_offset(offset_file)
+            if problem:
+                warn(problem)
         scratch = offset_file + ".pygtail"
         pending_file = os.path.splitext(offset_file)[0] + ".pending"
         try:
-            reader = LogReader(opts.logfile, saved, scratch, now - opts.grace, warn,
-                               keywords=pattern_anchors(patterns), now=now)
+            if not opts.journal:
+                reader = LogReader(opts.logfile, saved, scratch, now - opts.grace, warn,
+                                   keywords=pattern_anchors(patterns), now=now)
             pending = load_pending(pending_file, now) if saved else {}
             logins = collect_logins(reader, patterns, mynetworks, opts, now, summary, say,
                                     pending)
@@ -2467,7 +2812,8 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
 
         staged = [] if state == saved else [
             (pending_file, pending_text(trim_pending(pending, now))),
-            (offset_file, offset_text(opts.logfile, state))]
+            (offset_file, cursor_text(opts.journal_directory, state) if opts.journal
+             else offset_text(opts.logfile, state))]
         mark_file = os.path.splitext(offset_file)[0] + ".map"
         mark = load_mark(mark_file)
         if (saved is not None and not logins and mark is not None
@@ -2497,6 +2843,8 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
 def unread_lines(opts: Options) -> bool:
     """Whether complete lines were added to the log after the offset that the
     last run committed."""
+    if opts.journal:
+        return False         # the path unit watches files; the journal is read by cron
     saved, _ = load_offset(offset_path(opts.state_dir, opts.logfile))
     try:
         with open(opts.logfile, "rb") as f:
@@ -2623,6 +2971,19 @@ def check_log(lines: Iterable[str], patterns: Sequence[Pattern], now: float) -> 
     return report
 
 
+def check_journal_patterns(opts: Options, patterns: Sequence[Pattern], now: float
+                           ) -> PatternReport:
+    """check_log over the whole journal: entries whose sender the pattern for
+    their identifier does not trust are "refused as unsafe"."""
+    refused: list[str] = []
+    reader = JournalReader(opts.journal_directory, opts.journal_match, None, None, patterns,
+                           say=refused.append, everything=True)
+    report = check_log(reader, patterns, now)
+    report.lines = reader.lines_read
+    report.refused.extend(refused)
+    return report
+
+
 def print_pattern_report(report: PatternReport, failures: Sequence[str],
                          shown: int | None = 20, echo=print, every_pattern: bool = False
                          ) -> None:
@@ -2733,6 +3094,14 @@ def _choice(option: str, choices: Sequence[str]):
                                        f"(use one of {', '.join(choices)})")
         return value
     return check
+
+
+def _journal_matches(ctx, param, values):
+    for value in values or ():
+        if not _JOURNAL_MATCH.fullmatch(str(value)):
+            raise click.ClickException(f"--journal-match {value!r} is not FIELD=VALUE "
+                                       f"(e.g. _SYSTEMD_UNIT=dovecot.service)")
+    return tuple(str(v) for v in values or ())
 
 
 def _now(ctx, param, value):
@@ -3027,6 +3396,16 @@ def dump_config(ctx: click.Context, opts: Options, echo, warn) -> None:
                    "/var/log/maillog, else the first of /var/log/mail.log, "
                    "/var/log/mail/info, /var/log/messages]. - is standard input, "
                    "for --check-patterns.")
+@click.option("--journal", is_flag=True,
+              help="Read the systemd journal instead of --logfile: only entries whose "
+                   "trusted fields (_EXE, _UID, _SYSTEMD_UNIT) a pattern accepts count.")
+@click.option("--journal-directory", metavar="DIR",
+              help="Read the journal files in DIR (journalctl -D), e.g. "
+                   "/var/log/journal/remote; implies --journal.")
+@click.option("--journal-match", "journal_match", multiple=True, metavar="FIELD=VALUE",
+              callback=_journal_matches,
+              help="Read only the journal entries that match (journalctl MATCHES; "
+                   "repeatable). It narrows what is read; it never makes an entry trusted.")
 @click.option("--dbfile", metavar="FILE", default=DEFAULT_DBFILE, show_default=True,
               help="The map, as in main.cf without the type (postmap adds .db/.lmdb/.cdb).")
 @click.option("--map-type", callback=_choice("--map-type", list(MAP_SUFFIXES)), metavar="TYPE",
@@ -3115,10 +3494,11 @@ def dump_config(ctx: click.Context, opts: Options, echo, warn) -> None:
 @click.option("--now", hidden=True, callback=_now, allow_from_autoenv=False)
 @click.version_option(__version__, "--version", prog_name="pbsmtp-batch")
 @click.pass_context
-def cli(ctx, logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
-        reprocess, logto, use_syslog, metrics_file, list_, as_json, dumpconfig, check_patterns, line, state_dir,
-        patterns, patterns_dir, ignore_nets, postfix_config, backend, pg_dsn, pg_table,
-        memcache_server, memcache_prefix, mysql_url, mysql_table, ipv6_shared_keys, now):
+def cli(ctx, logfile, journal, journal_directory, journal_match, dbfile, map_type, grace, write,
+        dry_run, flock, debug, verbose, reprocess, logto, use_syslog, metrics_file, list_,
+        as_json, dumpconfig, check_patterns, line, state_dir, patterns, patterns_dir,
+        ignore_nets, postfix_config, backend, pg_dsn, pg_table, memcache_server,
+        memcache_prefix, mysql_url, mysql_table, ipv6_shared_keys, now):
     """Allow relaying for clients that logged in over POP3 or IMAP.
 
     Reads the mail log lines written since the last run, finds the successful
@@ -3144,7 +3524,10 @@ def cli(ctx, logfile, dbfile, map_type, grace, write, dry_run, flock, debug, ver
     tag = SD_WARNING if stderr_is_journal() else ""
     err = lambda msg: click.echo(f"{tag}pbsmtp-batch: warning: {msg}", err=True)
     changes = None
+    journal = journal or journal_directory is not None
     try:
+        if journal_match and not journal:
+            raise PbsmtpError("--journal-match needs --journal or --journal-directory")
         opts = Options(logfile=logfile or default_logfile(), dbfile=dbfile, grace=grace,
                        map_type=map_type, state_dir=state_dir, patterns_dir=patterns_dir,
                        patterns=tuple(patterns), ignore_nets=ignore_nets,
@@ -3153,7 +3536,8 @@ def cli(ctx, logfile, dbfile, map_type, grace, write, dry_run, flock, debug, ver
                        flock=flock, reprocess=reprocess, backend=backend,
                        pg_dsn=pg_dsn, pg_table=pg_table, memcache_server=memcache_server,
                        memcache_prefix=memcache_prefix, mysql_url=mysql_url,
-                       mysql_table=mysql_table)
+                       mysql_table=mysql_table, journal=journal,
+                       journal_directory=journal_directory, journal_match=journal_match)
         if dumpconfig:
             dump_config(ctx, opts, click.echo, err)
             return
@@ -3226,10 +3610,14 @@ def stderr_is_journal() -> bool:
 
 def check_patterns_cli(opts: Options, texts: Sequence[str], now: float, as_json: bool,
                        verbose: bool) -> None:
-    """--check-patterns on --logfile, standard input (-) or --line TEXT."""
+    """--check-patterns on --logfile, standard input (-), --line TEXT or the
+    journal."""
     patterns = load_patterns(opts.patterns_dir, opts.patterns)
     failures = sample_failures(patterns, now)
-    if texts:
+    if opts.journal and not texts:
+        report = check_journal_patterns(opts, patterns, now)
+        lines = None
+    elif texts:
         # The reader hands on lines as latin-1 text of the raw bytes.
         lines = [t.encode("utf-8", "surrogateescape").decode("latin-1") for t in texts]
     elif opts.logfile == "-":
@@ -3240,7 +3628,8 @@ def check_patterns_cli(opts: Options, texts: Sequence[str], now: float, as_json:
     else:
         lines = read_span(opts.logfile, 0, [])
     try:
-        report = check_log(lines, patterns, now)
+        if lines is not None:
+            report = check_log(lines, patterns, now)
     except OSError as e:
         raise PbsmtpError(f"cannot read log file {opts.logfile}: {e.strerror}")
     if as_json:

@@ -23,14 +23,19 @@ import pbsmtp_batch as pb  # noqa: E402
 
 # Options for a single action from the command line, not settings to keep in
 # the config file (the loader accepts them there too).
-ACTIONS = {"dry_run", "list_", "as_json", "check_patterns", "reprocess"}
+ACTIONS = set(pb.ACTIONS) | {"reprocess"}
 # Options that are not settings at all.
 NOT_SETTINGS = {"config", "now", "version"}
 # What to show, commented out, for settings whose default is worked out at run time.
 EXAMPLES = {"logfile": "/var/log/mail.log", "map_type": "hash",
             "patterns_dir": "/etc/pbsmtp-batch/patterns", "postfix_config": "/etc/postfix",
             "pg_dsn": "host=db.example.org dbname=mail user=pbsmtp",
-            "patterns": ["dovecot"], "ignore_nets": ["10.0.0.0/8", "2001:db8::/32"]}
+            "patterns": ["dovecot"], "ignore_nets": ["10.0.0.0/8", "2001:db8::/32"],
+            "journal_directory": "/var/log/journal/remote",
+            "journal_match": ["_SYSTEMD_UNIT=dovecot.service"],
+            "logto": "/var/log/pbsmtp-batch.log",
+            "metrics_file": "/var/lib/prometheus/node-exporter/pbsmtp_batch.prom",
+            "mysql_url": "mysql://pbsmtp@db.example.org/mail"}
 
 
 def context() -> click.Context:

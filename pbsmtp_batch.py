@@ -487,10 +487,10 @@ def patterns_for_program(patterns: tuple[Pattern, ...], program: str) -> tuple[P
 
 
 @functools.lru_cache(maxsize=64)
-def text_anchors(patterns: tuple[Pattern, ...]) -> tuple[str, ...]:
-    """pattern_anchors as text: a line holding none of them (lowercased)
-    holds none of the patterns' literals."""
-    return tuple(a.decode() for a in pattern_anchors(patterns))
+def all_literals(patterns: tuple[Pattern, ...]) -> tuple[str, ...]:
+    """Every pattern's pre-filter literals: a line holding none of them
+    cannot be read by any pattern."""
+    return tuple(sorted({k for p in patterns for k in p.contains}))
 
 
 # Pending address lines of two-line servers: (host, program, pid) -> (ip, time).
@@ -508,8 +508,7 @@ def match_login(line: str, patterns: Sequence[Pattern], now: float,
     there, and the success line of the same session takes it out.
     """
     patterns = tuple(patterns)
-    lowered = line.lower()
-    if not any(a in lowered for a in text_anchors(patterns)):
+    if not any(k in line for k in all_literals(patterns)):
         return None, None
     prefix = parse_prefix(line, now)
     if prefix is None:
@@ -1622,7 +1621,7 @@ def candidate_lines(block: bytes, anchors: Sequence[bytes]) -> list[bytes]:
 
 # Stems that most login literals share. A literal that contains one is
 # searched for by the stem; match_login then checks the literal itself.
-ANCHOR_STEMS = (b"login", b"logged in", b"auth")
+ANCHOR_STEMS = (b"login", b"logged in", b"auth", b"proxying")
 
 
 def _required_literals(items) -> tuple[str, ...] | None:
@@ -2063,6 +2062,7 @@ class FileSource:
         finally:
             self.close()
         skipped += self.stats.long_lines
+        self.lines_read += self.stats.long_lines
         if skipped:
             self._warn(f"skipped {skipped} lines longer than {MAX_LINE_BYTES} bytes "
                        f"in {self.spans[-1].path} or its rotated files: no login line "

@@ -24,6 +24,128 @@ Exit codes: 0 success (also when another run holds the lock), 1 an error
 
 from __future__ import annotations
 
+import json
+import os
+import stat
+import sys
+import time
+
+DEFAULT_DBFILE = "/etc/postfix/pop-before-smtp"
+DEFAULT_GRACE = 1800
+DEFAULT_STATE_DIR = "/var/lib/pbsmtp-batch"
+DEFAULT_CONFIG = "/etc/pbsmtp-batch.conf"
+# The classic daemon's default, then where Debian, some BSDs and RHEL put it.
+DEFAULT_LOGFILES = ("/var/log/maillog", "/var/log/mail.log", "/var/log/mail/info",
+                    "/var/log/messages")
+# What postmap writes for each map type we support, and the file it writes.
+MAP_SUFFIXES = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
+
+
+###############################################################################
+# The idle run: exit before anything else is loaded ###########################
+###############################################################################
+
+# The only options an idle run may carry (as --NAME=VALUE or --NAME VALUE);
+# any other argument means the full run.
+IDLE_OPTIONS = ("logfile", "dbfile", "state-dir", "map-type", "grace", "postfix-config", "now")
+
+
+def _own_file(path: str, kind=stat.S_ISREG) -> tuple[os.stat_result, bytes]:
+    """A state file's status and bytes: owned by us, not writable by group
+    or others, not a symlink; else ValueError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not kind(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise ValueError(path)
+        return st, os.read(fd, 1 << 16) if kind is stat.S_ISREG else b""
+    finally:
+        os.close(fd)
+
+
+def idle_run(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
+    """Whether this run would change nothing and print nothing, told by a
+    few stat calls, before click, the patterns or postconf are loaded.
+
+    True only when all of this holds, and any doubt means False (the full
+    run): the command line holds only IDLE_OPTIONS and there is no config
+    file and no PBSMTP_ or MAIL_CONFIG variable; the state directory and its
+    files are ours alone; no process holds the run's lock; the log is the
+    file last read (same inode), exactly as long as the committed offset and
+    not modified since that offset was committed, with no previous file that
+    may get late lines; the map cache names the map, whose inode, size and
+    mtime are as the last run left them, with the same grace, and its first
+    entry is not due to expire. Then a full run would read no line, merge
+    nothing and write nothing.
+    """
+    opts = {"dbfile": DEFAULT_DBFILE, "state-dir": DEFAULT_STATE_DIR,
+            "grace": str(DEFAULT_GRACE)}
+    args = iter(argv)
+    for arg in args:
+        name, eq, value = arg.partition("=")
+        if not name.startswith("--") or name[2:] not in IDLE_OPTIONS:
+            return False
+        value = value if eq else next(args, None)
+        if not value:
+            return False
+        opts[name[2:]] = value
+    if any(k.startswith("PBSMTP_") for k in environ) or "MAIL_CONFIG" in environ:
+        return False
+    try:
+        if os.path.lexists(DEFAULT_CONFIG):
+            return False
+        grace = opts["grace"]
+        if not (grace.isascii() and grace.isdigit()):
+            return False
+        now = float(opts["now"]) if "now" in opts else time.time()
+        logfile = opts.get("logfile") or next(
+            (p for p in DEFAULT_LOGFILES if os.path.exists(p)), None)
+        if logfile is None:
+            return False
+        state_dir = opts["state-dir"]
+        _own_file(state_dir, stat.S_ISDIR)
+        base = os.path.join(state_dir, os.path.abspath(logfile).strip("/").replace("/", "_"))
+        offset_st, offset_text = _own_file(base + ".offset")
+        saved = json.loads(offset_text)
+        mark_st, mark_text = _own_file(base + ".map")
+        mark = json.loads(mark_text)
+        lock = os.path.join(state_dir, "lock")
+        if os.path.lexists(lock):
+            lock_st = _own_file(lock)[0]
+            with open("/proc/locks", "rb") as f:
+                held = f":{lock_st.st_ino} ".encode()
+                if any(held in line for line in f.read().splitlines()):
+                    return False
+        log = os.stat(logfile)
+        if not (stat.S_ISREG(log.st_mode) and os.access(logfile, os.R_OK)
+                and saved.get("previous") is None and saved["offset"] > 0
+                and log.st_ino == saved["inode"] and log.st_size == saved["offset"]
+                and log.st_mtime_ns <= offset_st.st_mtime_ns):
+            return False
+        target, dbfile, map_type = mark["map"], opts["dbfile"], opts.get("map-type")
+        suffixes = [MAP_SUFFIXES[map_type]] if map_type else set(MAP_SUFFIXES.values())
+        if map_type is None:
+            # The map type comes from main.cf's default_database_type: a
+            # main.cf changed since the map was written may name another.
+            conf = opts.get("postfix-config") or "/etc/postfix"
+            if os.stat(os.path.join(conf, "main.cf")).st_mtime_ns > mark_st.st_mtime_ns:
+                return False
+        m = os.stat(target)
+        return (target in [dbfile + x for x in suffixes]
+                and [m.st_ino, m.st_size, m.st_mtime_ns] == mark["stamp"]
+                and mark["grace"] == int(grace)
+                and (mark["expires"] is None or now < mark["expires"])
+                and os.access(os.path.dirname(os.path.abspath(dbfile)), os.W_OK | os.X_OK))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError):
+        return False
+
+
+# Invoked as the command (the console script, or this file run directly):
+# an idle run exits here, silent and successful, as the full run would.
+if (__name__ == "__main__" or os.path.basename(sys.argv[0]) == "pbsmtp-batch") and idle_run(
+        sys.argv[1:], os.environ):
+    raise SystemExit(0)
+
 import bz2
 import contextlib
 import dataclasses
@@ -35,22 +157,17 @@ import functools
 import gzip
 import hashlib
 import ipaddress
-import json
 import lzma
-import os
 import re
 import shutil
 import socket
-import stat
 import struct
 import subprocess
-import sys
 import sysconfig
 import tempfile
-import time
 import tomllib
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -58,19 +175,9 @@ import click
 
 __version__ = "0.1.0"
 
-DEFAULT_DBFILE = "/etc/postfix/pop-before-smtp"
-DEFAULT_GRACE = 1800
-DEFAULT_STATE_DIR = "/var/lib/pbsmtp-batch"
-DEFAULT_CONFIG = "/etc/pbsmtp-batch.conf"
 ADMIN_PATTERNS_DIR = "/etc/pbsmtp-batch/patterns"
-# The classic daemon's default, then where Debian, some BSDs and RHEL put it.
-DEFAULT_LOGFILES = ("/var/log/maillog", "/var/log/mail.log", "/var/log/mail/info",
-                    "/var/log/messages")
 # cron's PATH is /usr/bin:/bin, but postmap and postconf live in /usr/sbin.
 SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
-
-# What postmap writes for each map type we support, and the file it writes.
-MAP_SUFFIXES = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
 # A new map is world-readable like Postfix's own tables: smtpd may read it
 # after dropping privileges.
 NEW_MAP_MODE = 0o644
@@ -2232,6 +2339,7 @@ def save_mark(path: str, store: Store, plan: Plan, grace: int) -> None:
     it cannot be written, the next run reads the map."""
     stamp = store_stamp(store)
     mark = {"stamp": stamp, "grace": grace, "active": len(plan.entries),
+            "map": map_file(store.dbfile, store.map_type) if stamp is not None else None,
             "expires": min(plan.entries.values()) + grace if plan.entries else None}
     with contextlib.suppress(OSError):
         if stamp is not None:

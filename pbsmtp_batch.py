@@ -282,6 +282,9 @@ class Plan:
     refreshed: dict[str, int] = dataclasses.field(default_factory=dict)
     expired: dict[str, int] = dataclasses.field(default_factory=dict)
     invalid: dict[str, str] = dataclasses.field(default_factory=dict)
+    # The entries merged into were read from the store as it is now, so
+    # entries == what is stored + added + refreshed - expired - invalid.
+    base_is_map: bool = False
 
     @property
     def changed(self) -> bool:
@@ -979,6 +982,45 @@ def write_map(dbfile: str, map_type: str, entries: dict[str, int],
     return replace_file(target, build, label=f"map {target}")
 
 
+def update_map(dbfile: str, map_type: str, upserts: dict[str, int], deletes: Iterable[str],
+               config_dir: str | None) -> list[str]:
+    """Publish the map with these entries added or replaced and these keys
+    removed, without rebuilding what did not change. Returns warnings.
+
+    A copy of the map is updated in place by postmap (-i -r: add, replace
+    existing keys; -d -: remove), then published exactly as write_map
+    publishes a new build (fsync, rename): readers see the old map or the
+    whole new one. The result is exactly the old map's entries with these
+    changes, so the caller must hold the map's entries as they are on disk.
+    cdb has no in-place update: use write_map.
+    """
+    target, suffix = map_file(dbfile, map_type), MAP_SUFFIXES[map_type]
+    deletes = sorted(deletes)
+
+    def build(tmp: str) -> None:
+        base = tmp + ".upd"
+        try:
+            shutil.copyfile(target, base + suffix)
+            if upserts:
+                run_tool(postfix_cmd("postmap", config_dir, "-i", "-r", f"{map_type}:{base}"),
+                         f"updating map {target} (postmap -i)",
+                         input="".join(f"{ip} {when}\n" for ip, when in sorted(upserts.items())))
+            if deletes:
+                # Exit 1 with nothing on stderr: none of the keys was there.
+                cmd = postfix_cmd("postmap", config_dir, "-d", "-", f"{map_type}:{base}")
+                done = subprocess.run(cmd, input="".join(k + "\n" for k in deletes),
+                                      capture_output=True, text=True, errors="replace")
+                if done.returncode not in (0, 1) or done.stderr.strip():
+                    detail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+                    raise PbsmtpError(f"updating map {target} (postmap -d) failed: {detail}")
+            os.replace(base + suffix, tmp)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(base + suffix)
+
+    return replace_file(target, build, label=f"map {target}")
+
+
 class Store(Protocol):
     """Where the entries live. The batch logic knows only this interface.
 
@@ -1015,6 +1057,14 @@ class PostfixMap:
         return read_map(self.dbfile, self.map_type, self.config_dir)
 
     def publish(self, plan: Plan) -> list[str]:
+        """An update of a copy when the plan says exactly what changed
+        (its entries were read from this map) and the type can be updated
+        in place; else a complete build."""
+        changes = len(plan.added) + len(plan.refreshed) + len(plan.expired)
+        if (plan.base_is_map and not plan.invalid and self.map_type != "cdb"
+                and self.exists() and changes <= max(100, len(plan.entries) // 4)):
+            return update_map(self.dbfile, self.map_type, {**plan.added, **plan.refreshed},
+                              plan.expired, self.config_dir)
         return write_map(self.dbfile, self.map_type, plan.entries, self.config_dir)
 
     def exists(self) -> bool:
@@ -2447,6 +2497,7 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
             return summary, Plan(entries={})
 
         plan = merge(store.read(), logins, now, opts.grace)
+        plan.base_is_map = True
         if plan.invalid:
             warn(f"dropped {len(plan.invalid)} map entries that are not an address "
                  f"with an all-digit time, e.g. {next(iter(plan.invalid))!r}")

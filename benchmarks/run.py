@@ -91,7 +91,15 @@ def snapshot_tool(rev: str, into: Path) -> list[str]:
                            check=True, capture_output=True, text=True).stdout.split()
     for name in names:
         (into / name).write_bytes(show(name))
-    return [tool_python(tool_command()), str(into / "pbsmtp_batch.py")]
+    # Run it as the console script does: a launcher named pbsmtp-batch that
+    # imports the module from its compiled bytecode (pip compiles it at
+    # install time), not the source compiled afresh on every run.
+    python = tool_python(tool_command())
+    subprocess.run([python, "-m", "py_compile", str(into / "pbsmtp_batch.py")], check=True)
+    launcher = into / "pbsmtp-batch"
+    launcher.write_text(f"import sys\nsys.path.insert(0, {str(into)!r})\n"
+                        "from pbsmtp_batch import main\nsys.exit(main())\n")
+    return [python, str(launcher)]
 
 
 def tool_python(tool: list[str]) -> str:

@@ -1784,7 +1784,7 @@ ANCHOR_STEMS = (b"login", b"logged in", b"auth", b"proxying")
 def _required_literals(items) -> tuple[str, ...] | None:
     """Strings one of which every match of a parsed regex (re._parser's
     form) contains, the longest such set found; None if none is sure."""
-    from re import _constants as c          # noqa: PLC0415 (only when patterns load)
+    from re import _constants as c          # noqa: PLC0415
     best: tuple[str, ...] | None = None
 
     def better(found):
@@ -1818,12 +1818,14 @@ LAYOUT_PROGRAMS = ("nginx", "qpopper-trace")
 def tag_literals(program: re.Pattern[str]) -> tuple[str, ...] | None:
     """Literals one of which every line whose tag the program regex accepts
     contains (e.g. ('popa3d',) for 'popa3d'), or None when there are none."""
-    from re import _parser                  # noqa: PLC0415
     if any(program.fullmatch(name) for name in LAYOUT_PROGRAMS):
         return None
+    # re's own parser (CPython 3.11+); should it move or change, patterns
+    # are still found, by their literal instead of their tag.
     try:
+        from re import _parser              # noqa: PLC0415
         found = _required_literals(_parser.parse(program.pattern, program.flags))
-    except Exception:                       # an unknown construct: no tag anchor
+    except Exception:
         return None
     return found if found and min(map(len, found)) >= 4 else None
 

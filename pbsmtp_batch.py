@@ -775,22 +775,29 @@ def excluded_reason(ip: str, mynetworks: Sequence[tuple[bool, Network]],
 # The map: merge and purge (pure) #############################################
 ###############################################################################
 
-def merge(existing: dict[str, str], logins: Iterable[Login], now: float, grace: int) -> Plan:
+def merge(existing: Mapping[str, str] | Mapping[str, int], logins: Iterable[Login], now: float,
+          grace: int, checked: bool = False) -> Plan:
     """The new map: existing entries plus logins, newest login per address,
     nothing older than now - grace.
 
     Existing entries whose key is not a full normalised address, or whose
     value is not an all-digit epoch, are dropped (``invalid``): such a value
     would never expire, and such a key could open a whole network.
+    ``checked`` entries (address -> int, from an earlier merge) are known to
+    be valid and are not checked again.
     """
     cutoff = now - grace
     plan = Plan(entries={})
     for key, value in existing.items():
-        if normalise_ip(key) != key:
+        if checked:
+            pass
+        elif normalise_ip(key) != key:
             plan.invalid[key] = value
+            continue
         elif not value.isdigit():
             plan.invalid[key] = value
-        elif int(value) < cutoff:
+            continue
+        if int(value) < cutoff:
             plan.expired[key] = int(value)
         else:
             plan.entries[key] = int(value)
@@ -2398,6 +2405,39 @@ def save_mark(path: str, store: Store, plan: Plan, grace: int) -> None:
             write_atomically(path, json.dumps(mark) + "\n")
 
 
+def load_entries(path: str, stamp: list[int] | None) -> dict[str, int] | None:
+    """The map's entries as the last run wrote them, if the map is still
+    that version (same inode, size and mtime): reading them here spares a
+    postmap -s of the whole map and checking every key again. None when
+    the cache is missing, damaged, or of another version of the map."""
+    if stamp is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            if os.fstat(f.fileno()).st_uid != os.geteuid():
+                return None
+            head, _, body = f.read().partition(b"\n")
+        if json.loads(head).get("stamp") != stamp:
+            return None
+        return {k.decode("ascii"): int(v) for k, v in (row.split(b" ") for row in body.split())}
+    except (OSError, ValueError, AttributeError, UnicodeError):
+        return None
+
+
+def save_entries(path: str, store: Store, plan: Plan) -> None:
+    """Remember the map's entries with the version of the map that holds
+    exactly them (call right after publishing the plan). Only a cache: if
+    it cannot be written, the next run reads the map."""
+    stamp = store_stamp(store)
+    if stamp is None:
+        return
+    text = json.dumps({"stamp": stamp}) + "\n" + "".join(
+        f"{ip} {when}\n" for ip, when in plan.entries.items())
+    with contextlib.suppress(OSError):
+        write_atomically(path, text)
+
+
 def publish(store: Store, plan: Plan, warn, staged: Sequence[tuple[str, str]]) -> None:
     """Write the map, then the state: the state files are staged first, so a
     full state file system fails the run before the map changed, and renamed
@@ -2431,7 +2471,7 @@ def remove_staged_leftovers(state_dir: str) -> None:
     with contextlib.suppress(OSError):
         for name in os.listdir(state_dir):
             if name.startswith(STAGED_PREFIX) and any(f".{kind}." in name for kind in
-                                                      ("offset", "pending", "map")):
+                                                      ("offset", "pending", "map", "entries")):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(state_dir, name))
 
@@ -2498,7 +2538,10 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
                 publish(store, Plan(entries={}), warn, staged)
             return summary, Plan(entries={})
 
-        plan = merge(store.read(), logins, now, opts.grace)
+        entries_file = os.path.splitext(offset_file)[0] + ".entries"
+        cached = load_entries(entries_file, store_stamp(store))
+        plan = merge(store.read() if cached is None else cached, logins, now, opts.grace,
+                     checked=cached is not None)
         plan.base_is_map = True
         if plan.invalid:
             warn(f"dropped {len(plan.invalid)} map entries that are not an address "
@@ -2508,6 +2551,7 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
         if opts.write:
             publish(store, plan, warn, staged)
             save_mark(mark_file, store, plan, opts.grace)
+            save_entries(entries_file, store, plan)
     return summary, plan
 
 

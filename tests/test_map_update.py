@@ -67,3 +67,35 @@ def test_a_plan_not_read_from_the_map_is_built_whole(tmp_path, conf):
     plan = pb.Plan(entries={"192.0.2.3": NOW}, added={"192.0.2.3": NOW})
     pb.PostfixMap(dbfile, "hash", conf).publish(plan)
     assert pb.read_map(dbfile, "hash", conf) == {"192.0.2.3": str(NOW)}
+
+
+def test_entries_cache_spares_reading_the_map_and_stays_exact(site):
+    """A run that finds logins merges into the entries the last run wrote,
+    when the map is still that version; a map changed behind its back is
+    read again. Either way the map is what a full read would give."""
+    from click.testing import CliRunner
+    from conftest import dovecot_login
+
+    def run(now):
+        result = CliRunner().invoke(pb.cli, site.args("-v", now=now))
+        assert result.exit_code == 0, result.output
+        return pb.read_map(str(site.map), "hash", str(site.conf))
+
+    site.append(dovecot_login(NOW - 100, "192.0.2.1"))
+    assert run(NOW) == {"192.0.2.1": str(NOW - 100)}
+    cache = next(site.state.glob("*.entries"))
+    assert cache.read_text().splitlines()[1:] == [f"192.0.2.1 {NOW - 100}"]
+    site.append(dovecot_login(NOW - 50, "192.0.2.2"))
+    assert run(NOW) == {"192.0.2.1": str(NOW - 100), "192.0.2.2": str(NOW - 50)}
+    # Someone rewrites the map: the cache no longer describes it.
+    pb.write_map(str(site.map), "hash", {"192.0.2.7": NOW - 10}, str(site.conf))
+    site.append(dovecot_login(NOW - 5, "192.0.2.3"))
+    assert run(NOW) == {"192.0.2.7": str(NOW - 10), "192.0.2.3": str(NOW - 5)}
+    # A damaged cache of the right version is not trusted either.
+    text = cache.read_text().splitlines()
+    cache.write_text("\n".join(text[:1] + ["not an entry"]) + "\n")
+    site.append(dovecot_login(NOW - 4, "192.0.2.4"))
+    assert run(NOW) == {"192.0.2.7": str(NOW - 10), "192.0.2.3": str(NOW - 5),
+                        "192.0.2.4": str(NOW - 4)}
+    # Expiry from the cached entries.
+    assert run(NOW + 1800 - 6) == {"192.0.2.3": str(NOW - 5), "192.0.2.4": str(NOW - 4)}

@@ -2420,7 +2420,8 @@ def load_entries(path: str, stamp: list[int] | None) -> dict[str, int] | None:
             head, _, body = f.read().partition(b"\n")
         if json.loads(head).get("stamp") != stamp:
             return None
-        return {k.decode("ascii"): int(v) for k, v in (row.split(b" ") for row in body.split())}
+        return {k.decode("ascii"): int(v)
+                for k, v in (row.split(b" ") for row in body.splitlines())}
     except (OSError, ValueError, AttributeError, UnicodeError):
         return None
 

@@ -87,6 +87,12 @@ def test_entries_cache_spares_reading_the_map_and_stays_exact(site):
     assert cache.read_text().splitlines()[1:] == [f"192.0.2.1 {NOW - 100}"]
     site.append(dovecot_login(NOW - 50, "192.0.2.2"))
     assert run(NOW) == {"192.0.2.1": str(NOW - 100), "192.0.2.2": str(NOW - 50)}
+    # The next run merges into the cached entries, not into a read of the
+    # map: a cached time (a state directory is trusted as far as it is
+    # private) that says 192.0.2.1 is long expired makes the run delete it.
+    cache.write_text(cache.read_text().replace(f"192.0.2.1 {NOW - 100}", f"192.0.2.1 {NOW - 5000}"))
+    site.append(dovecot_login(NOW - 40, "192.0.2.9"))
+    assert run(NOW) == {"192.0.2.2": str(NOW - 50), "192.0.2.9": str(NOW - 40)}
     # Someone rewrites the map: the cache no longer describes it.
     pb.write_map(str(site.map), "hash", {"192.0.2.7": NOW - 10}, str(site.conf))
     site.append(dovecot_login(NOW - 5, "192.0.2.3"))

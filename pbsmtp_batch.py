@@ -4,7 +4,7 @@ A mail client logs in over POP3 or IMAP; the server logs that login. Each run of
 pbsmtp-batch, started by cron or a systemd path unit, does one pass:
 
 1. takes an exclusive lock in the state directory (a second run exits 0);
-2. reads the log lines written since the saved offset (pygtail);
+2. reads the log lines written since the saved offset, across rotations;
 3. finds the successful POP/IMAP logins with the pattern files, taking each
    login's time from its own log line;
 4. merges their client addresses into the Postfix access map (key: the
@@ -24,10 +24,134 @@ Exit codes: 0 success (also when another run holds the lock), 1 an error
 
 from __future__ import annotations
 
+import json
+import os
+import stat
+import sys
+import time
+
+DEFAULT_DBFILE = "/etc/postfix/pop-before-smtp"
+DEFAULT_GRACE = 1800
+DEFAULT_STATE_DIR = "/var/lib/pbsmtp-batch"
+DEFAULT_CONFIG = "/etc/pbsmtp-batch.conf"
+# The classic daemon's default, then where Debian, some BSDs and RHEL put it.
+DEFAULT_LOGFILES = ("/var/log/maillog", "/var/log/mail.log", "/var/log/mail/info",
+                    "/var/log/messages")
+# What postmap writes for each map type we support, and the file it writes.
+MAP_SUFFIXES = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
+
+
+###############################################################################
+# The idle run: exit before anything else is loaded ###########################
+###############################################################################
+
+# The only options an idle run may carry (as --NAME=VALUE or --NAME VALUE);
+# any other argument means the full run.
+IDLE_OPTIONS = ("logfile", "dbfile", "state-dir", "map-type", "grace", "postfix-config", "now")
+
+
+def _own_file(path: str, kind=stat.S_ISREG) -> tuple[os.stat_result, bytes]:
+    """A state file's status and bytes: owned by us, not writable by group
+    or others, not a symlink; else ValueError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not kind(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise ValueError(path)
+        return st, os.read(fd, 1 << 16) if kind is stat.S_ISREG else b""
+    finally:
+        os.close(fd)
+
+
+def idle_run(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
+    """Whether this run would change nothing and print nothing, told by a
+    few stat calls, before click, the patterns or postconf are loaded.
+
+    True only when all of this holds, and any doubt means False (the full
+    run): the command line holds only IDLE_OPTIONS and there is no config
+    file and no PBSMTP_ or MAIL_CONFIG variable; the state directory and its
+    files are ours alone; no process holds the run's lock; the log is the
+    file last read (same inode), exactly as long as the committed offset and
+    not modified since that offset was committed, with no previous file that
+    may get late lines; the map cache names the map, whose inode, size and
+    mtime are as the last run left them, with the same grace, and its first
+    entry is not due to expire. Then a full run would read no line, merge
+    nothing and write nothing.
+    """
+    opts = {"dbfile": DEFAULT_DBFILE, "state-dir": DEFAULT_STATE_DIR,
+            "grace": str(DEFAULT_GRACE)}
+    args = iter(argv)
+    for arg in args:
+        name, eq, value = arg.partition("=")
+        if not name.startswith("--") or name[2:] not in IDLE_OPTIONS:
+            return False
+        value = value if eq else next(args, None)
+        if not value:
+            return False
+        opts[name[2:]] = value
+    if any(k.startswith("PBSMTP_") for k in environ) or "MAIL_CONFIG" in environ:
+        return False
+    try:
+        if os.path.lexists(DEFAULT_CONFIG):
+            return False
+        grace = opts["grace"]
+        if not (grace.isascii() and grace.isdigit()):
+            return False
+        now = float(opts["now"]) if "now" in opts else time.time()
+        logfile = opts.get("logfile") or next(
+            (p for p in DEFAULT_LOGFILES if os.path.exists(p)), None)
+        if logfile is None:
+            return False
+        state_dir = opts["state-dir"]
+        _own_file(state_dir, stat.S_ISDIR)
+        base = os.path.join(state_dir, os.path.abspath(logfile).strip("/").replace("/", "_"))
+        offset_st, offset_text = _own_file(base + ".offset")
+        saved = json.loads(offset_text)
+        mark_st, mark_text = _own_file(base + ".map")
+        mark = json.loads(mark_text)
+        lock = os.path.join(state_dir, "lock")
+        if os.path.lexists(lock):
+            lock_st = _own_file(lock)[0]
+            with open("/proc/locks", "rb") as f:
+                held = f":{lock_st.st_ino} ".encode()
+                if any(held in line for line in f.read().splitlines()):
+                    return False
+        log = os.stat(logfile)
+        if not (stat.S_ISREG(log.st_mode) and os.access(logfile, os.R_OK)
+                and saved.get("previous") is None and saved["offset"] > 0
+                and log.st_ino == saved["inode"] and log.st_size == saved["offset"]
+                and log.st_mtime_ns <= offset_st.st_mtime_ns):
+            return False
+        target, dbfile, map_type = mark["map"], opts["dbfile"], opts.get("map-type")
+        suffixes = [MAP_SUFFIXES[map_type]] if map_type else set(MAP_SUFFIXES.values())
+        if map_type is None:
+            # The map type comes from main.cf's default_database_type: a
+            # main.cf changed since the map was written may name another.
+            conf = opts.get("postfix-config") or "/etc/postfix"
+            if os.stat(os.path.join(conf, "main.cf")).st_mtime_ns > mark_st.st_mtime_ns:
+                return False
+        m = os.stat(target)
+        return (target in [dbfile + x for x in suffixes]
+                and [m.st_ino, m.st_size, m.st_mtime_ns] == mark["stamp"]
+                and mark["grace"] == int(grace)
+                and (mark["expires"] is None or now < mark["expires"])
+                and os.access(os.path.dirname(os.path.abspath(dbfile)), os.W_OK | os.X_OK))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError):
+        return False
+
+
+# Invoked as the command (the console script, or this file run directly):
+# an idle run exits here, silent and successful, as the full run would.
+if (__name__ == "__main__" or os.path.basename(sys.argv[0]) == "pbsmtp-batch") and idle_run(
+        sys.argv[1:], os.environ):
+    raise SystemExit(0)
+
 import bz2
 import contextlib
 import dataclasses
 import datetime as dt
+import enum
+import errno
 import fcntl
 import fnmatch
 import functools
@@ -35,43 +159,28 @@ import gzip
 import hashlib
 import io
 import ipaddress
-import json
 import lzma
-import os
 import pwd
 import re
 import shutil
 import socket
 import struct
 import subprocess
-import sys
 import sysconfig
 import tempfile
-import time
 import tomllib
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 import click
-from pygtail import Pygtail
 
 __version__ = "0.1.0"
 
-DEFAULT_DBFILE = "/etc/postfix/pop-before-smtp"
-DEFAULT_GRACE = 1800
-DEFAULT_STATE_DIR = "/var/lib/pbsmtp-batch"
-DEFAULT_CONFIG = "/etc/pbsmtp-batch.conf"
 ADMIN_PATTERNS_DIR = "/etc/pbsmtp-batch/patterns"
-# The classic daemon's default, then where Debian, some BSDs and RHEL put it.
-DEFAULT_LOGFILES = ("/var/log/maillog", "/var/log/mail.log", "/var/log/mail/info",
-                    "/var/log/messages")
 # cron's PATH is /usr/bin:/bin, but postmap and postconf live in /usr/sbin.
 SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
-
-# What postmap writes for each map type we support, and the file it writes.
-MAP_SUFFIXES = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
 # A new map is world-readable like Postfix's own tables: smtpd may read it
 # after dropping privileges.
 NEW_MAP_MODE = 0o644
@@ -182,6 +291,9 @@ class Plan:
     refreshed: dict[str, int] = dataclasses.field(default_factory=dict)
     expired: dict[str, int] = dataclasses.field(default_factory=dict)
     invalid: dict[str, str] = dataclasses.field(default_factory=dict)
+    # The entries merged into were read from the store as it is now, so
+    # entries == what is stored + added + refreshed - expired - invalid.
+    base_is_map: bool = False
 
     @property
     def changed(self) -> bool:
@@ -578,10 +690,10 @@ def patterns_for_program(patterns: tuple[Pattern, ...], program: str) -> tuple[P
 
 
 @functools.lru_cache(maxsize=64)
-def text_anchors(patterns: tuple[Pattern, ...]) -> tuple[str, ...]:
-    """pattern_anchors as text: a line holding none of them (lowercased)
-    holds none of the patterns' literals."""
-    return tuple(a.decode() for a in pattern_anchors(patterns))
+def all_literals(patterns: tuple[Pattern, ...]) -> tuple[str, ...]:
+    """Every pattern's pre-filter literals: a line holding none of them
+    cannot be read by any pattern."""
+    return tuple(sorted({k for p in patterns for k in p.contains}))
 
 
 # Pending address lines of two-line servers: (host, program, pid) -> (ip, time).
@@ -599,8 +711,7 @@ def match_login(line: str, patterns: Sequence[Pattern], now: float,
     there, and the success line of the same session takes it out.
     """
     patterns = tuple(patterns)
-    lowered = line.lower()
-    if not any(a in lowered for a in text_anchors(patterns)):
+    if not any(k in line for k in all_literals(patterns)):
         return None, None
     prefix = parse_prefix(line, now)
     if prefix is None:
@@ -757,22 +868,29 @@ def excluded_reason(ip: str, mynetworks: Sequence[tuple[bool, Network]],
 # The map: merge and purge (pure) #############################################
 ###############################################################################
 
-def merge(existing: dict[str, str], logins: Iterable[Login], now: float, grace: int) -> Plan:
+def merge(existing: Mapping[str, str] | Mapping[str, int], logins: Iterable[Login], now: float,
+          grace: int, checked: bool = False) -> Plan:
     """The new map: existing entries plus logins, newest login per address,
     nothing older than now - grace.
 
     Existing entries whose key is not a full normalised address, or whose
     value is not an all-digit epoch, are dropped (``invalid``): such a value
     would never expire, and such a key could open a whole network.
+    ``checked`` entries (address -> int, from an earlier merge) are known to
+    be valid and are not checked again.
     """
     cutoff = now - grace
     plan = Plan(entries={})
     for key, value in existing.items():
-        if normalise_ip(key) != key:
+        if checked:
+            pass
+        elif normalise_ip(key) != key:
             plan.invalid[key] = value
+            continue
         elif not value.isdigit():
             plan.invalid[key] = value
-        elif int(value) < cutoff:
+            continue
+        if int(value) < cutoff:
             plan.expired[key] = int(value)
         else:
             plan.entries[key] = int(value)
@@ -964,6 +1082,45 @@ def write_map(dbfile: str, map_type: str, entries: dict[str, int],
     return replace_file(target, build, label=f"map {target}")
 
 
+def update_map(dbfile: str, map_type: str, upserts: dict[str, int], deletes: Iterable[str],
+               config_dir: str | None) -> list[str]:
+    """Publish the map with these entries added or replaced and these keys
+    removed, without rebuilding what did not change. Returns warnings.
+
+    A copy of the map is updated in place by postmap (-i -r: add, replace
+    existing keys; -d -: remove), then published exactly as write_map
+    publishes a new build (fsync, rename): readers see the old map or the
+    whole new one. The result is exactly the old map's entries with these
+    changes, so the caller must hold the map's entries as they are on disk.
+    cdb has no in-place update: use write_map.
+    """
+    target, suffix = map_file(dbfile, map_type), MAP_SUFFIXES[map_type]
+    deletes = sorted(deletes)
+
+    def build(tmp: str) -> None:
+        base = tmp + ".upd"
+        try:
+            shutil.copyfile(target, base + suffix)
+            if upserts:
+                run_tool(postfix_cmd("postmap", config_dir, "-i", "-r", f"{map_type}:{base}"),
+                         f"updating map {target} (postmap -i)",
+                         input="".join(f"{ip} {when}\n" for ip, when in sorted(upserts.items())))
+            if deletes:
+                # Exit 1 with nothing on stderr: none of the keys was there.
+                cmd = postfix_cmd("postmap", config_dir, "-d", "-", f"{map_type}:{base}")
+                done = subprocess.run(cmd, input="".join(k + "\n" for k in deletes),
+                                      capture_output=True, text=True, errors="replace")
+                if done.returncode not in (0, 1) or done.stderr.strip():
+                    detail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+                    raise PbsmtpError(f"updating map {target} (postmap -d) failed: {detail}")
+            os.replace(base + suffix, tmp)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(base + suffix)
+
+    return replace_file(target, build, label=f"map {target}")
+
+
 class Store(Protocol):
     """Where the entries live. The batch logic knows only this interface.
 
@@ -1000,6 +1157,14 @@ class PostfixMap:
         return read_map(self.dbfile, self.map_type, self.config_dir)
 
     def publish(self, plan: Plan) -> list[str]:
+        """An update of a copy when the plan says exactly what changed
+        (its entries were read from this map) and the type can be updated
+        in place; else a complete build."""
+        changes = len(plan.added) + len(plan.refreshed) + len(plan.expired)
+        if (plan.base_is_map and not plan.invalid and self.map_type != "cdb"
+                and self.exists() and changes <= max(100, len(plan.entries) // 4)):
+            return update_map(self.dbfile, self.map_type, {**plan.added, **plan.refreshed},
+                              plan.expired, self.config_dir)
         return write_map(self.dbfile, self.map_type, plan.entries, self.config_dir)
 
     def exists(self) -> bool:
@@ -1743,26 +1908,8 @@ def is_compressed(path: str) -> bool:
     return os.path.splitext(path)[1] in DECOMPRESS
 
 
-def open_log(path: str) -> BinaryIO:
-    opener = DECOMPRESS.get(os.path.splitext(path)[1])
-    return opener(path, "rb") if opener else open(path, "rb")
-
-
 def fingerprint(head: bytes) -> str:
     return hashlib.sha256(head).hexdigest()
-
-
-def is_same_log(path: str, mark: Offset) -> bool:
-    """Whether this file, perhaps renamed, compressed or copied, starts with
-    the same bytes as the one that was read."""
-    if not mark.length:
-        return False
-    try:
-        with open_log(path) as f:
-            head = f.read(mark.length)
-    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError):
-        return False
-    return len(head) == mark.length and fingerprint(head) == mark.fingerprint
 
 
 _ROTATED = r"(?:\.(?P<n>\d+)|[.-](?P<date>\d[\d-]*\d|\d))(?P<z>\.gz|\.bz2|\.xz)?"
@@ -1774,7 +1921,10 @@ def rotated_logs(logfile: str) -> list[str]:
     logrotate(8) numbers them (mail.log.1, mail.log.2.gz: a higher number is
     older) or, with dateext, dates them (mail.log-20261124[-1795563000][.gz]:
     the text sorts by age); savelog(8) starts at .0. Modification times are
-    no guide: compression gives a file a new one.
+    no guide: compression gives a file a new one. Of two files of the same
+    age, the compressed one comes first: while logrotate compresses
+    mail.log.1, the half-written mail.log.1.gz and the complete mail.log.1
+    both exist, and a search from the newest end finds the complete one.
     """
     directory, base = os.path.split(os.path.abspath(logfile))
     pattern = re.compile(re.escape(base) + _ROTATED)
@@ -1787,25 +1937,8 @@ def rotated_logs(logfile: str) -> list[str]:
         m = pattern.fullmatch(name)
         if m:
             key = (0, -int(m["n"]), "") if m["n"] else (1, 0, m["date"])
-            found.append((key, os.path.join(directory, name)))
-    return [path for _, path in sorted(found)]
-
-
-def recent_logs(rotated: Sequence[str], cutoff: float) -> list[str]:
-    """The rotated logs that may hold lines newer than cutoff, oldest first.
-
-    A file's mtime is never earlier than its newest line, so going back from
-    the newest, the first file last changed before the cutoff ends the search.
-    """
-    keep = []
-    for path in reversed(rotated):
-        try:
-            if os.stat(path).st_mtime < cutoff:
-                break
-        except OSError:
-            continue
-        keep.append(path)
-    return keep[::-1]
+            found.append((key, not m["z"], os.path.join(directory, name)))
+    return [path for *_, path in sorted(found)]
 
 
 def offset_path(state_dir: str, logfile: str) -> str:
@@ -1902,43 +2035,69 @@ def pending_text(pending: Pending) -> str:
     return json.dumps([[*key, ip, when] for key, (ip, when) in sorted(pending.items())]) + "\n"
 
 
-def read_blocks(path: str, start: int, marks: list[Offset],
-                opened: BinaryIO | None = None) -> Iterator[bytes]:
-    """The complete lines of one file from a byte offset, in blocks of about
-    1 MiB that each end with a newline.
+# Blocks are read this big: large enough that the per-block Python work is
+# lost in the I/O, small enough to keep the reader's memory flat.
+BLOCK_BYTES = 1 << 20
+# No server writes a login line this long (rsyslog's default maximum message
+# is 8 KiB, journald's LineMax 48 KiB). A longer line is skipped, counted and
+# warned about once per run, and never reaches a regex; the carry of an
+# unfinished line is bounded by it, so memory stays flat whatever the bytes.
+MAX_LINE_BYTES = 1 << 16
 
-    A plain file may still grow, so a last line without its newline is left
-    for the next run; a compressed one is finished. Once the blocks are
-    consumed, where reading stopped is appended to ``marks``. ``opened`` is
-    the file already opened by open_log(path) (see LogReader).
+
+@dataclasses.dataclass
+class ReadStats:
+    """What a read skipped, for the run's one warning."""
+    long_lines: int = 0
+
+
+def complete_blocks(f: BinaryIO, pos: int, finished: bool, stats: ReadStats
+                    ) -> Iterator[tuple[bytes, int]]:
+    """Blocks of whole lines from f (positioned at byte pos), each ending
+    with a newline, and the position just after each block.
+
+    An unfinished last line of a file that may still grow (not ``finished``)
+    is left for the next run: the position stays at its start. A line longer
+    than MAX_LINE_BYTES is dropped as it is read (counted in stats), so the
+    carry never exceeds it and each byte is looked at a bounded number of
+    times: linear time, flat memory.
     """
-    compressed = is_compressed(path)
-    with opened or open_log(path) as f:
-        inode = os.fstat(f.fileno()).st_ino
-        # Issue 4 fix: the head is taken before reading on. Taken at the end,
-        # it was the new content's when copytruncate emptied the file during
-        # the run, so the next run could not find the copy by its fingerprint
-        # and re-read the whole grace window.
-        head = f.read(FINGERPRINT_BYTES)
-        f.seek(start)
-        pos, rest = start, b""
-        while block := f.read(1 << 20):
+    rest, skipping = b"", 0          # skipping: bytes of an over-long line seen so far
+    while block := f.read(BLOCK_BYTES):
+        if skipping:
+            nl = block.find(b"\n")
+            if nl < 0:
+                skipping += len(block)
+                continue
+            pos += skipping + nl + 1
+            stats.long_lines += 1
+            skipping, block = 0, block[nl + 1:]
+        else:
             block = rest + block
-            cut = block.rfind(b"\n") + 1
-            rest, pos = block[cut:], pos + cut
-            if cut:
-                yield block[:cut]
-        if rest and compressed:
-            pos += len(rest)
-            yield rest + b"\n"
-    head = head[:min(pos, FINGERPRINT_BYTES)]
-    marks.append(Offset(inode, pos, fingerprint(head), len(head)))
+        cut = block.rfind(b"\n") + 1
+        rest = block[cut:]
+        if cut:
+            pos += cut
+            yield block[:cut], pos
+        if len(rest) > MAX_LINE_BYTES:
+            skipping, rest = len(rest), b""
+    if finished:
+        if skipping:
+            stats.long_lines += 1
+            yield b"", pos + skipping
+        elif rest:
+            yield rest + b"\n", pos + len(rest)
 
 
 def read_span(path: str, start: int, marks: list[Offset]) -> Iterator[str]:
-    """Every line of one file from a byte offset (see read_blocks)."""
-    for block in read_blocks(path, start, marks):
-        yield from block[:-1].decode("latin-1").split("\n")
+    """Every line of one file from a byte offset, through the same reader as
+    a run; where reading stopped is appended to ``marks``."""
+    log = survey_file(path)
+    if log.problem or log.error:
+        raise survey_error(log)
+    source = FileSource.from_spans([Span(path, Start.OFFSET, start)], {path: log})
+    yield from source
+    marks.append(source.marks[-1])
 
 
 def candidate_lines(block: bytes, anchors: Sequence[bytes]) -> list[bytes]:
@@ -1963,52 +2122,82 @@ def candidate_lines(block: bytes, anchors: Sequence[bytes]) -> list[bytes]:
 
 # Stems that most login literals share. A literal that contains one is
 # searched for by the stem; match_login then checks the literal itself.
-ANCHOR_STEMS = (b"login", b"logged in", b"auth")
+ANCHOR_STEMS = (b"login", b"logged in", b"auth", b"proxying")
+
+
+def _required_literals(items) -> tuple[str, ...] | None:
+    """Strings one of which every match of a parsed regex (re._parser's
+    form) contains, the longest such set found; None if none is sure."""
+    from re import _constants as c          # noqa: PLC0415
+    best: tuple[str, ...] | None = None
+
+    def better(found):
+        nonlocal best
+        if found and (best is None or min(map(len, found)) > min(map(len, best))):
+            best = found
+
+    run = ""
+    for op, arg in list(items) + [(None, None)]:
+        if op is c.LITERAL:
+            run += chr(arg)
+            continue
+        better((run,) if run else None)
+        run = ""
+        if op is c.SUBPATTERN:
+            better(_required_literals(arg[-1]))
+        elif op is c.BRANCH:
+            alternatives = [_required_literals(a) for a in arg[1]]
+            if all(alternatives):
+                better(tuple(sorted({s for a in alternatives for s in a})))
+        elif op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT) and arg[0] >= 1:
+            better(_required_literals(arg[2]))
+    return best
+
+
+# Programs that parse_prefix names by a log's own layout, whose lines do
+# not carry the name as text (nginx's error_log, Qpopper's trace file).
+LAYOUT_PROGRAMS = ("nginx", "qpopper-trace")
+
+
+def tag_literals(program: re.Pattern[str]) -> tuple[str, ...] | None:
+    """Literals one of which every line whose tag the program regex accepts
+    contains (e.g. ('popa3d',) for 'popa3d'), or None when there are none."""
+    if any(program.fullmatch(name) for name in LAYOUT_PROGRAMS):
+        return None
+    # re's own parser (CPython 3.11+); should it move or change, patterns
+    # are still found, by their literal instead of their tag.
+    try:
+        from re import _parser              # noqa: PLC0415
+        found = _required_literals(_parser.parse(program.pattern, program.flags))
+    except Exception:
+        return None
+    return found if found and min(map(len, found)) >= 4 else None
 
 
 def pattern_anchors(patterns: Sequence[Pattern]) -> tuple[bytes, ...]:
     """Lowercase search anchors that together find every line that holds one
-    of the patterns' pre-filter literals."""
+    of the patterns' pre-filter literals on a tag the pattern reads.
+
+    A literal that holds a login stem is found by the stem. One that does
+    not ("connect from ", the address line of two-line servers) is common
+    in a mail log, in Postfix's own lines: it is found by the pattern's tag
+    instead, which every line the pattern can read carries, so the tag is
+    decided before any login word is looked at.
+    """
     words = set()
-    for literal in (k.lower().encode() for p in patterns for k in p.contains):
-        words.add(next((stem for stem in ANCHOR_STEMS if stem in literal), literal))
+    for p in patterns:
+        tags = None
+        for literal in (k.lower().encode() for k in p.contains):
+            stem = next((s for s in ANCHOR_STEMS if s in literal), None)
+            if stem is None:
+                tags = tags or tag_literals(p.program)
+            words.update([stem] if stem else
+                         [t.lower().encode() for t in tags] if tags else [literal])
     kept: list[bytes] = []
     for word in sorted(words, key=len):
         if not any(k in word for k in kept):
             kept.append(word)
     return tuple(kept)
-
-
-class _Tail(Pygtail):
-    """pygtail, with two changes (issue 4 fixes).
-
-    Lines end at "\\n" only. pygtail opens the log in text mode with
-    universal newlines, which also ends a line at a lone "\\r": a crafted
-    "... user=<x\\rNov 24 23:01:02 mail dovecot: imap-login: Login: ...
-    rip=ATTACKER ...>" then became a login line of its own on incremental
-    runs, though read_blocks (first run, rotations) never split it there.
-
-    It stays on the file it started on. At the end of a renamed log pygtail
-    went on to the new one, and the committed state then no longer named
-    the renamed file: the lines the daemon wrote to it afterwards, before it
-    reopened its log, were never read. Now the next run finds the renamed
-    file by inode and fingerprint and reads the rest of it, then the new one.
-    """
-
-    def _filehandle(self):
-        if not self.fh or self._is_closed():
-            self._counter += 1
-            self.fh = open(self.filename, "r", 1, encoding="latin-1", newline="\n")
-            self.fh.seek(self.offset)
-        return self.fh
-
-    def _is_new_file(self):
-        return False
-
-
-# A span of a file read "from where the grace window begins" (see LogReader).
-WINDOW = -1
-WINDOW_MARGIN = 3600
 
 
 def window_start(f: BinaryIO, target: float, now: float) -> int:
@@ -2017,7 +2206,8 @@ def window_start(f: BinaryIO, target: float, now: float) -> int:
 
     Logs are in time order give or take a little, which the caller's margin
     covers. Where a probe finds no time it can read, the search stops, so the
-    start is never later than the times show. The file is left at 0.
+    start is never later than the times show. Each probe reads a bounded
+    amount, whatever the bytes. The file is left at 0.
     """
     lo, hi = 0, os.fstat(f.fileno()).st_size
     while hi - lo > 1 << 20:
@@ -2025,7 +2215,7 @@ def window_start(f: BinaryIO, target: float, now: float) -> int:
         f.seek(mid)
         when = None
         for raw in f.read(1 << 16).split(b"\n")[1:-1]:     # whole lines after mid
-            prefix = parse_prefix(raw.decode("latin-1"), now)
+            prefix = parse_prefix(raw[:MAX_LINE_BYTES].decode("latin-1"), now)
             if prefix is not None and prefix.when is not None:
                 when = prefix.when
                 break
@@ -2034,183 +2224,360 @@ def window_start(f: BinaryIO, target: float, now: float) -> int:
         lo, hi = (mid, hi) if when < target else (lo, mid)
     start = 0
     if lo:
+        # The line around lo is older than target too: start after it, or
+        # at lo when no newline follows soon (then the reader skips it).
         f.seek(lo)
-        f.readline()                 # the line around lo is older than target too
-        start = f.tell()
+        chunk = f.read(MAX_LINE_BYTES + 1)
+        nl = chunk.find(b"\n")
+        start = lo + nl + 1 if nl >= 0 else lo
     f.seek(0)
     return start
 
 
-class LogReader:
-    """Every log line written since the saved state, however the log was
-    rotated in between; then the state to commit.
+###############################################################################
+# The file source: survey, plan the spans (pure), read them ###################
+###############################################################################
 
-    The ordinary case, the same file grown, is pygtail's: it gets a scratch
-    offset file of its own, because it writes its offset file as it pleases,
-    and the offset that counts is committed by us after the map is written.
-    It reads with latin-1, which maps every byte to a character, so no byte
-    sequence can raise; lines are decoded as UTF-8 later. full_lines keeps a
-    half-written last line for the next run.
+# Where a plain file's reading begins when the grace window is read again
+# (first run, --reprocess, the old file gone): where its lines reach the
+# window, less an hour for lines logged out of order.
+WINDOW_MARGIN = 3600
 
-    pygtail loses lines in the other cases (FACTS: compress without
-    delaycompress, several rotations between runs, copytruncate onto a file
-    that is already longer, late writes to the renamed file), so those are
-    ours: the file read last time is found among the rotated ones by its
-    inode or, once compressed or copied, by a fingerprint of its head; the
-    rest of it is read, then every newer rotated file, then the log itself.
-    When it cannot be found, the rotated files of the grace window are read
-    again: merging is idempotent, so re-reading costs time, never entries.
+
+class Start(enum.Enum):
+    """Where a span's reading begins."""
+    OFFSET = "offset"      # at Span.offset, a byte position known from the saved state
+    WINDOW = "window"      # where the grace window begins (a compressed file: at 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Span:
+    """One file to read, from where."""
+    path: str
+    start: Start
+    offset: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class LogFile:
+    """A file named like the log, as found before any span is planned."""
+    path: str
+    inode: int = 0
+    size: int = 0
+    mtime: float = 0.0
+    compressed: bool = False
+    head: bytes | None = None      # the first FINGERPRINT_BYTES; None: cannot be read
+    error: OSError | None = dataclasses.field(default=None, compare=False)
+    problem: str | None = None     # why it is no log at all (then it is left out)
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: str) -> BinaryIO:
+    """Open a file for reading only if it is a regular file.
+
+    O_NONBLOCK: opening a FIFO must not wait for a writer (it would hang the
+    run while it holds the lock); the type is then checked on the open file,
+    so a rename in between cannot swap in something else.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"{_kind(mode)}, not a log", path)
+        os.set_blocking(fd, True)
+        # Unbuffered: a buffer filled while surveying would later hand out
+        # bytes that a copytruncate has since removed from the file.
+        return os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def decompressing(raw: BinaryIO, path: str) -> BinaryIO:
+    """A reader of the file's content: raw, or decompressed by its suffix.
+    The raw file stays open when the reader is closed."""
+    opener = DECOMPRESS.get(os.path.splitext(path)[1])
+    return opener(raw) if opener else raw
+
+
+DECOMPRESS_ERRORS = (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile, ValueError)
+
+
+def survey_file(path: str, handles: dict[str, BinaryIO] | None = None) -> LogFile:
+    """What the file at path is. Its open handle goes into ``handles``, so
+    that the spans read later are the files surveyed now even if they are
+    renamed in between."""
+    compressed = is_compressed(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return LogFile(path, error=e, problem=e.strerror)
+    if not stat.S_ISREG(st.st_mode):
+        return LogFile(path, st.st_ino, problem=f"{_kind(st.st_mode)}, not a log")
+    try:
+        raw = open_regular(path)
+    except OSError as e:
+        # Unreadable (permissions): kept, to be matched by inode; reading it
+        # later says why it cannot.
+        return LogFile(path, st.st_ino, st.st_size, st.st_mtime, compressed, None, e,
+                       None if e.errno in (errno.EACCES, errno.EPERM) else e.strerror)
+    try:
+        f = decompressing(raw, path)
+        head = f.read(FINGERPRINT_BYTES)
+        raw.seek(0)
+    except DECOMPRESS_ERRORS as e:
+        raw.close()
+        return LogFile(path, st.st_ino, problem=f"cannot be decompressed ({e or type(e).__name__})")
+    except OSError as e:
+        raw.close()
+        return LogFile(path, st.st_ino, error=e, problem=e.strerror)
+    if handles is None:
+        raw.close()
+    else:
+        handles[path] = raw
+    st = os.fstat(raw.fileno()) if handles is not None else st
+    return LogFile(path, st.st_ino, st.st_size, st.st_mtime, compressed, head)
+
+
+def survey_error(log: LogFile) -> OSError:
+    return log.error or OSError(errno.EINVAL, log.problem, log.path)
+
+
+def is_same_log(log: LogFile, mark: Offset) -> bool:
+    """Whether this file, perhaps renamed, compressed or copied, is the one
+    read up to mark. ext4 hands a freed inode number to the next new file at
+    once, so after two rotations a newer log can carry the old file's
+    number: a plain file's number counts only with a matching head (a mark
+    without a fingerprint, from pygtail's format, has only the number). An
+    unreadable file with the number counts as the same: reading it then
+    says why it cannot."""
+    same_head = (mark.length > 0 and log.head is not None and len(log.head) >= mark.length
+                 and fingerprint(log.head[:mark.length]) == mark.fingerprint)
+    if not log.compressed and log.inode == mark.inode:
+        return not mark.length or log.head is None or same_head
+    return same_head
+
+
+def recent_logs(rotated: Sequence[LogFile], cutoff: float) -> list[LogFile]:
+    """The rotated logs that may hold lines newer than cutoff, oldest first.
+
+    A file's mtime is never earlier than its newest line, so going back from
+    the newest, the first file last changed before the cutoff ends the search.
+    """
+    keep = []
+    for log in reversed(rotated):
+        if log.mtime < cutoff:
+            break
+        keep.append(log)
+    return keep[::-1]
+
+
+def plan_spans(saved: LogState | None, log: LogFile, rotated: Sequence[LogFile],
+               cutoff: float) -> tuple[list[Span], str | None]:
+    """What to read, in order, to see every line written since the saved
+    state, however the log was rotated in between; and a warning, if lines
+    may have been lost. Pure: the files are described by their survey.
+
+    The file read last time is found among the rotated ones by its inode or,
+    once compressed or copied, by its head; the rest of it is read, then
+    every newer rotated file, then the log itself. When it cannot be found,
+    the rotated files of the grace window are read again: merging is
+    idempotent, so re-reading costs time, never entries.
+    """
+    def newest(mark: Offset, files: Sequence[LogFile]) -> int | None:
+        return next((i for i in reversed(range(len(files))) if is_same_log(files[i], mark)),
+                    None)
+
+    def from_(i: int, offset: int) -> list[Span]:
+        return ([Span(rotated[i].path, Start.OFFSET, offset)]
+                + [Span(f.path, Start.OFFSET, 0) for f in rotated[i + 1:]]
+                + [Span(log.path, Start.OFFSET, 0)])
+
+    window = ([Span(f.path, Start.WINDOW) for f in recent_logs(rotated, cutoff)]
+              + [Span(log.path, Start.WINDOW)])
+    current = saved.current if saved else None
+    previous = saved.previous if saved else None
+    if current is None or current.offset == 0:
+        # A mark at offset 0 has no head to fingerprint: a log that
+        # copytruncate emptied and that then grew would look like the same
+        # file. Nothing was read from it yet, so read on from the previous
+        # run's newest rotated file, else the grace window.
+        at = newest(previous, rotated) if previous and current else None
+        return (window if at is None else from_(at, previous.offset)), None
+    if (log.inode == current.inode and log.size >= current.offset and log.head is not None
+            and (not current.length
+                 or fingerprint(log.head[:current.length]) == current.fingerprint)):
+        # The same file, grown. The newest rotated file may have got lines
+        # that the daemon wrote to it after the last run, before it reopened
+        # its log; a compressed one is finished.
+        last = rotated[-1] if rotated else None
+        late = ([Span(last.path, Start.OFFSET, previous.offset)]
+                if previous and last and not last.compressed and is_same_log(last, previous)
+                else [])
+        return late + [Span(log.path, Start.OFFSET, current.offset)], None
+    at = newest(current, rotated)
+    if at is None:
+        return window, (f"{log.path} was rotated or truncated and the part read last time "
+                        f"is gone; re-reading the grace window")
+    spans = from_(at, current.offset)
+    # Late lines of the file before it, when that one has been rotated again
+    # since (delaycompress: mail.log.1 became mail.log.2.gz).
+    late = newest(previous, rotated[:at]) if previous else None
+    if late is not None:
+        spans.insert(0, Span(rotated[late].path, Start.OFFSET, previous.offset))
+    return spans, None
+
+
+class Source(Protocol):
+    """Where log lines come from: the log file (FileSource) or the journal.
+
+    Iterating yields candidate lines, latin-1 text without the newline, in
+    log order (lines that cannot be a login may be left out); ``lines_read``
+    counts every line read; state() is what to commit once the map holding
+    their logins is durable.
+    """
+    lines_read: int
+
+    def __iter__(self) -> Iterator[str]: ...
+    def state(self) -> object: ...
+
+
+class FileSource:
+    """Every log line written since the saved state (see plan_spans), read
+    in blocks through one pre-filter, whatever the span: the grown log, the
+    rest of a rotated one, the grace window.
+
+    Every file is opened once, while surveying, before anything is read: a
+    rotation during the run (mail.log became mail.log.1) must not swap a
+    file under a span, and the head that identifies a file next time is the
+    one taken before reading on (copytruncate may empty it meanwhile).
+    Lines end at "\\n" only, never at a lone "\\r": a crafted user name
+    holding "\\r" and a whole success line stays inside its own line.
     """
 
-    def __init__(self, logfile: str, saved: LogState | None, scratch: str, cutoff: float,
+    def __init__(self, logfile: str, saved: LogState | None, cutoff: float,
                  warn=lambda msg: None, keywords: Sequence[bytes] = (),
                  now: float | None = None):
-        self.logfile, self.scratch, self.keywords = logfile, scratch, tuple(keywords)
-        # When the grace window is read again (first run, --reprocess, the
-        # old file gone), a plain file is entered where its lines reach the
-        # window, less an hour for lines logged out of order.
-        self._window = None if now is None else (cutoff - WINDOW_MARGIN, now)
-        self.lines_read = 0
-        self._marks: list[Offset] = []
-        self._previous = saved.previous if saved else None
-        self._pygtail: Pygtail | None = None
-        rotated = rotated_logs(logfile)
-        current = saved.current if saved else None
-        # Issue 4 fix: a mark at offset 0 has no head to fingerprint, so a log
-        # that copytruncate emptied and that then grew looked like the same
-        # file, and the lines in the copy were lost; a log renamed and
-        # compressed since could not be found, which warned. Nothing was read
-        # from it yet, so read every rotated file newer than the previous
-        # run's newest one (from where that one was left), else the grace
-        # window as on a first run; then the log from 0.
-        if current is None or current.offset == 0:
-            prev = self._previous if current else None
-            anchor = prev and next((p for p in reversed(rotated) if self._is(p, prev)), None)
-            if anchor:
-                newer = rotated[rotated.index(anchor) + 1:]
-                self._spans = [(anchor, prev.offset)] + [(p, 0) for p in newer]
-            else:
-                self._spans = [(p, WINDOW) for p in recent_logs(rotated, cutoff)]
-            self._spans.append((logfile, 0 if anchor else WINDOW))
-            self._open()
-            return
-        # Issue 4 fix: the log is opened once, here, and that handle is the
-        # one checked, fingerprinted and read (by pygtail). Checked by name
-        # and read by name later, a rotation in between made the run read
-        # the new log from the old one's offset; and the head, taken at the
-        # end, was the new content's after a copytruncate during the run.
-        log = open(logfile, "r", 1, encoding="latin-1", newline="\n")
-        st = os.fstat(log.fileno())
-        head = os.pread(log.fileno(), FINGERPRINT_BYTES, 0)
-        if (st.st_ino == current.inode and st.st_size >= current.offset
-                and (not current.length or
-                     fingerprint(head[:current.length]) == current.fingerprint)):
-            self._spans = self._late_lines(rotated) + [(logfile, None)]
-            self._head = head
-            try:
-                write_atomically(scratch, f"{current.inode}\n{current.offset}\n")
-            except OSError as e:
-                log.close()
-                # Issue 4 fix: this is a write to the state directory; run()
-                # would have reported it as "cannot read <log>: No space ...".
-                raise PbsmtpError(f"cannot write {scratch}: {e.strerror}") from None
-            self._pygtail = _Tail(logfile, offset_file=scratch, save_on_end=False,
-                                  full_lines=True, encoding="latin-1")
-            self._pygtail.fh, self._pygtail.offset = log, current.offset
-            self._pygtail.rotated_logfile = None
-            log.seek(current.offset)
-            self._open()
-            return
-        log.close()
-        old = next((p for p in reversed(rotated) if self._is(p, current)), None)
-        if old is None:
-            warn(f"{logfile} was rotated or truncated and the part read last time "
-                 f"is gone; re-reading the grace window")
-            self._spans = [(p, WINDOW) for p in recent_logs(rotated, cutoff)] + [(logfile, WINDOW)]
-            self._open()
-            return
-        newer = rotated[rotated.index(old) + 1:]
-        self._spans = [(old, current.offset)] + [(p, 0) for p in newer] + [(logfile, 0)]
-        # Issue 4 fix: late lines that reached the previous run's newest
-        # rotated file after that run, when it has been rotated again since
-        # (delaycompress: mail.log.1 became mail.log.2.gz), were never read.
-        prev = self._previous
-        late = prev and next((p for p in reversed(rotated[:rotated.index(old)])
-                              if self._is(p, prev)), None)
-        if late:
-            self._spans.insert(0, (late, prev.offset))
-        self._open()
-
-    def _open(self) -> None:
-        """Issue 4 fix: open every file to read now. Opened by name as they
-        were reached, a rotation during the run (mail.log became mail.log.1)
-        made this run read the new log from 0 and never the old one's rest."""
-        self._files = []
+        handles: dict[str, BinaryIO] = {}
         try:
-            for path, start in self._spans:
-                self._files.append(None if start is None else open_log(path))
+            log = survey_file(logfile, handles)
+            if log.problem or log.error:
+                raise survey_error(log)
+            files = {logfile: log}
+            rotated = []
+            for path in rotated_logs(logfile):
+                found = survey_file(path, handles)
+                if found.problem:
+                    warn(f"skipped rotated log {path}: {found.problem}")
+                    continue
+                files[path] = found
+                rotated.append(found)
+            spans, warning = plan_spans(saved, log, rotated, cutoff)
         except BaseException:
-            for f in self._files:
-                if f is not None:
-                    f.close()
+            for raw in handles.values():
+                raw.close()
             raise
+        if warning:
+            warn(warning)
+        self._setup(spans, files, handles, warn, keywords,
+                    None if now is None else (cutoff - WINDOW_MARGIN, now))
 
-    @staticmethod
-    def _is(path: str, mark: Offset) -> bool:
+    @classmethod
+    def from_spans(cls, spans: Sequence[Span], files: dict[str, LogFile],
+                   keywords: Sequence[bytes] = ()) -> "FileSource":
+        self = cls.__new__(cls)
+        handles: dict[str, BinaryIO] = {}
+        for span in spans:
+            handles[span.path] = open_regular(span.path)
+        self._setup(list(spans), files, handles, lambda msg: None, keywords, None)
+        return self
+
+    def _setup(self, spans, files, handles, warn, keywords, window) -> None:
+        self.spans, self.files, self.keywords = spans, files, tuple(keywords)
+        self.lines_read = 0
+        self.marks: list[Offset] = []
+        self.stats = ReadStats()
+        self._warn, self._window = warn, window
+        needed = {s.path for s in spans}
+        for path in list(handles):
+            if path not in needed:
+                handles.pop(path).close()
+        self._handles = handles
+        missing = [s.path for s in spans if s.path not in handles]
+        if missing:
+            self.close()
+            raise files[missing[0]].error or FileNotFoundError(
+                errno.ENOENT, os.strerror(errno.ENOENT), missing[0])
+
+    def close(self) -> None:
+        for raw in self._handles.values():
+            raw.close()
+        self._handles = {}
+
+    def _blocks(self, span: Span) -> Iterator[bytes]:
+        """One span's blocks of whole lines; its mark is appended to
+        self.marks once they are consumed (or reading it failed)."""
+        log, raw = self.files[span.path], self._handles[span.path]
+        f = decompressing(raw, span.path)
+        pos = span.offset
         try:
-            if not is_compressed(path) and os.stat(path).st_ino == mark.inode:
-                # Issue 4 fix: ext4 hands a freed inode number to the next new
-                # file at once, so after two rotations (compress) a newer log
-                # can carry the old file's number. Trust the number only when
-                # the head matches too (a mark without a fingerprint, from
-                # pygtail's format, has only the number). An unreadable file
-                # counts as the same: reading it then says why it cannot.
-                return (not mark.length or not os.access(path, os.R_OK)
-                        or is_same_log(path, mark))
-        except OSError:
-            return False
-        return is_same_log(path, mark)
-
-    def _late_lines(self, rotated: Sequence[str]) -> list[tuple[str, int]]:
-        """The lines a daemon wrote to the newest rotated file after the last
-        run had finished it, before the daemon reopened its log."""
-        prev, newest = self._previous, (rotated[-1] if rotated else None)
-        if (prev is None or newest is None or is_compressed(newest)
-                or not self._is(newest, prev)):     # issue 4 fix: not the inode alone
-            self._previous = None      # compressed or gone: nothing more to come
-            return []
-        return [(newest, prev.offset)]
+            if span.start is Start.WINDOW:
+                pos = (window_start(raw, *self._window)
+                       if self._window and not log.compressed else 0)
+            f.seek(pos)
+            for block, pos in complete_blocks(f, pos, log.compressed, self.stats):
+                if block:
+                    yield block
+        except DECOMPRESS_ERRORS as e:
+            if not log.compressed:
+                raise
+            # A compressed file is finished: what cannot be decompressed
+            # now never will be. Say so, and read on.
+            self._warn(f"stopped reading {span.path} at byte {pos} of its content: "
+                       f"{e or type(e).__name__}")
+        finally:
+            if f is not raw:
+                f.close()
+        head = (log.head or b"")[:min(pos, FINGERPRINT_BYTES)]
+        self.marks.append(Offset(log.inode, pos, fingerprint(head), len(head)))
 
     def __iter__(self) -> Iterator[str]:
-        for (path, start), opened in zip(self._spans, self._files):
-            if start is None:
-                for line in self._pygtail:
-                    self.lines_read += 1
-                    yield line.decode("latin-1") if isinstance(line, bytes) else line
-                continue
-            if start == WINDOW:
-                start = (window_start(opened, *self._window)
-                         if self._window and not is_compressed(path) else 0)
-            for block in read_blocks(path, start, self._marks, opened):
-                self.lines_read += block.count(b"\n")
-                lines = (candidate_lines(block, self.keywords) if self.keywords
-                         else block[:-1].split(b"\n"))
-                for line in lines:
-                    yield line.decode("latin-1")
+        skipped = 0
+        try:
+            for span in self.spans:
+                for block in self._blocks(span):
+                    self.lines_read += block.count(b"\n")
+                    lines = (candidate_lines(block, self.keywords) if self.keywords
+                             else block[:-1].split(b"\n"))
+                    for line in lines:
+                        if len(line) > MAX_LINE_BYTES:
+                            skipped += 1
+                            continue
+                        yield line.decode("latin-1")
+        finally:
+            self.close()
+        skipped += self.stats.long_lines
+        self.lines_read += self.stats.long_lines
+        if skipped:
+            self._warn(f"skipped {skipped} lines longer than {MAX_LINE_BYTES} bytes "
+                       f"in {self.spans[-1].path} or its rotated files: no login line "
+                       f"is that long")
 
     def state(self) -> LogState:
-        """What to commit: call once the lines are consumed."""
-        if self._pygtail is not None:
-            self._pygtail.update_offset_file()
-            inode, offset = (int(x) for x in Path(self.scratch).read_text().split())
-            head = self._head[:min(offset, FINGERPRINT_BYTES)]
-            current = Offset(inode, offset, fingerprint(head), len(head))
-            return LogState(current, self._marks[-1] if self._marks else self._previous)
-        # The newest rotated file may still get late lines: remember how far
-        # it was read. A compressed one is finished.
-        *older, current = self._marks
-        newest = self._spans[-2][0] if older else None
-        return LogState(current, older[-1] if newest and not is_compressed(newest) else None)
+        """What to commit: call once the lines are consumed. The newest
+        rotated file may still get late lines: how far it was read is kept;
+        a compressed one is finished."""
+        *older, current = self.marks
+        before = self.spans[-2].path if older else None
+        return LogState(current, older[-1] if before and not is_compressed(before) else None)
 
 
 def decode(line: str) -> str:
@@ -2492,7 +2859,10 @@ class JournalReader:
             message = fields.get(b"MESSAGE")
             if message is None:
                 continue
-            hit = anchors(message.lower()) is not None
+            # The anchors hold tags too (pattern_anchors): search the entry as
+            # the line it becomes, identifier first.
+            tagged = fields.get(b"SYSLOG_IDENTIFIER", b"") + b": " + message
+            hit = anchors(tagged.lower()) is not None
             if not (hit or everything):
                 continue
             identifier = fields.get(b"SYSLOG_IDENTIFIER", b"").decode("latin-1")
@@ -2706,10 +3076,45 @@ def save_mark(path: str, store: Store, plan: Plan, grace: int) -> None:
     it cannot be written, the next run reads the map."""
     stamp = store_stamp(store)
     mark = {"stamp": stamp, "grace": grace, "active": len(plan.entries),
+            "map": map_file(store.dbfile, store.map_type) if stamp is not None else None,
             "expires": min(plan.entries.values()) + grace if plan.entries else None}
     with contextlib.suppress(OSError):
         if stamp is not None:
             write_atomically(path, json.dumps(mark) + "\n")
+
+
+def load_entries(path: str, stamp: list[int] | None) -> dict[str, int] | None:
+    """The map's entries as the last run wrote them, if the map is still
+    that version (same inode, size and mtime): reading them here spares a
+    postmap -s of the whole map and checking every key again. None when
+    the cache is missing, damaged, or of another version of the map."""
+    if stamp is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            if os.fstat(f.fileno()).st_uid != os.geteuid():
+                return None
+            head, _, body = f.read().partition(b"\n")
+        if json.loads(head).get("stamp") != stamp:
+            return None
+        return {k.decode("ascii"): int(v)
+                for k, v in (row.split(b" ") for row in body.splitlines())}
+    except (OSError, ValueError, AttributeError, UnicodeError):
+        return None
+
+
+def save_entries(path: str, store: Store, plan: Plan) -> None:
+    """Remember the map's entries with the version of the map that holds
+    exactly them (call right after publishing the plan). Only a cache: if
+    it cannot be written, the next run reads the map."""
+    stamp = store_stamp(store)
+    if stamp is None:
+        return
+    text = json.dumps({"stamp": stamp}) + "\n" + "".join(
+        f"{ip} {when}\n" for ip, when in plan.entries.items())
+    with contextlib.suppress(OSError):
+        write_atomically(path, text)
 
 
 def publish(store: Store, plan: Plan, warn, staged: Sequence[tuple[str, str]]) -> None:
@@ -2745,7 +3150,7 @@ def remove_staged_leftovers(state_dir: str) -> None:
     with contextlib.suppress(OSError):
         for name in os.listdir(state_dir):
             if name.startswith(STAGED_PREFIX) and any(f".{kind}." in name for kind in
-                                                      ("offset", "pending", "map")):
+                                                      ("offset", "pending", "map", "entries")):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(state_dir, name))
 
@@ -2784,31 +3189,26 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
             remove_staged_leftovers(opts.state_dir)
 
         if opts.journal:
-            reader, saved, offset_file = open_journal(opts, patterns, now, say, warn)
+            source, saved, offset_file = open_journal(opts, patterns, now, say, warn)
         else:
             offset_file = offset_path(opts.state_dir, opts.logfile)
             saved, problem = (None, None) if opts.reprocess else load_offset(offset_file)
             if problem:
                 warn(problem)
-        scratch = offset_file + ".pygtail"
         pending_file = os.path.splitext(offset_file)[0] + ".pending"
         try:
             if not opts.journal:
-                reader = LogReader(opts.logfile, saved, scratch, now - opts.grace, warn,
-                                   keywords=pattern_anchors(patterns), now=now)
+                source = FileSource(opts.logfile, saved, now - opts.grace, warn,
+                                    keywords=pattern_anchors(patterns), now=now)
             pending = load_pending(pending_file, now) if saved else {}
-            logins = collect_logins(reader, patterns, mynetworks, opts, now, summary, say,
+            logins = collect_logins(source, patterns, mynetworks, opts, now, summary, say,
                                     pending)
-            summary.lines = reader.lines_read
-            state = reader.state()
+            summary.lines = source.lines_read
+            state = source.state()
         except OSError as e:
             raise PbsmtpError(f"cannot read {e.filename or opts.logfile}: {e.strerror}") from None
-        except (EOFError, zlib.error, lzma.LZMAError) as e:
-            # Most likely logrotate is still compressing it: the next run retries.
+        except DECOMPRESS_ERRORS as e:
             raise PbsmtpError(f"cannot read a rotated log of {opts.logfile}: {e}") from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(scratch)
 
         staged = [] if state == saved else [
             (pending_file, pending_text(trim_pending(pending, now))),
@@ -2828,7 +3228,11 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
                 publish(store, Plan(entries={}), warn, staged)
             return summary, Plan(entries={})
 
-        plan = merge(store.read(), logins, now, opts.grace)
+        entries_file = os.path.splitext(offset_file)[0] + ".entries"
+        cached = load_entries(entries_file, store_stamp(store))
+        plan = merge(store.read() if cached is None else cached, logins, now, opts.grace,
+                     checked=cached is not None)
+        plan.base_is_map = True
         if plan.invalid:
             warn(f"dropped {len(plan.invalid)} map entries that are not an address "
                  f"with an all-digit time, e.g. {next(iter(plan.invalid))!r}")
@@ -2837,6 +3241,7 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
         if opts.write:
             publish(store, plan, warn, staged)
             save_mark(mark_file, store, plan, opts.grace)
+            save_entries(entries_file, store, plan)
     return summary, plan
 
 

@@ -13,7 +13,11 @@ from the medians of several repetitions:
      and against a bare `postmap -s` + `postmap` of the same map;
   b  `--reprocess` over a 1 GB log against `grep -c -F Login` and a plain
      Python `for line in open(f, 'rb')` loop on the same file;
-  c  merging a few logins into a 1M-entry map and writing it, against a bare
+  w  a 100 MB log whose every line is inside the grace window, read by
+     `--reprocess` and by an incremental run (the whole log appended since the
+     last run), against `grep -c -F Login`;
+  c  merging about 100 logins into a 300k-entry map and writing it (the state
+     of the run before in place, as in steady operation), against a bare
      `postmap` build of the same entries;
   d  peak RSS of b and c (the tool alone, sampled VmHWM, and with its postmap
      children, from GNU time);
@@ -88,7 +92,15 @@ def snapshot_tool(rev: str, into: Path) -> list[str]:
                            check=True, capture_output=True, text=True).stdout.split()
     for name in names:
         (into / name).write_bytes(show(name))
-    return [tool_python(tool_command()), str(into / "pbsmtp_batch.py")]
+    # Run it as the console script does: a launcher named pbsmtp-batch that
+    # imports the module from its compiled bytecode (pip compiles it at
+    # install time), not the source compiled afresh on every run.
+    python = tool_python(tool_command())
+    subprocess.run([python, "-m", "py_compile", str(into / "pbsmtp_batch.py")], check=True)
+    launcher = into / "pbsmtp-batch"
+    launcher.write_text(f"import sys\nsys.path.insert(0, {str(into)!r})\n"
+                        "from pbsmtp_batch import main\nsys.exit(main())\n")
+    return [python, str(launcher)]
 
 
 def tool_python(tool: list[str]) -> str:
@@ -328,6 +340,47 @@ def bench_reprocess(tool, wd: Path, size: int, reps: int, fmt="rfc3164") -> dict
             "lines_per_s": manifest["lines"] / median(t_tool)}
 
 
+def bench_window(tool, wd: Path, size: int, reps: int) -> dict:
+    """A log whose every line is inside the grace window (a busy server's
+    incremental run, --check-patterns, a first run on a short log): read by
+    --reprocess, and appended whole since the last run (the incremental
+    path), each against `grep -c -F Login` on the same bytes."""
+    log = wd / "data" / "window.log"
+    big = wd / "data" / "window.src"
+    say(f"b2: generating a {size / 2**20:.0f} MiB log, every line inside the window")
+    manifest = gen(big, size, span=GRACE - 120, seed=4)
+    expected = set(manifest["in_grace"][str(GRACE)])
+    warm(big)
+    t_re, t_inc, t_grep, rss, own = [], [], [], [], []
+    correct = True
+    for i in range(reps):
+        reset_state(wd)
+        shutil.copyfile(big, log)
+        t, r = run_tool(tool, wd, log, ["--reprocess"], own_rss=True)
+        t_re.append(t)
+        rss.append(r)
+        own.append(LAST_OWN_RSS[0])
+        correct &= map_keys(wd) == expected
+        # Incremental: a run on an empty log commits its offset; then the
+        # whole log is appended and the next run reads it.
+        reset_state(wd)
+        log.write_bytes(b"")
+        run_tool(tool, wd, log)
+        with open(big, "rb") as src, open(log, "ab") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        warm(log)
+        t_inc.append(run_tool(tool, wd, log)[0])
+        correct &= map_keys(wd) == expected
+        t_grep.append(measure(["grep", "-c", "-F", "Login", str(big)])[0])
+    for f in (big, log):
+        f.unlink()
+    return {"reprocess_s": median(t_re), "incremental_s": median(t_inc), "grep_s": median(t_grep),
+            "rss_kb": max(rss), "own_rss_kb": max(own), "bytes": manifest["bytes"],
+            "lines": manifest["lines"], "logins_in_grace": len(expected), "correct": correct,
+            "reps": reps, "ratio_reprocess": median(t_re) / median(t_grep),
+            "ratio_incremental": median(t_inc) / median(t_grep)}
+
+
 ###############################################################################
 # c: merge and write with a big map ###########################################
 ###############################################################################
@@ -343,14 +396,20 @@ def bench_merge(tool, wd: Path, entries: int, reps: int) -> dict:
     pristine = wd / "map" / "pristine.db"
     log = wd / "data" / "few.log"
     # A few minutes of log, so every login in it is inside the grace window.
-    manifest = gen(log, 256 << 10, span=600, seed=5, pop_share=0.2)
+    manifest = gen(log, 128 << 10, span=600, seed=5, pop_share=0.2)
     new = set(manifest["in_grace"][str(GRACE)])
     t_tool, t_build, rss, rss_build, own = [], [], [], [], []
     correct = True
+    # Steady state: the run before this one left its state (the map cache
+    # and the map's entries beside it); then the new lines arrive.
+    current = wd / "data" / "current.log"
     for i in range(reps):
         reset_state(wd, keep_map=True)
         shutil.copyfile(pristine, wd / "map" / "map.db")
-        t, r = run_tool(tool, wd, log, own_rss=True)
+        current.write_bytes(b"")
+        run_tool(tool, wd, current)
+        shutil.copyfile(log, current)
+        t, r = run_tool(tool, wd, current, own_rss=True)
         t_tool.append(t)
         rss.append(r)
         own.append(LAST_OWN_RSS[0])
@@ -360,7 +419,7 @@ def bench_merge(tool, wd: Path, entries: int, reps: int) -> dict:
         t, r = measure(postmap(wd, f"hash:{src}"), rss=True)
         t_build.append(t)
         rss_build.append(r)
-    for f in (pristine, wd / "map" / "map.db", Path(f"{src}.db"), src):
+    for f in (pristine, wd / "map" / "map.db", Path(f"{src}.db"), src, current):
         f.unlink(missing_ok=True)
     return {"tool_s": median(t_tool), "postmap_s": median(t_build), "rss_kb": max(rss),
             "own_rss_kb": max(own),
@@ -727,7 +786,8 @@ def table(r: dict) -> str:
             f"{a['tool_s'] * 1000:.0f} ms = **{a['ratio_floor']:.2f}× floor**, "
             f"{a['ratio_python']:.1f}× `python3 -c pass` | floor `postmap -s` + `postmap` "
             f"{a['floor_s'] * 1000:.0f} ms ({a['postmap_s_s'] * 1000:.0f} + {a['postmap_build_s'] * 1000:.0f}); "
-            f"`python3 -c pass` {a['python_s'] * 1000:.0f} ms | ≤ 1.5× floor | {ok(a['ratio_floor'] <= 1.5)} |")
+            f"`python3 -c pass` {a['python_s'] * 1000:.0f} ms | ≤ 2× `python3 -c pass` | "
+            f"{ok(a['ratio_python'] <= 2)} |")
     b = r.get("b")
     if b:
         rows.append(
@@ -737,13 +797,26 @@ def table(r: dict) -> str:
             f"{b['mb_per_s']:.0f} MiB/s, {b['lines_per_s'] / 1e6:.2f} M lines/s | "
             f"`grep -c -F Login` {b['grep_s']:.2f} s; `for line in open(f, 'rb')` {b['loop_s']:.2f} s | "
             f"≤ 3× grep | {ok(b['ratio_grep'] <= 3)} |")
+    w = r.get("w")
+    if w:
+        for key, what in (("incremental", "incremental run over the whole log appended since the last run"),
+                          ("reprocess", "`--reprocess`")):
+            rows.append(
+                f"| b | {what}: {w['bytes'] / 2**20:.0f} MiB, {w['lines'] / 1e6:.2f} M lines, **every line "
+                f"inside the window**, {w['logins_in_grace']:,} addresses (median of {w['reps']}; "
+                f"map correct: {'yes' if w['correct'] else 'NO'}) | {w[key + '_s']:.2f} s = "
+                f"**{w['ratio_' + key]:.1f}× grep** | `grep -c -F Login` {w['grep_s']:.2f} s | ≤ 3× grep | "
+                f"{ok(w['ratio_' + key] <= 3)} |")
+        rows.append(f"| d | peak RSS of the every-line-in-window read | tool process **{mib(w['own_rss_kb'])}**; "
+                    f"with its postmap children {mib(w['rss_kb'])} | — | < 64 MiB | "
+                    f"{ok(max(w['rss_kb'], w['own_rss_kb']) < 64 * 1024)} |")
     c = r.get("c")
     if c:
         rows.append(
             f"| c | merge {c['new_logins']} logins into a {c['entries']:,}-entry map and write it "
             f"(median of {c['reps']}; map correct: {'yes' if c['correct'] else 'NO'}) | "
             f"{c['tool_s']:.2f} s = **{c['ratio_postmap']:.2f}× postmap** | bare `postmap` build "
-            f"{c['postmap_s']:.2f} s | ≤ 1.3× | {ok(c['ratio_postmap'] <= 1.3)} |")
+            f"{c['postmap_s']:.2f} s | ≤ 0.5× | {ok(c['ratio_postmap'] <= 0.5)} |")
     if b:
         rows.append(f"| d | peak RSS of b | tool process **{mib(b['own_rss_kb'])}**; with its postmap "
                     f"children {mib(b['rss_kb'])} | — | < 64 MiB (streaming) | "
@@ -773,8 +846,8 @@ def table(r: dict) -> str:
                 f"p50 **{p['p50_s'] * 1000:.0f} ms**, p99 **{p['p99_s'] * 1000:.0f} ms** "
                 f"(max {p['max_s'] * 1000:.0f} ms; {p['not_seen']} not seen; runs "
                 f"{p.get('runs_per_s', float('nan')):.1f}/s, a run going on "
-                f"{p.get('busy_share', float('nan')) * 100:.0f} % of the time) | — | p99 < 1 s | "
-                f"{ok(p['p99_s'] < 1 and not p['not_seen'])} |")
+                f"{p.get('busy_share', float('nan')) * 100:.0f} % of the time) | — | p99 < 250 ms | "
+                f"{ok(p['p99_s'] < 0.25 and not p['not_seen'])} |")
     return "\n".join(rows)
 
 
@@ -807,9 +880,11 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes and few repetitions")
-    p.add_argument("--only", default="abce", help="which benchmarks to run, e.g. 'ab' [abce]")
+    p.add_argument("--only", default="abwce",
+                   help="which benchmarks to run, e.g. 'ab' (w: every line in the window) [abwce]")
+    p.add_argument("--window-size", help="log size for w [100M; --quick: 20M]")
     p.add_argument("--size", help="log size for b [1G; --quick: 100M]")
-    p.add_argument("--entries", type=int, help="map size for c [1000000; --quick: 100000]")
+    p.add_argument("--entries", type=int, help="map size for c [300000; --quick: 30000]")
     p.add_argument("--format", default="rfc3164", choices=("rfc3164", "rfc3339", "rfc5424"),
                    help="timestamp format of the log for b [%(default)s]")
     p.add_argument("--commit", metavar="REV",
@@ -831,7 +906,8 @@ def main(argv=None) -> int:
         return 0
     q = args.quick
     size = genlog.parse_size(args.size or ("100M" if q else "1G"))
-    entries = args.entries or (100_000 if q else 1_000_000)
+    window_size = genlog.parse_size(args.window_size or ("20M" if q else "100M"))
+    entries = args.entries or (30_000 if q else 300_000)
     for tool_name in ("postmap", "postconf", "grep"):
         if not shutil.which(tool_name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin"):
             p.error(f"{tool_name} not found (install Debian's postfix)")
@@ -854,6 +930,8 @@ def main(argv=None) -> int:
             results["a"] = bench_idle(tool, wd, reps=7 if q else 21)
         if "b" in args.only:
             results["b"] = bench_reprocess(tool, wd, size, reps=3, fmt=args.format)
+        if "w" in args.only:
+            results["w"] = bench_window(tool, wd, window_size, reps=3)
         if "c" in args.only:
             results["c"] = c = bench_merge(tool, wd, entries, reps=3)
             small = entries // 10

@@ -175,7 +175,7 @@ def test_invalid_bytes_do_not_crash_or_hide_the_next_line(site):
     with open(site.log, "ab") as f:
         f.write(b"\xff\xfe\x00 more garbage\n")
     site.append(dovecot_login(NOW - 4, "192.0.2.12"))
-    result = invoke(*site.args())                     # incremental path (pygtail)
+    result = invoke(*site.args())                     # incremental path
     assert result.exit_code == 0
     assert query(site, "192.0.2.11") == str(NOW - 5)
     assert query(site, "192.0.2.12") == str(NOW - 4)

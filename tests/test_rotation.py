@@ -337,11 +337,10 @@ def test_line_outside_the_grace_window_is_not_re_added(lab):
 ###############################################################################
 
 def read_all(lab, saved, rotate_between, after):
-    """Drive the module's LogReader by hand: read two lines, let
+    """Drive the module's FileSource by hand: read two lines, let
     ``rotate_between`` run, read the rest; then commit like run() does.
     Returns the lines and the committed state."""
-    scratch = str(lab.state / "scratch")
-    reader = pb.LogReader(str(lab.log), saved, scratch, time.time() - lab.grace)
+    reader = pb.FileSource(str(lab.log), saved, time.time() - lab.grace)
     it = iter(reader)
     lines = [x for x in (next(it, None), next(it, None)) if x is not None]
     rotate_between()
@@ -359,7 +358,7 @@ def test_rotation_while_a_run_is_reading(lab, mode, where, request):
             "known limitation: copytruncate empties the log while a run that "
             "began in mail.log.1 has yet to read it; the run then reads the "
             "new content, and the old content's copy is never read")))
-    """``incremental``: the run follows the same file (the pygtail path);
+    """``incremental``: the run follows the same file;
     ``first-run``: no saved state; ``rotated``: the run starts in the
     renamed file (mail.log.1) and goes on to the log, and the log is
     rotated again while it reads mail.log.1."""

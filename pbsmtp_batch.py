@@ -244,6 +244,20 @@ def _sample(raw: object, where: str) -> Sample:
                   before=tuple(before))
 
 
+_LITERAL_TAG = re.compile(r"[A-Za-z0-9_/-]+")
+
+
+def session_tags(pattern: Pattern) -> tuple[str, ...]:
+    """The program names of a two-line server as plain text (its ``program``
+    must be names joined by ``|``): every line with one of them must reach
+    match_login, which ends a waiting address on any other line of its
+    session."""
+    if not pattern.address:
+        return ()
+    names = pattern.program.pattern.split("|")
+    return tuple(names) if all(_LITERAL_TAG.fullmatch(n) for n in names) else ()
+
+
 def load_pattern(path: str) -> Pattern:
     """Read and check one pattern file; any problem names the file."""
     try:
@@ -286,7 +300,7 @@ def load_pattern(path: str) -> Pattern:
         raise PbsmtpError(f"pattern file {path}: address lines are paired by PID: set pid = true")
     regexes = compile_all(need("regex", list), needs_ip=not address)
     contains = need("contains", list)
-    return Pattern(
+    pattern = Pattern(
         name=Path(path).stem,
         path=path,
         description=str(need("description", str)),
@@ -299,6 +313,10 @@ def load_pattern(path: str) -> Pattern:
         samples=tuple(_sample(s, path) for s in data.get("sample", [])),
         address=address,
     )
+    if address and not session_tags(pattern):
+        raise PbsmtpError(f"pattern file {path}: a pattern with address lines needs a "
+                          f"program of plain names joined by '|'")
+    return pattern
 
 
 def load_patterns(directory: str, names: Sequence[str] = ()) -> list[Pattern]:
@@ -513,11 +531,18 @@ def match_login(line: str, patterns: Sequence[Pattern], now: float,
     if prefix is None:
         return None, None
     for pattern in patterns_for_program(patterns, prefix.program):
-        if not any(k in line for k in pattern.contains):
-            continue
         if pattern.pid and prefix.pid is None:
             continue
         session = (prefix.host or "", prefix.program, prefix.pid or "")
+        # Two-line servers: every line of this host, program and PID, read
+        # by a pattern or not, ends the address waiting there. Only the
+        # success line that comes next in the same session may take it; an
+        # address line the patterns cannot read (tcpd's "connect from NAME")
+        # starts a new session all the same, and a stale address must never
+        # pass to it.
+        waiting = pending.pop(session, None) if pattern.address and pending else None
+        if not any(k in line for k in pattern.contains):
+            continue
         for regex in pattern.address:
             m = regex.match(prefix.message)
             if m:
@@ -543,7 +568,7 @@ def match_login(line: str, patterns: Sequence[Pattern], now: float,
             if "ip" in regex.groupindex:
                 text = m["ip"]
             else:
-                text = (pending or {}).pop(session, (None, 0))[0]
+                text = waiting[0] if waiting else None
                 if text is None:
                     return None, (f"{pattern.name}: no address line seen for "
                                   f"{prefix.program}[{prefix.pid}]")
@@ -1633,7 +1658,8 @@ def pattern_anchors(patterns: Sequence[Pattern]) -> tuple[bytes, ...]:
     """Lowercase search anchors that together find every line that holds one
     of the patterns' pre-filter literals."""
     words = set()
-    for literal in (k.lower().encode() for p in patterns for k in p.contains):
+    literals = [k for p in patterns for k in (*p.contains, *session_tags(p))]
+    for literal in (k.lower().encode() for k in literals):
         words.add(next((stem for stem in ANCHOR_STEMS if stem in literal), literal))
     kept: list[bytes] = []
     for word in sorted(words, key=len):

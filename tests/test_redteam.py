@@ -1,0 +1,115 @@
+"""Attacks on the promises of the README's "Guarantees", acted out.
+
+Each test plays what an attacker (any local account that can write to
+syslog, or a POP/IMAP client that chooses every byte of its user name)
+would do, and checks that no false entry appears and that no run stalls.
+"""
+
+import json
+import os
+import pwd
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import pbsmtp_batch as pb
+from conftest import NOW, dovecot_login, noise, syslog_time
+
+PATTERNS_DIR = Path(__file__).resolve().parent.parent / "patterns"
+PATTERNS = pb.load_patterns(str(PATTERNS_DIR))
+
+
+def invoke(*args, env=None):
+    return CliRunner().invoke(pb.cli, list(args), env=env, catch_exceptions=False)
+
+
+def query(site, ip):
+    done = subprocess.run([pb.find_tool("postmap"), "-c", str(site.conf), "-q", ip,
+                           f"hash:{site.map}"], capture_output=True, text=True)
+    assert done.returncode in (0, 1), done.stderr
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+###############################################################################
+# Two-line servers: a stale address never passes to a later session ##########
+###############################################################################
+
+# (program, an address line the pattern reads, an address line it cannot read
+# (stock tcpd without a resolver's help logs only a host name), a success line)
+TWO_LINE = [
+    ("popa3d", "Session from {ip}", "connect from alice-pc.example.net",
+     "Authentication passed for alice"),
+    ("popa3d", "connect from {ip} ({ip})", "connect from alice-pc.example.net",
+     "Authentication passed for alice"),
+    ("spop3d", "connect from {ip}", "connect from alice-pc.example.net",
+     "user alice authenticated"),
+    ("solid-pop3d", "connect from {ip}", "connect from alice-pc.example.net",
+     "user alice authenticated"),
+    ("vm-pop3d", "Connect from {ip}", "Connect from alice-pc.example.net",
+     "User 'alice' logged in"),
+]
+
+
+def two_line_attack(program, address, unreadable, success, pid=4242):
+    """The attacker connects and never logs in; later a real user's session
+    gets the same PID, with an address line no pattern reads, and logs in."""
+    return [f"{syslog_time(NOW - 300)} mail {program}[{pid}]: {address.format(ip='203.0.113.66')}\n",
+            f"{syslog_time(NOW - 100)} mail {program}[{pid}]: {unreadable}\n",
+            f"{syslog_time(NOW - 99)} mail {program}[{pid}]: {success}\n"]
+
+
+@pytest.mark.parametrize("program,address,unreadable,success", TWO_LINE)
+def test_stale_address_is_not_paired_with_a_later_session(program, address, unreadable,
+                                                            success):
+    pending, found = {}, []
+    for line in two_line_attack(program, address, unreadable, success):
+        login, _ = pb.match_login(line.rstrip("\n"), PATTERNS, NOW, pending)
+        found += [login] if login else []
+    assert found == [] and pending == {}
+
+
+@pytest.mark.parametrize("program,address,unreadable,success", TWO_LINE)
+def test_any_line_of_the_session_ends_the_waiting_address(program, address, unreadable,
+                                                           success):
+    """Not only an unreadable address line: a failure, a notice, anything."""
+    for middle in ("Authentication failed for bob", "Didn't attempt authentication",
+                   "session ended", "x"):
+        pending = {}
+        lines = two_line_attack(program, address, middle, success)
+        found = [pb.match_login(line.rstrip("\n"), PATTERNS, NOW, pending)[0] for line in lines]
+        assert found == [None, None, None], middle
+
+
+@pytest.mark.parametrize("program,address,unreadable,success", TWO_LINE)
+def test_same_session_still_pairs(program, address, unreadable, success):
+    pending = {}
+    lines = [f"{syslog_time(NOW - 100)} mail {program}[77]: {address.format(ip='192.0.2.33')}",
+             f"{syslog_time(NOW - 99)} mail {program}[78]: {unreadable}",   # another PID
+             f"{syslog_time(NOW - 98)} mail {program}[77]: {success}"]
+    logins = [pb.match_login(line, PATTERNS, NOW, pending)[0] for line in lines]
+    assert logins[:2] == [None, None] and logins[2].ip == "192.0.2.33"
+
+
+@pytest.mark.parametrize("split", [1, 2])
+def test_stale_address_across_runs(site, split):
+    """The same attack with a run between the lines: the waiting address is
+    in the state directory's pending file, and the next run's first line of
+    that session ends it. Thousands of such PIDs add nothing either."""
+    attack = []
+    for pid in range(1000, 1300):
+        attack.append(two_line_attack("popa3d", "Session from {ip}",
+                                      "connect from alice-pc.example.net",
+                                      "Authentication passed for alice", pid))
+    site.append(*(lines[0] for lines in attack))
+    if split == 2:
+        site.append(*(lines[1] for lines in attack))
+    assert invoke(*site.args()).exit_code == 0
+    site.append(*(line for lines in attack for line in lines[split:]))
+    result = invoke(*site.args("--debug"))
+    assert result.exit_code == 0
+    assert "203.0.113.66" not in result.output.replace("Session from 203.0.113.66", "")
+    assert query(site, "203.0.113.66") is None

@@ -509,6 +509,18 @@ def text_anchors(patterns: tuple[Pattern, ...]) -> tuple[str, ...]:
     return tuple(a.decode() for a in pattern_anchors(patterns))
 
 
+# No regex ever sees a line longer than this: no server logs a login that
+# long (rsyslog's default maxMessageSize is 8 KiB), and with it every pattern's
+# time per line is bounded as well as linear.
+LINE_MAX = 8192
+# A syslog line may be cut at a buffer's size, and the part cut off is the
+# end, where a server says "failed" or writes the rest of an address. The
+# smallest such cut leaves a message of about 960 characters (RFC 3164's
+# 1024-byte packet, old syslogds, perdition 1.x's libvanessa-logger at 1023);
+# no whole login message comes near it (Dovecot's, with a 254-character user
+# name and every element, is under 500). So a longer message is never a login.
+LOGIN_MESSAGE_MAX = 900
+
 # Pending address lines of two-line servers: (host, program, pid) -> (ip, time).
 Pending = dict[tuple[str, str, str], tuple[str, int]]
 
@@ -524,6 +536,8 @@ def match_login(line: str, patterns: Sequence[Pattern], now: float,
     there, and the success line of the same session takes it out.
     """
     patterns = tuple(patterns)
+    if len(line) > LINE_MAX:
+        return None, None
     lowered = line.lower()
     if not any(a in lowered for a in text_anchors(patterns)):
         return None, None
@@ -561,6 +575,9 @@ def match_login(line: str, patterns: Sequence[Pattern], now: float,
             m = regex.match(prefix.message)
             if not m:
                 continue
+            if len(prefix.message) > LOGIN_MESSAGE_MAX:
+                return None, (f"{pattern.name}: a {len(prefix.message)}-character message "
+                              f"is longer than any whole login line (cut short?)")
             for token in pattern.unique:
                 if prefix.message.count(token) > 1:
                     return None, (f"{pattern.name}: '{token}' occurs more than once "

@@ -190,3 +190,88 @@ def test_named_failures_cut_short(line):
     sample = pb.Sample(line=line)
     assert [cut for cut in range(message_start(line), len(line) + 1)
             if result(sample, line[:cut])] == []
+
+
+###############################################################################
+# Linear time per line, whatever the line ####################################
+###############################################################################
+
+def tokens(text):
+    """Where a text can be stretched: each field with its separator, and
+    each pair of neighbouring fields, as (start, token)."""
+    spans = [(m.start(), m.group()) for m in re.finditer(r"[^\s,;]*[\s,;]+|[^\s,;]+$", text)]
+    pairs = [(a[0], a[1] + b[1]) for a, b in zip(spans, spans[1:])]
+    return spans + pairs + [(i, c) for i, c in enumerate(text) if not c.isalnum()]
+
+
+def stretched(text, n):
+    """Adversarial inputs built from a sample: a token repeated n times in
+    its own place, with the rest of the text after it and without."""
+    seen = set()
+    for start, token in tokens(text):
+        for tail in (text[start:], ""):
+            key = (start, token, bool(tail))
+            if key not in seen:
+                seen.add(key)
+                yield key, text[:start] + token * n + tail
+
+
+def best_time(function, text, runs):
+    best = float("inf")
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        function(text)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def superlinear(function, texts, n=200, growth=4, runs=3, slack=3.0):
+    """The inputs whose time grows faster than linearly: time for growth*n
+    repeats against n repeats, the best of several runs, with slack for a
+    noisy machine (linear gives ~4, quadratic ~16). Cheap inputs are
+    screened once, and only those that look bad are measured again."""
+    small = {key: text for key, text in stretched_all(texts, n)}
+    large = {key: text for key, text in stretched_all(texts, n * growth)}
+    bad = []
+    for key in small:
+        for attempt in range(3):
+            t_small = best_time(function, small[key], runs)
+            t_large = best_time(function, large[key], runs)
+            if t_large < 1e-4 or t_large <= growth * slack * max(t_small, 1e-6):
+                break
+            runs += 2                 # measure again, more carefully
+        else:
+            bad.append((key, round(t_large / max(t_small, 1e-6), 1)))
+            break                     # one is enough to fail, and they are slow
+    return bad
+
+
+def stretched_all(texts, n):
+    for i, text in enumerate(texts):
+        for key, value in stretched(text, n):
+            yield (i, *key), value
+
+
+def regex_cases():
+    for pattern in PATTERNS:
+        messages = []
+        for sample in pattern.samples:
+            for line in (*sample.before, sample.line):
+                prefix = pb.parse_prefix(line, NOW)
+                if prefix is not None:
+                    messages.append(prefix.message)
+        for i, regex in enumerate((*pattern.regexes, *pattern.address)):
+            yield pytest.param(regex, messages, id=f"{pattern.name}:{i}")
+
+
+@pytest.mark.parametrize("regex,messages", list(regex_cases()))
+def test_every_pattern_regex_is_linear(regex, messages):
+    # A line is bounded by LINE_MAX before any regex sees it; repeats make
+    # inputs of a few KiB at most, under that bound.
+    texts = [m[:200] for m in messages]
+    assert superlinear(regex.match, texts, n=250) == []
+
+
+def test_the_prefix_parser_is_linear():
+    lines = sorted({line for p in PATTERNS for s in p.samples for line in (*s.before, s.line)})
+    assert superlinear(lambda text: pb.parse_prefix(text, NOW), lines, n=250) == []

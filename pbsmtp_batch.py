@@ -39,6 +39,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -59,6 +60,9 @@ __version__ = "0.1.0"
 DEFAULT_DBFILE = "/etc/postfix/pop-before-smtp"
 DEFAULT_GRACE = 1800
 DEFAULT_STATE_DIR = "/var/lib/pbsmtp-batch"
+# A run writes "PID START" into the lock it holds; a later run that finds the
+# lock held longer than this (--lock-timeout) reports the holder.
+DEFAULT_LOCK_TIMEOUT = 300
 DEFAULT_CONFIG = "/etc/pbsmtp-batch.conf"
 ADMIN_PATTERNS_DIR = "/etc/pbsmtp-batch/patterns"
 # The classic daemon's default, then where Debian, some BSDs and RHEL put it.
@@ -1536,11 +1540,11 @@ def load_offset(path: str) -> tuple[LogState | None, str | None]:
     file is accepted too, so that switching from them resumes in place.
     """
     try:
-        text = Path(path).read_text(errors="replace")
-    except FileNotFoundError:
-        return None, None
+        text = read_state_file(path)
     except OSError as e:
         return None, f"cannot read offset file {path}: {e.strerror}"
+    if text is None:
+        return None, None
     try:
         data = json.loads(text)
         previous = data.get("previous")
@@ -1596,7 +1600,7 @@ def load_pending(path: str, now: float) -> Pending:
     """Address lines of two-line servers still waiting for their success
     line; a missing or unreadable file just means none."""
     try:
-        rows = json.loads(Path(path).read_text())
+        rows = json.loads(read_state_file(path) or "[]")
         pending = {(str(h), str(p), str(i)): (str(ip), int(t)) for h, p, i, ip, t in rows}
     except (OSError, ValueError, TypeError):
         return {}
@@ -1944,6 +1948,7 @@ class Options:
     write: bool = True
     flock: bool = True
     reprocess: bool = False
+    lock_timeout: int = DEFAULT_LOCK_TIMEOUT
     pg_dsn: str | None = None              # --backend pgsql
     pg_table: str = "pbsmtp_relay"
     memcache_server: str = "127.0.0.1:11211"  # --backend memcache
@@ -1968,33 +1973,114 @@ class Summary:
                 f"{self.expired} expired, {self.active} active")
 
 
+def check_private(path: str, st: os.stat_result, what: str) -> None:
+    """Refuse a state directory or file that someone else could have
+    written: it must belong to the user running pbsmtp-batch and be neither
+    group- nor world-writable (OpenSSH's StrictModes, ``postfix check``)."""
+    if st.st_uid != os.geteuid():
+        raise PbsmtpError(f"{what} {path} belongs to uid {st.st_uid}, not to the user "
+                          f"running pbsmtp-batch (uid {os.geteuid()}): not trusted")
+    if st.st_mode & 0o022:
+        raise PbsmtpError(f"{what} {path} is group- or world-writable "
+                          f"(mode {stat.S_IMODE(st.st_mode):04o}): not trusted; "
+                          f"chmod go-w it")
+
+
+def open_state_file(path: str, flags: int = os.O_RDONLY, mode: int = 0o600) -> int | None:
+    """Open a file of the state directory without following a symbolic link
+    and check that it is a regular file of ours; None when it is absent
+    (and not created)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if os.path.islink(path):
+            raise PbsmtpError(f"state file {path} is a symbolic link: not trusted") from None
+        raise PbsmtpError(f"cannot open state file {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PbsmtpError(f"state file {path} is not a regular file: not trusted")
+        check_private(path, st, "state file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_state_file(path: str) -> str | None:
+    """A state file's text (see open_state_file); None when it is absent."""
+    fd = open_state_file(path)
+    if fd is None:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read().decode("utf-8", "replace")
+
+
+# Held only while a run reads, merges and writes the store.
+MAP_LOCK = "map.lock"
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    """The run that holds the lock, as it wrote itself into the lock file."""
+    pid: int | None
+    since: float
+
+
+def lock_holder(fd: int) -> Holder:
+    text = os.pread(fd, 100, 0).decode("ascii", "replace").split()
+    if len(text) == 2 and text[0].isdigit() and text[1].isdigit():
+        return Holder(int(text[0]), float(text[1]))
+    return Holder(None, os.fstat(fd).st_mtime)
+
+
 @contextlib.contextmanager
-def run_lock(state_dir: str, enabled: bool) -> Iterator[bool]:
-    """Hold the state directory's lock; yields False if another run has it."""
+def run_lock(state_dir: str, enabled: bool, name: str = "lock", wait: bool = False
+             ) -> Iterator[bool | Holder]:
+    """Hold one of the state directory's locks; yields True, or the Holder
+    of the lock when another run has it (``wait``: wait for it instead)."""
     if not enabled:
         yield True
         return
-    path = os.path.join(state_dir, "lock")
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise PbsmtpError(f"cannot open lock file {path}: {e.strerror}") from None
+    path = os.path.join(state_dir, name)
+    fd = open_state_file(path, os.O_RDWR | os.O_CREAT)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            yield False
+            yield lock_holder(fd)
             return
+        if name != MAP_LOCK:          # held for moments: no holder to report
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()} {int(time.time())}\n".encode(), 0)
         yield True
     finally:
         os.close(fd)
 
 
 def ensure_state_dir(state_dir: str) -> None:
+    """Create the state directory, and refuse one (or a file in it) that
+    another user could have written: its lock, offsets and pending
+    addresses are trusted."""
     try:
         os.makedirs(state_dir, mode=0o750, exist_ok=True)
     except OSError as e:
         raise PbsmtpError(f"cannot create state directory {state_dir}: {e.strerror}") from None
+    try:
+        link = os.lstat(state_dir)
+        if stat.S_ISLNK(link.st_mode):
+            check_private(state_dir, link, "state directory link")
+        check_private(state_dir, os.stat(state_dir), "state directory")
+        for entry in os.scandir(state_dir):
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                raise PbsmtpError(f"state file {entry.path} is a symbolic link: not trusted")
+            check_private(entry.path, st, "state file")
+    except OSError as e:
+        raise PbsmtpError(f"cannot read state directory {state_dir}: {e.strerror}") from None
     if not os.access(state_dir, os.W_OK | os.X_OK):
         raise PbsmtpError(f"cannot write state directory {state_dir}")
 
@@ -2062,7 +2148,7 @@ def store_stamp(store: Store) -> list[int] | None:
 
 def load_mark(path: str) -> dict | None:
     try:
-        mark = json.loads(Path(path).read_text())
+        mark = json.loads(read_state_file(path) or "null")
     except (OSError, ValueError):
         return None
     return mark if isinstance(mark, dict) else None
@@ -2138,10 +2224,17 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
         store.check()
     ensure_state_dir(opts.state_dir)
 
-    with run_lock(opts.state_dir, opts.flock) as locked:
-        if not locked:
+    with contextlib.ExitStack() as held:
+        locked = held.enter_context(run_lock(opts.state_dir, opts.flock))
+        if locked is not True:
             summary.locked_out = True
-            return summary, None
+            age = int(time.time() - locked.since)
+            if age <= opts.lock_timeout:
+                return summary, None
+            raise PbsmtpError(f"another run (PID {locked.pid or 'unknown'}) has held the lock "
+                              f"for {age} s, longer than --lock-timeout={opts.lock_timeout}: "
+                              f"it is stuck or far too slow; no log line was read, "
+                              f"{purge_expired(store, opts, now, warn)}")
         if opts.flock:
             remove_staged_leftovers(opts.state_dir)
 
@@ -2171,6 +2264,9 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
         staged = [] if state == saved else [
             (pending_file, pending_text(trim_pending(pending, now))),
             (offset_file, offset_text(opts.logfile, state))]
+        # From here to the end the store is read, merged and written under
+        # the map lock, which a run locked out by a stuck one takes to purge.
+        held.enter_context(run_lock(opts.state_dir, opts.flock, MAP_LOCK, wait=True))
         mark_file = os.path.splitext(offset_file)[0] + ".map"
         mark = load_mark(mark_file)
         if (saved is not None and not logins and mark is not None
@@ -2195,6 +2291,30 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
             publish(store, plan, warn, staged)
             save_mark(mark_file, store, plan, opts.grace)
     return summary, plan
+
+
+def purge_expired(store: Store, opts: Options, now: float, warn) -> str:
+    """Expiry for a run that a stuck run locks out (see run_lock).
+
+    Expiry needs no log line: it is the map and the clock. So the run that
+    finds the lock held too long still drops the expired entries, under the
+    short map lock that every run takes only while it reads and writes the
+    store. The stuck run, when it gets there, reads the store again (its
+    stamp changed). The log, the offset and the pending addresses stay the
+    stuck run's. Returns what was done, for the Error line.
+    """
+    with run_lock(opts.state_dir, True, MAP_LOCK) as free:
+        if free is not True:
+            return "and the map is being written right now"
+        try:
+            plan = merge(store.read(), [], now, opts.grace)
+            if opts.write and (plan.expired or plan.invalid):
+                for w in store.publish(plan):
+                    warn(w)
+        except PbsmtpError as e:
+            return f"and expired entries could not be purged: {e}"
+    verb = "purged" if opts.write else "due (not purged: --nowrite)"
+    return f"{len(plan.expired)} expired entries {verb}"
 
 
 def unread_lines(opts: Options) -> bool:
@@ -2421,6 +2541,10 @@ def _age(seconds: int | None) -> str:
               help="Print what would be added, refreshed and expired; change nothing.")
 @click.option("--flock/--noflock", default=True, show_default=True,
               help="Take the state directory's lock, so overlapping runs skip.")
+@click.option("--lock-timeout", default=str(DEFAULT_LOCK_TIMEOUT), show_default=True,
+              metavar="SECONDS", callback=_positive_int("--lock-timeout"),
+              help="A run that finds the lock held longer than this reports the holder "
+                   "with an Error (exit 1) and purges the expired entries.")
 @click.option("--debug/--nodebug", default=False, help="Explain every matched line.")
 @click.option("-v", "--verbose", is_flag=True, help="Print a one-line summary.")
 @click.option("--reprocess", is_flag=True,
@@ -2467,7 +2591,7 @@ def _age(seconds: int | None) -> str:
                    "(those clients then cannot relay). See the README.")
 @click.option("--now", hidden=True, callback=_now)
 @click.version_option(__version__, "--version", prog_name="pbsmtp-batch")
-def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
+def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, lock_timeout, debug, verbose,
         reprocess, list_, as_json, check_patterns, state_dir, patterns, patterns_dir, ignore_nets,
         postfix_config, backend, pg_dsn, pg_table, memcache_server, memcache_prefix,
         ipv6_shared_keys, now):
@@ -2492,7 +2616,8 @@ def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, debug, verbose,
                        patterns=tuple(patterns), ignore_nets=ignore_nets,
                        postfix_config=postfix_config,
                        ipv6_shared_keys=ipv6_shared_keys == "write", write=write and not dry_run,
-                       flock=flock, reprocess=reprocess, backend=backend,
+                       flock=flock, reprocess=reprocess, lock_timeout=lock_timeout,
+                       backend=backend,
                        pg_dsn=pg_dsn, pg_table=pg_table, memcache_server=memcache_server,
                        memcache_prefix=memcache_prefix)
         if check_patterns:

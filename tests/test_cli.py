@@ -32,7 +32,7 @@ def snapshot(site):
     for directory in (site.map.parent, site.state):
         if directory.exists():
             for path in sorted(directory.iterdir()):
-                if path.is_file() and path.name != "lock":
+                if path.is_file() and path.name not in ("lock", pb.MAP_LOCK):
                     files[str(path)] = path.read_bytes()
     return files
 

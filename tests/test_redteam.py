@@ -275,3 +275,167 @@ def test_every_pattern_regex_is_linear(regex, messages):
 def test_the_prefix_parser_is_linear():
     lines = sorted({line for p in PATTERNS for s in p.samples for line in (*s.before, s.line)})
     assert superlinear(lambda text: pb.parse_prefix(text, NOW), lines, n=250) == []
+
+
+###############################################################################
+# A state directory that someone else can write is refused ###################
+###############################################################################
+
+def as_nobody(*cmd):
+    subprocess.run(list(cmd), user="nobody", group="nogroup", check=True)
+
+
+@pytest.fixture
+def shared_tmp():
+    """A directory like /tmp: world-writable and sticky, where the user
+    nobody acts as the attacker."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to act as a second user (nobody)")
+    import shutil
+    import tempfile
+    path = Path(tempfile.mkdtemp(prefix="pbs-redteam-", dir="/tmp"))
+    path.chmod(0o1777)
+    yield path
+    shutil.rmtree(path)
+
+
+def refused(site, state, *extra):
+    result = CliRunner().invoke(pb.cli, [*site.args(*extra), f"--state-dir={state}"])
+    assert result.exit_code == 1, result.output
+    assert result.output.count("Error:") == 1 and "Traceback" not in result.output
+    assert "not trusted" in result.output
+    return result.output
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_state_dir_made_by_another_user_is_refused(site, shared_tmp, dry_run):
+    """The README's old quick start used /tmp/pbs-demo: another user makes it
+    first, with a lock that is a symbolic link to a file root would create."""
+    state, target = shared_tmp / "pbs-demo", shared_tmp / "owned-by-root-now"
+    as_nobody("mkdir", "-m", "700", str(state))
+    as_nobody("ln", "-s", str(target), str(state / "lock"))
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    out = refused(site, state, *(["--dry-run"] if dry_run else []))
+    assert f"state directory {state} belongs to uid 65534" in out
+    assert not target.exists() and not os.path.lexists(f"{site.map}.db")
+
+
+def test_world_writable_state_dir_is_refused(site, shared_tmp):
+    state = shared_tmp / "state"
+    state.mkdir()
+    state.chmod(0o777)
+    assert "is group- or world-writable (mode 0777)" in refused(site, state)
+
+
+def test_state_dir_symlink_of_another_user_is_refused(site, shared_tmp, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    as_nobody("ln", "-s", str(mine), str(shared_tmp / "link"))
+    assert "state directory link" in refused(site, shared_tmp / "link")
+
+
+@pytest.mark.parametrize("name", ["lock", "mail.log.pending", "x.offset", "x.map"])
+def test_planted_or_symlinked_state_files_are_refused(site, name):
+    """A file of the state directory that another user owns (left from a
+    time the directory was open), or any symbolic link in it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to act as a second user (nobody)")
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    site.state.mkdir()
+    planted = site.state / name
+    planted.write_text("[]\n")
+    os.chown(planted, 65534, 65534)
+    assert f"state file {planted} belongs to uid 65534" in refused(site, site.state)
+    planted.unlink()
+    planted.symlink_to(site.root / "elsewhere")
+    assert f"state file {planted} is a symbolic link" in refused(site, site.state)
+    assert not (site.root / "elsewhere").exists()
+    planted.unlink()
+    planted.write_text("[]\n")
+    planted.chmod(0o664)
+    assert "group- or world-writable (mode 0664)" in refused(site, site.state)
+
+
+def test_real_pending_file_is_opened_without_following_links(site, tmp_path):
+    """Even a link that appears after the directory check (a race) is not
+    followed: the state files are opened with O_NOFOLLOW."""
+    link = tmp_path / "pending-link"
+    link.symlink_to(tmp_path / "planted")
+    (tmp_path / "planted").write_text('[["mail", "popa3d", "7", "203.0.113.66", 1795563000]]')
+    with pytest.raises(pb.PbsmtpError, match="is a symbolic link"):
+        pb.load_pending(str(link), NOW)
+    with pytest.raises(pb.PbsmtpError, match="is a symbolic link"):
+        pb.load_offset(str(link))
+
+
+###############################################################################
+# A stuck run is reported, and expiry goes on without it #####################
+###############################################################################
+
+def hold_lock(state, pid, since):
+    """Hold the state directory's lock as a run with this PID that started
+    at ``since`` (flock locks belong to the open file: a second open in this
+    process is another holder)."""
+    import fcntl
+    state.mkdir(exist_ok=True)
+    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{pid} {int(since)}\n".encode())
+    return fd
+
+
+def test_a_run_writes_its_pid_and_start_into_the_lock(site):
+    assert invoke(*site.args()).exit_code == 0
+    pid, since = (site.state / "lock").read_text().split()
+    assert int(pid) == os.getpid() and abs(int(since) - time.time()) < 600
+
+
+def test_stuck_run_is_an_error_and_expiry_goes_on(site):
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"), dovecot_login(NOW - 30, "192.0.2.11"))
+    assert invoke(*site.args()).exit_code == 0
+    offset = pb.offset_path(str(site.state), str(site.log))
+    before = Path(offset).read_text()
+    site.append(dovecot_login(NOW + 1000, "192.0.2.12"))
+    fd = hold_lock(site.state, 4242, time.time() - 1000)
+    try:
+        # Within the bound: an overlapping run, silent as before.
+        quiet = invoke(*site.args("--lock-timeout=5000", now=NOW + 1750))
+        assert (quiet.exit_code, quiet.output) == (0, "")
+        stuck = CliRunner().invoke(pb.cli, site.args(now=NOW + 1750))
+    finally:
+        os.close(fd)
+    assert stuck.exit_code == 1
+    assert re.fullmatch(r"Error: another run \(PID 4242\) has held the lock for 10\d\d s, "
+                        r"longer than --lock-timeout=300: it is stuck or far too slow; no log "
+                        r"line was read, 1 expired entries purged\n", stuck.output), stuck.output
+    assert query(site, "192.0.2.10") is None                  # expired, purged
+    assert query(site, "192.0.2.11") == str(NOW - 30)         # still valid
+    assert query(site, "192.0.2.12") is None                  # the log is the stuck run's
+    assert Path(offset).read_text() == before
+    # The stuck run goes on (here: the next run) and reads its lines.
+    assert invoke(*site.args(now=NOW + 1750)).exit_code == 0
+    assert query(site, "192.0.2.12") == str(NOW + 1000)
+
+
+def test_lock_timeout_from_the_environment(site):
+    fd = hold_lock(site.state, 4242, time.time() - 1000)
+    try:
+        result = invoke(*site.args(), env={"PBSMTP_LOCK_TIMEOUT": "900"})
+        assert result.exit_code == 1 and "--lock-timeout=900" in result.output
+        result = invoke(*site.args(), env={"PBSMTP_LOCK_TIMEOUT": "2000"})
+        assert (result.exit_code, result.output) == (0, "")
+    finally:
+        os.close(fd)
+
+
+def test_poison_lines_do_not_stop_the_lines_after_them(site):
+    """Forged lines built to make a regex backtrack (many user=<a>, and no
+    rip=), of every length up to and beyond the line bound, then a real
+    login: one run reads past them all."""
+    stamp = syslog_time(NOW - 100)
+    forged = [f"{stamp} mail dovecot: imap-login: Login: " + "user=<a>, " * n + "\n"
+              for n in (10, 100, 800, 819, 820, 5000, 100000)]
+    site.append(*forged, *forged, dovecot_login(NOW - 50, "192.0.2.10"))
+    assert invoke(*site.args()).exit_code == 0
+    assert query(site, "192.0.2.10") == str(NOW - 50)

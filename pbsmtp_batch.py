@@ -28,6 +28,7 @@ import bz2
 import contextlib
 import dataclasses
 import datetime as dt
+import difflib
 import fcntl
 import functools
 import gzip
@@ -2281,7 +2282,7 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
                 publish(store, Plan(entries={}), warn, staged)
             return summary, Plan(entries={})
 
-        plan = merge(store.read(), logins, now, opts.grace)
+        plan = merge(read_store(store, opts, warn), logins, now, opts.grace)
         if plan.invalid:
             warn(f"dropped {len(plan.invalid)} map entries that are not an address "
                  f"with an all-digit time, e.g. {next(iter(plan.invalid))!r}")
@@ -2291,6 +2292,32 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
             publish(store, plan, warn, staged)
             save_mark(mark_file, store, plan, opts.grace)
     return summary, plan
+
+
+def read_store(store: Store, opts: Options, warn) -> dict[str, str]:
+    """The store's entries. A Postfix map that postmap cannot read stops a
+    run (it would lose every entry); --reprocess, which rebuilds the grace
+    window from the logs, copies it aside and starts from nothing."""
+    try:
+        return store.read()
+    except PbsmtpError as e:
+        if not isinstance(store, PostfixMap):
+            raise
+        if not opts.reprocess:
+            raise PbsmtpError(f"{e}; run pbsmtp-batch --reprocess to rebuild the map "
+                              f"from the logs") from None
+        path = map_file(store.dbfile, store.map_type)
+        if not opts.write:
+            warn(f"{e}; --reprocess would copy it aside and rebuild it from the logs")
+            return {}
+        aside = f"{path}.unreadable-{int(time.time())}"
+        try:
+            shutil.copy2(path, aside)
+        except OSError as copy_error:
+            raise PbsmtpError(f"{e}; cannot copy it aside to {aside}: "
+                              f"{copy_error.strerror}") from None
+        warn(f"{e}; copied it to {aside} and rebuilt the map from the logs")
+        return {}
 
 
 def purge_expired(store: Store, opts: Options, now: float, warn) -> str:
@@ -2419,6 +2446,17 @@ def check_log(lines: Iterable[str], patterns: Sequence[Pattern], now: float) -> 
     return report
 
 
+# C0 controls, DEL and C1 controls (U+009B is a one-character CSI on many
+# terminals; rsyslog does not escape it in UTF-8 text).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """A log line made safe to print on a terminal: control characters as
+    \\xNN."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def print_pattern_report(report: PatternReport, failures: Sequence[str], shown: int = 20,
                          echo=print) -> None:
     echo(f"{'pattern':<20} {'hits':>8} {'addresses':>10}")
@@ -2432,7 +2470,7 @@ def print_pattern_report(report: PatternReport, failures: Sequence[str], shown: 
                          ("sample failures", failures)):
         echo(f"{len(items)} {title}" + (":" if items else ""))
         for item in items[:shown]:
-            echo(f"  {item}")
+            echo(f"  {printable(item)}")
         if len(items) > shown:
             echo(f"  ... and {len(items) - shown} more")
 
@@ -2455,20 +2493,45 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: str | No
         raise click.ClickException(f"cannot read config file {path}: {e.strerror}")
     except tomllib.TOMLDecodeError as e:
         raise click.ClickException(f"config file {path}: {e}")
+    except UnicodeDecodeError:
+        raise click.ClickException(f"config file {path} is not UTF-8 text (TOML must be)")
     # Keys are the long option names; "nowrite = true" works like --nowrite.
-    names = {}
+    names, params = {}, {}
     for param in ctx.command.params:
         if isinstance(param, click.Option) and param.name not in ("config", "now", "version"):
             names.update({o.lstrip("-"): (param.name, True) for o in param.opts if o[:2] == "--"})
             names.update({o.lstrip("-"): (param.name, False) for o in param.secondary_opts})
+            params[param.name] = param
     default_map = {}
     for key, val in data.items():
         if key not in names:
-            raise click.ClickException(f"config file {path}: unknown setting '{key}'")
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise click.ClickException(f"config file {path}: unknown setting '{key}'{hint}")
         name, positive = names[key]
+        kind, expected = _config_type(params[name])
+        if not isinstance(val, kind) or (kind is int and isinstance(val, bool)) or (
+                kind is list and not all(isinstance(v, str) for v in val)):
+            raise click.ClickException(f"config file {path}: '{key}' must be {expected}, "
+                                       f"not {val!r}")
         default_map[name] = val if positive else not val
     ctx.default_map = {**(ctx.default_map or {}), **default_map}
     return path
+
+
+# Settings whose value is a number of seconds.
+_SECONDS = ("grace", "lock_timeout")
+
+
+def _config_type(param: click.Parameter) -> tuple[type, str]:
+    """What a config-file value of this option must be, and how to say it."""
+    if param.is_flag or isinstance(param.type, click.types.BoolParamType):
+        return bool, "true or false (no quotes)"
+    if param.multiple:
+        return list, 'a list of strings, e.g. ["..."]'
+    if param.name in _SECONDS:
+        return int, "a whole number of seconds (no quotes)"
+    return str, 'a string in quotes'
 
 
 def _positive_int(what: str):
@@ -2476,11 +2539,24 @@ def _positive_int(what: str):
         if value is None:
             return None
         text = str(value).strip()
-        if not text.isdigit() or int(text) == 0:
+        if not text.isdigit() or not text.strip("0"):
             raise click.ClickException(f"{what} must be a whole number of seconds above 0, "
-                                       f"not {value!r}")
+                                       f"not {_short(value)}")
+        if len(text) > 12 or int(text) > MAX_SECONDS:
+            raise click.ClickException(f"{what} must be at most {MAX_SECONDS} seconds "
+                                       f"(ten years), not {_short(value)}")
         return int(text)
     return check
+
+
+# Ten years: more than any grace window or lock bound, and far from the
+# limits of time arithmetic and of int().
+MAX_SECONDS = 10 * 366 * 86400
+
+
+def _short(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value))} characters)"
 
 
 def _networks(ctx, param, values):
@@ -2589,7 +2665,9 @@ def _age(seconds: int | None) -> str:
               help="IPv6 keys like 2001:db8::1 are also hit by Postfix's shortened "
                    "lookups for 2001:db8::1:X (same /64): write them, or skip them "
                    "(those clients then cannot relay). See the README.")
-@click.option("--now", hidden=True, callback=_now)
+# A test hook: from the command line only, never from the environment of a
+# production cron job.
+@click.option("--now", hidden=True, callback=_now, allow_from_autoenv=False)
 @click.version_option(__version__, "--version", prog_name="pbsmtp-batch")
 def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, lock_timeout, debug, verbose,
         reprocess, list_, as_json, check_patterns, state_dir, patterns, patterns_dir, ignore_nets,
@@ -2609,7 +2687,7 @@ def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, lock_timeout, d
         pbsmtp-batch --reprocess            # rebuild after losing the map
     """
     now = time.time() if now is None else now
-    err = lambda msg: click.echo(f"pbsmtp-batch: warning: {msg}", err=True)
+    err = lambda msg: click.echo(f"pbsmtp-batch: warning: {printable(msg)}", err=True)
     try:
         opts = Options(logfile=logfile or default_logfile(), dbfile=dbfile, grace=grace,
                        map_type=map_type, state_dir=state_dir, patterns_dir=patterns_dir,
@@ -2641,7 +2719,7 @@ def cli(logfile, dbfile, map_type, grace, write, dry_run, flock, lock_timeout, d
                 click.echo(f"{row['ip']:<40} {stamp}  age {_age(row['age']):>9}  "
                            f"left {_age(row['left']):>9}")
             return
-        say = (lambda msg: click.echo(f"debug: {msg}")) if debug else (lambda msg: None)
+        say = (lambda msg: click.echo(f"debug: {printable(msg)}")) if debug else (lambda msg: None)
         summary, plan = run_caught_up(opts, now=now, say=say, warn=err)
     except PbsmtpError as e:
         raise click.ClickException(str(e))

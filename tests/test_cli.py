@@ -375,7 +375,7 @@ def test_config_file_then_environment_then_command_line(site, tmp_path):
     config.write_text("graze = 5\n")
     result = CliRunner().invoke(pb.cli, [f"--config={config}"])
     assert (result.exit_code, result.stderr) == (
-        1, f"Error: config file {config}: unknown setting 'graze'\n")
+        1, f"Error: config file {config}: unknown setting 'graze' (did you mean 'grace'?)\n")
 
 
 def test_help_documents_every_option():

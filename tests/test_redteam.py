@@ -439,3 +439,102 @@ def test_poison_lines_do_not_stop_the_lines_after_them(site):
     site.append(*forged, *forged, dovecot_login(NOW - 50, "192.0.2.10"))
     assert invoke(*site.args()).exit_code == 0
     assert query(site, "192.0.2.10") == str(NOW - 50)
+
+
+###############################################################################
+# Settings: one Error: line for every bad one ################################
+###############################################################################
+
+def one_error(result, *expected):
+    assert result.exit_code in (1, 2), result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    for text in expected:
+        assert text in result.output, result.output
+
+
+@pytest.mark.parametrize("text,expected", [
+    ('nowrite = "false"\n', "'nowrite' must be true or false (no quotes), not 'false'"),
+    ('write = 1\n', "'write' must be true or false"),
+    ('grace = "900"\n', "'grace' must be a whole number of seconds (no quotes), not '900'"),
+    ('grace = true\n', "'grace' must be a whole number of seconds"),
+    ('lock-timeout = 1.5\n', "'lock-timeout' must be a whole number of seconds"),
+    ('ignore-net = "10.0.0.0/8"\n', "'ignore-net' must be a list of strings"),
+    ('ignore-net = [10]\n', "'ignore-net' must be a list of strings"),
+    ('logfile = 5\n', "'logfile' must be a string in quotes, not 5"),
+    ('gracee = 900\n', "unknown setting 'gracee' (did you mean 'grace'?)"),
+    ('no-write = true\n', "unknown setting 'no-write' (did you mean 'nowrite'?)"),
+])
+def test_config_file_values_are_type_checked(site, tmp_path, text, expected):
+    config = tmp_path / "pbsmtp.conf"
+    config.write_text(text)
+    result = CliRunner().invoke(pb.cli, [f"--config={config}", *site.args()])
+    one_error(result, f"config file {config}: ", expected)
+    assert not os.path.exists(f"{site.map}.db")
+
+
+def test_config_file_that_is_not_utf8(site, tmp_path):
+    config = tmp_path / "pbsmtp.conf"
+    config.write_bytes(b'logfile = "/var/log/m\xe4il.log"\n')
+    result = CliRunner().invoke(pb.cli, [f"--config={config}", *site.args()])
+    one_error(result, f"config file {config} is not UTF-8 text")
+
+
+@pytest.mark.parametrize("digits", [13, 400, 5000])
+def test_huge_grace_is_one_error_line(site, digits):
+    result = CliRunner().invoke(pb.cli, [*site.args(), f"--grace={'9' * digits}"])
+    one_error(result, "--grace must be at most 316224000 seconds (ten years)")
+
+
+def test_now_is_not_taken_from_the_environment(site):
+    """--now is a test hook: a PBSMTP_NOW in a cron job's environment must not
+    move the clock (here it would make a fresh login look expired)."""
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    args = [a for a in site.args() if not a.startswith("--now=")]
+    result = invoke(*args, "--grace=31622400", env={"PBSMTP_NOW": str(NOW + 10 ** 8)})
+    assert result.exit_code == 0
+    assert query(site, "192.0.2.10") == str(NOW - 60)
+
+
+def test_unreadable_map_is_rebuilt_by_reprocess(site):
+    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
+    assert invoke(*site.args()).exit_code == 0
+    Path(f"{site.map}.db").write_bytes(b"this is not a Berkeley DB file\n" * 100)
+    result = CliRunner().invoke(pb.cli, site.args())
+    one_error(result, f"{site.map}.db", "run pbsmtp-batch --reprocess to rebuild the map")
+    result = CliRunner().invoke(pb.cli, site.args("--reprocess"))
+    assert result.exit_code == 0, result.output
+    assert "copied it to" in result.stderr and "rebuilt the map from the logs" in result.stderr
+    assert query(site, "192.0.2.10") == str(NOW - 60)
+    aside = [p for p in site.map.parent.iterdir() if ".unreadable-" in p.name]
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
+    assert invoke(*site.args()).exit_code == 0
+
+
+###############################################################################
+# Terminal output: a line's control characters are escaped ###################
+###############################################################################
+
+HOSTILE = "x\x1b]0;owned\x07\x1b[2J\u009b31m\x7f\x85y"
+
+
+def test_debug_escapes_control_characters(site):
+    site.append(f"{syslog_time(NOW - 60)} mail dovecot: imap-login: Login: user=<{HOSTILE}>, "
+                f"method=PLAIN, rip=192.0.2.10, lip=192.0.2.1, mpid=1, session=<a>\n")
+    result = invoke(*site.args("--dry-run", "--debug"))
+    assert result.exit_code == 0
+    assert "user=x\\x1b]0;owned\\x07\\x1b[2J\\x9b31m\\x7f\\x85y" in result.output
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", result.output)
+
+
+def test_check_patterns_escapes_control_characters(site):
+    site.append(f"{syslog_time(NOW - 60)} mail newpop[7]: user {HOSTILE} logged in from "
+                f"198.51.100.9\n",
+                f"{syslog_time(NOW - 60)} mail dovecot: imap-login: Login: user=<a, rip=203.0.113.9"
+                f"{HOSTILE}>, method=PLAIN, rip=192.0.2.10, lip=192.0.2.1\n")
+    result = CliRunner().invoke(pb.cli, ["--check-patterns", f"--logfile={site.log}",
+                                         f"--now={NOW}"])
+    assert "1 look like logins but matched no pattern" in result.output
+    assert "1 refused as unsafe" in result.output
+    assert result.output.count("\\x1b]0;owned\\x07\\x1b[2J\\x9b31m\\x7f\\x85y") == 2
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", result.output)

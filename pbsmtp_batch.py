@@ -391,6 +391,14 @@ _NGINX = re.compile(r"(?P<date>\d{4})/(?P<month>\d\d)/(?P<day>\d\d) (?P<hms>\d\d
 _LOG4J = re.compile(r"(?P<iso>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d{3} [A-Z]+ +"
                     r"\[(?P<program>[A-Za-z][A-Za-z0-9]*)-(?P<pid>\d+)\] (?P<message>\[.*)",
                     re.DOTALL)
+# The same log4j line forwarded through syslog (rsyslog's imfile with a tag
+# that has no colon): "Nov 24 23:01:02 mail mailboxlog 2026-11-24
+# 23:01:02,123 INFO  [ImapServer-7] [...] imap - user u authenticated, ...".
+# The syslog host is kept; the rest is read as _LOG4J reads the file.
+_SYSLOG_LOG4J = re.compile(
+    r"(?:<\d{1,3}>)?(?:" + _ISO + r"|(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+    r" [ 0-3]?\d \d\d:\d\d:\d\d(?:\.\d+)?) +(?P<host>[^\s\[\]:<]+) [A-Za-z][\w.-]* "
+    + _LOG4J.pattern, re.DOTALL)
 # Qpopper's own trace file (popper -d -t FILE), which has no tag: the program
 # is "qpopper-trace". Qpopper 4 (pop_log.c "%s.%03ld %.4s [%ld] %s"):
 # "Nov 24 12:53:46.123 2026 [7597] (v4.0.9) POP login by user ..."; Qpopper 3
@@ -458,6 +466,9 @@ def parse_prefix(line: str, now: float) -> Prefix | None:
     m = _LOG4J.match(line)
     if m:
         return Prefix(("iso", m["iso"]), now, None, m["program"], m["pid"], m["message"])
+    m = _SYSLOG_LOG4J.match(line)
+    if m:
+        return Prefix(("iso", m["iso"]), now, m["host"], m["program"], m["pid"], m["message"])
     m = _QPOPPER_TRACE.match(line)
     if m:
         iso = f"{m['year']}-{_MONTHS[m['month']]:02d}-{int(m['day']):02d} {m['hms']}"
@@ -2396,8 +2407,13 @@ def list_entries(store: Store, now: float, grace: int) -> list[dict]:
 # word and an address. Lines that say why a login failed are left out.
 _LOGINISH = re.compile(r"(?i)\b(?:log(?:ged)?[ -]?in|auth\w*|user=)")
 _ADDRESSISH = re.compile(r"[0-9A-Fa-f:.]{2,}")
+# Dovecot 2.4's auth process logs a refused name verbatim: "Username character
+# disallowed by auth_username_chars ... (username: x, rip=...)".
 _FAILURE = re.compile(r"(?i)fail|fatal|invalid|denied|mismatch|unknown user|not found|abort|"
-                      r"disconnect|logout|logged out|error|refused|timeout|exceeded|empty|bad")
+                      r"disconnect|logout|logged out|error|refused|timeout|exceeded|empty|bad|"
+                      r"disallow|not allowed|reject|forbidden|block|unauthori|illegal|"
+                      r"disabled|expired|locked|unsupported|too many|too long|penalty|"
+                      r"cancel")
 
 
 def sample_failures(patterns: Sequence[Pattern], now: float) -> list[str]:

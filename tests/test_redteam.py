@@ -538,3 +538,37 @@ def test_check_patterns_escapes_control_characters(site):
     assert "1 refused as unsafe" in result.output
     assert result.output.count("\\x1b]0;owned\\x07\\x1b[2J\\x9b31m\\x7f\\x85y") == 2
     assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", result.output)
+
+
+###############################################################################
+# Real log formats ############################################################
+###############################################################################
+
+@pytest.mark.parametrize("line,ip,user", [
+    ("Nov 24 23:05:01 mail dovecot: imap-login: user=<alice>, method=PLAIN, rip=192.0.2.80, "
+     "lip=192.0.2.1, TLS Login", "192.0.2.80", "alice"),
+    ("Nov 24 23:05:02 mail dovecot: pop3-login: user=<bob>, method=PLAIN, rip=192.0.2.81, "
+     "lip=192.0.2.1 Login", "192.0.2.81", "bob"),
+    ("Nov 24 23:05:03 mail dovecot: imap-login: user=<carol>, method=PLAIN, rip=192.0.2.82, "
+     "lip=192.0.2.1, secured Login", "192.0.2.82", "carol"),
+    ("Nov 24 23:05:04 zimbra1 mailboxlog 2026-11-24 23:05:04,123 INFO  [ImapServer-7] "
+     "[name=dave@example.org;ip=198.51.100.2;oip=192.0.2.83;] imap - user dave@example.org "
+     "authenticated, mechanism=PLAIN [TLS]", "192.0.2.83", "dave@example.org"),
+])
+def test_dovecot_message_last_and_zimbra_through_syslog(line, ip, user):
+    login, _ = pb.match_login(line, PATTERNS, NOW, {})
+    assert login is not None and (login.ip, login.user) == (ip, user)
+
+
+def test_dovecot_24_auth_rejections_are_not_offered_as_unmatched_logins():
+    lines = [
+        "Nov 24 23:06:01 mail dovecot: auth: Username character disallowed by "
+        "auth_username_chars: 0x2c (username: x, rip=203.0.113.9, lip=192.0.2.1)",
+        "Nov 24 23:06:02 mail dovecot: auth: passwd-file(x,203.0.113.9): request rejected "
+        "(user=<x>, rip=203.0.113.9)",
+        "Nov 24 23:06:03 mail dovecot: imap-login: Login aborted: Logged out (auth failed, "
+        "1 attempts in 2 secs) (auth_failed): user=<u>, rip=203.0.113.9, lip=192.0.2.1",
+        "Nov 24 23:06:04 mail newpop[7]: user carol logged in from 198.51.100.9",
+    ]
+    report = pb.check_log(lines, PATTERNS, NOW)
+    assert report.unmatched == [lines[-1]]

@@ -2532,6 +2532,8 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: str | No
                                        f"not {val!r}")
         default_map[name] = val if positive else not val
     ctx.default_map = {**(ctx.default_map or {}), **default_map}
+    ctx.meta["pbsmtp.config"] = (path, {name: key for key, (name, _) in names.items()
+                                        if key in data})
     return path
 
 
@@ -2550,16 +2552,27 @@ def _config_type(param: click.Parameter) -> tuple[type, str]:
     return str, 'a string in quotes'
 
 
+def _source(ctx: click.Context, param: click.Parameter) -> str:
+    """Where a bad value came from, when that was the config file."""
+    if ctx.get_parameter_source(param.name) == click.core.ParameterSource.DEFAULT_MAP:
+        path, keys = ctx.meta.get("pbsmtp.config", (None, {}))
+        if path:
+            return f"config file {path}: '{keys.get(param.name, param.name)}': "
+    return ""
+
+
 def _positive_int(what: str):
     def check(ctx, param, value):
         if value is None:
             return None
         text = str(value).strip()
         if not text.isdigit() or not text.strip("0"):
-            raise click.ClickException(f"{what} must be a whole number of seconds above 0, "
+            raise click.ClickException(f"{_source(ctx, param)}{what} must be a whole number "
+                                       f"of seconds above 0, "
                                        f"not {_short(value)}")
         if len(text) > 12 or int(text) > MAX_SECONDS:
-            raise click.ClickException(f"{what} must be at most {MAX_SECONDS} seconds "
+            raise click.ClickException(f"{_source(ctx, param)}{what} must be at most "
+                                       f"{MAX_SECONDS} seconds "
                                        f"(a hundred years), not {_short(value)}")
         return int(text)
     return check
@@ -2582,7 +2595,8 @@ def _networks(ctx, param, values):
         try:
             nets.append(parse_network(str(value)))
         except ValueError:
-            raise click.ClickException(f"--ignore-net {value!r} is not a network "
+            raise click.ClickException(f"{_source(ctx, param)}--ignore-net {value!r} is not "
+                                       f"a network "
                                        f"(e.g. 192.0.2.0/24 or 2001:db8::/32)")
     return tuple(nets)
 
@@ -2590,7 +2604,8 @@ def _networks(ctx, param, values):
 def _choice(option: str, choices: Sequence[str]):
     def check(ctx, param, value):
         if value is not None and value not in choices:
-            raise click.ClickException(f"{option} {value!r} is not supported "
+            raise click.ClickException(f"{_source(ctx, param)}{option} {value!r} is not "
+                                       f"supported "
                                        f"(use one of {', '.join(choices)})")
         return value
     return check

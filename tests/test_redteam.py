@@ -572,3 +572,16 @@ def test_dovecot_24_auth_rejections_are_not_offered_as_unmatched_logins():
     ]
     report = pb.check_log(lines, PATTERNS, NOW)
     assert report.unmatched == [lines[-1]]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ('ignore-net = ["10.0.0.0/8", "garbage"]\n',
+     "'ignore-net': --ignore-net 'garbage' is not a network"),
+    ('grace = 0\n', "'grace': --grace must be a whole number of seconds above 0"),
+    ('map-type = "dbm"\n', "'map-type': --map-type 'dbm' is not supported"),
+])
+def test_config_file_value_errors_name_the_file_and_key(site, tmp_path, text, expected):
+    config = tmp_path / "pbsmtp.conf"
+    config.write_text(text)
+    result = CliRunner().invoke(pb.cli, [f"--config={config}", *site.args()[:1]])
+    one_error(result, f"config file {config}: {expected}")

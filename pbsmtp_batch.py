@@ -33,6 +33,9 @@ import time
 DEFAULT_DBFILE = "/etc/postfix/pop-before-smtp"
 DEFAULT_GRACE = 1800
 DEFAULT_STATE_DIR = "/var/lib/pbsmtp-batch"
+# A run writes "PID START" into the lock it holds; a later run that finds the
+# lock held longer than this (--lock-timeout) reports the holder.
+DEFAULT_LOCK_TIMEOUT = 300
 DEFAULT_CONFIG = "/etc/pbsmtp-batch.conf"
 # The classic daemon's default, then where Debian, some BSDs and RHEL put it.
 DEFAULT_LOGFILES = ("/var/log/maillog", "/var/log/mail.log", "/var/log/mail/info",
@@ -150,6 +153,7 @@ import bz2
 import contextlib
 import dataclasses
 import datetime as dt
+import difflib
 import enum
 import errno
 import fcntl
@@ -436,6 +440,20 @@ def _sample(raw: object, where: str) -> Sample:
                   before=tuple(before))
 
 
+_LITERAL_TAG = re.compile(r"[A-Za-z0-9_/-]+")
+
+
+def session_tags(pattern: Pattern) -> tuple[str, ...]:
+    """The program names of a two-line server as plain text (its ``program``
+    must be names joined by ``|``): every line with one of them must reach
+    match_login, which ends a waiting address on any other line of its
+    session."""
+    if not pattern.address:
+        return ()
+    names = pattern.program.pattern.split("|")
+    return tuple(names) if all(_LITERAL_TAG.fullmatch(n) for n in names) else ()
+
+
 def load_pattern(path: str) -> Pattern:
     """Read and check one pattern file; any problem names the file."""
     try:
@@ -491,7 +509,7 @@ def load_pattern(path: str) -> Pattern:
     for exe in journal.get("journal_exe", ()):
         if not exe.startswith("/"):
             raise PbsmtpError(f"pattern file {path}: journal_exe {exe!r} is not an absolute path")
-    return Pattern(
+    pattern = Pattern(
         name=Path(path).stem,
         path=path,
         description=str(need("description", str)),
@@ -505,6 +523,10 @@ def load_pattern(path: str) -> Pattern:
         address=address,
         **journal,
     )
+    if address and not session_tags(pattern):
+        raise PbsmtpError(f"pattern file {path}: a pattern with address lines needs a "
+                          f"program of plain names joined by '|'")
+    return pattern
 
 
 def load_patterns(directory: str | None, names: Sequence[str] = ()) -> list[Pattern]:
@@ -573,6 +595,14 @@ _NGINX = re.compile(r"(?P<date>\d{4})/(?P<month>\d\d)/(?P<day>\d\d) (?P<hms>\d\d
 _LOG4J = re.compile(r"(?P<iso>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d{3} [A-Z]+ +"
                     r"\[(?P<program>[A-Za-z][A-Za-z0-9]*)-(?P<pid>\d+)\] (?P<message>\[.*)",
                     re.DOTALL)
+# The same log4j line forwarded through syslog (rsyslog's imfile with a tag
+# that has no colon): "Nov 24 23:01:02 mail mailboxlog 2026-11-24
+# 23:01:02,123 INFO  [ImapServer-7] [...] imap - user u authenticated, ...".
+# The syslog host is kept; the rest is read as _LOG4J reads the file.
+_SYSLOG_LOG4J = re.compile(
+    r"(?:<\d{1,3}>)?(?:" + _ISO + r"|(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+    r" [ 0-3]?\d \d\d:\d\d:\d\d(?:\.\d+)?) +(?P<host>[^\s\[\]:<]+) [A-Za-z][\w.-]* "
+    + _LOG4J.pattern, re.DOTALL)
 # Qpopper's own trace file (popper -d -t FILE), which has no tag: the program
 # is "qpopper-trace". Qpopper 4 (pop_log.c "%s.%03ld %.4s [%ld] %s"):
 # "Nov 24 12:53:46.123 2026 [7597] (v4.0.9) POP login by user ..."; Qpopper 3
@@ -640,6 +670,9 @@ def parse_prefix(line: str, now: float) -> Prefix | None:
     m = _LOG4J.match(line)
     if m:
         return Prefix(("iso", m["iso"]), now, None, m["program"], m["pid"], m["message"])
+    m = _SYSLOG_LOG4J.match(line)
+    if m:
+        return Prefix(("iso", m["iso"]), now, m["host"], m["program"], m["pid"], m["message"])
     m = _QPOPPER_TRACE.match(line)
     if m:
         iso = f"{m['year']}-{_MONTHS[m['month']]:02d}-{int(m['day']):02d} {m['hms']}"
@@ -691,10 +724,23 @@ def patterns_for_program(patterns: tuple[Pattern, ...], program: str) -> tuple[P
 
 @functools.lru_cache(maxsize=64)
 def all_literals(patterns: tuple[Pattern, ...]) -> tuple[str, ...]:
-    """Every pattern's pre-filter literals: a line holding none of them
+    """Every pattern's pre-filter literals, and the tags of two-line servers
+    (every line of their sessions counts): a line holding none of them
     cannot be read by any pattern."""
-    return tuple(sorted({k for p in patterns for k in p.contains}))
+    return tuple(sorted({k for p in patterns for k in (*p.contains, *session_tags(p))}))
 
+
+# No regex ever sees a line longer than this: no server logs a login that
+# long (rsyslog's default maxMessageSize is 8 KiB), and with it every pattern's
+# time per line is bounded as well as linear.
+LINE_MAX = 8192
+# A syslog line may be cut at a buffer's size, and the part cut off is the
+# end, where a server says "failed" or writes the rest of an address. The
+# smallest such cut leaves a message of about 960 characters (RFC 3164's
+# 1024-byte packet, old syslogds, perdition 1.x's libvanessa-logger at 1023);
+# no whole login message comes near it (Dovecot's, with a 254-character user
+# name and every element, is under 500). So a longer message is never a login.
+LOGIN_MESSAGE_MAX = 900
 
 # Pending address lines of two-line servers: (host, program, pid) -> (ip, time).
 Pending = dict[tuple[str, str, str], tuple[str, int]]
@@ -711,17 +757,26 @@ def match_login(line: str, patterns: Sequence[Pattern], now: float,
     there, and the success line of the same session takes it out.
     """
     patterns = tuple(patterns)
+    if len(line) > LINE_MAX:
+        return None, None
     if not any(k in line for k in all_literals(patterns)):
         return None, None
     prefix = parse_prefix(line, now)
     if prefix is None:
         return None, None
     for pattern in patterns_for_program(patterns, prefix.program):
-        if not any(k in line for k in pattern.contains):
-            continue
         if pattern.pid and prefix.pid is None:
             continue
         session = (prefix.host or "", prefix.program, prefix.pid or "")
+        # Two-line servers: every line of this host, program and PID, read
+        # by a pattern or not, ends the address waiting there. Only the
+        # success line that comes next in the same session may take it; an
+        # address line the patterns cannot read (tcpd's "connect from NAME")
+        # starts a new session all the same, and a stale address must never
+        # pass to it.
+        waiting = pending.pop(session, None) if pattern.address and pending else None
+        if not any(k in line for k in pattern.contains):
+            continue
         for regex in pattern.address:
             m = regex.match(prefix.message)
             if m:
@@ -740,6 +795,9 @@ def match_login(line: str, patterns: Sequence[Pattern], now: float,
             m = regex.match(prefix.message)
             if not m:
                 continue
+            if len(prefix.message) > LOGIN_MESSAGE_MAX:
+                return None, (f"{pattern.name}: a {len(prefix.message)}-character message "
+                              f"is longer than any whole login line (cut short?)")
             for token in pattern.unique:
                 if prefix.message.count(token) > 1:
                     return None, (f"{pattern.name}: '{token}' occurs more than once "
@@ -747,7 +805,7 @@ def match_login(line: str, patterns: Sequence[Pattern], now: float,
             if "ip" in regex.groupindex:
                 text = m["ip"]
             else:
-                text = (pending or {}).pop(session, (None, 0))[0]
+                text = waiting[0] if waiting else None
                 if text is None:
                     return None, (f"{pattern.name}: no address line seen for "
                                   f"{prefix.program}[{prefix.pid}]")
@@ -1964,11 +2022,11 @@ def load_offset(path: str) -> tuple[LogState | None, str | None]:
     file is accepted too, so that switching from them resumes in place.
     """
     try:
-        text = Path(path).read_text(errors="replace")
-    except FileNotFoundError:
-        return None, None
+        text = read_state_file(path)
     except OSError as e:
         return None, f"cannot read offset file {path}: {e.strerror}"
+    if text is None:
+        return None, None
     try:
         data = json.loads(text)
         previous = data.get("previous")
@@ -2024,7 +2082,7 @@ def load_pending(path: str, now: float) -> Pending:
     """Address lines of two-line servers still waiting for their success
     line; a missing or unreadable file just means none."""
     try:
-        rows = json.loads(Path(path).read_text())
+        rows = json.loads(read_state_file(path) or "[]")
         pending = {(str(h), str(p), str(i)): (str(ip), int(t)) for h, p, i, ip, t in rows}
     except (OSError, ValueError, TypeError):
         return {}
@@ -2193,6 +2251,8 @@ def pattern_anchors(patterns: Sequence[Pattern]) -> tuple[bytes, ...]:
                 tags = tags or tag_literals(p.program)
             words.update([stem] if stem else
                          [t.lower().encode() for t in tags] if tags else [literal])
+        # Every line of a two-line server's session must reach match_login.
+        words.update(t.lower().encode() for t in session_tags(p))
     kept: list[bytes] = []
     for word in sorted(words, key=len):
         if not any(k in word for k in kept):
@@ -2922,6 +2982,7 @@ class Options:
     write: bool = True
     flock: bool = True
     reprocess: bool = False
+    lock_timeout: int = DEFAULT_LOCK_TIMEOUT
     pg_dsn: str | None = None              # --backend pgsql
     pg_table: str = "pbsmtp_relay"
     memcache_server: str = "127.0.0.1:11211"  # --backend memcache
@@ -2951,33 +3012,114 @@ class Summary:
                 f"{self.expired} expired, {self.active} active")
 
 
+def check_private(path: str, st: os.stat_result, what: str) -> None:
+    """Refuse a state directory or file that someone else could have
+    written: it must belong to the user running pbsmtp-batch and be neither
+    group- nor world-writable (OpenSSH's StrictModes, ``postfix check``)."""
+    if st.st_uid != os.geteuid():
+        raise PbsmtpError(f"{what} {path} belongs to uid {st.st_uid}, not to the user "
+                          f"running pbsmtp-batch (uid {os.geteuid()}): not trusted")
+    if st.st_mode & 0o022:
+        raise PbsmtpError(f"{what} {path} is group- or world-writable "
+                          f"(mode {stat.S_IMODE(st.st_mode):04o}): not trusted; "
+                          f"chmod go-w it")
+
+
+def open_state_file(path: str, flags: int = os.O_RDONLY, mode: int = 0o600) -> int | None:
+    """Open a file of the state directory without following a symbolic link
+    and check that it is a regular file of ours; None when it is absent
+    (and not created)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if os.path.islink(path):
+            raise PbsmtpError(f"state file {path} is a symbolic link: not trusted") from None
+        raise PbsmtpError(f"cannot open state file {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PbsmtpError(f"state file {path} is not a regular file: not trusted")
+        check_private(path, st, "state file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_state_file(path: str) -> str | None:
+    """A state file's text (see open_state_file); None when it is absent."""
+    fd = open_state_file(path)
+    if fd is None:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read().decode("utf-8", "replace")
+
+
+# Held only while a run reads, merges and writes the store.
+MAP_LOCK = "map.lock"
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    """The run that holds the lock, as it wrote itself into the lock file."""
+    pid: int | None
+    since: float
+
+
+def lock_holder(fd: int) -> Holder:
+    text = os.pread(fd, 100, 0).decode("ascii", "replace").split()
+    if len(text) == 2 and text[0].isdigit() and text[1].isdigit():
+        return Holder(int(text[0]), float(text[1]))
+    return Holder(None, os.fstat(fd).st_mtime)
+
+
 @contextlib.contextmanager
-def run_lock(state_dir: str, enabled: bool) -> Iterator[bool]:
-    """Hold the state directory's lock; yields False if another run has it."""
+def run_lock(state_dir: str, enabled: bool, name: str = "lock", wait: bool = False
+             ) -> Iterator[bool | Holder]:
+    """Hold one of the state directory's locks; yields True, or the Holder
+    of the lock when another run has it (``wait``: wait for it instead)."""
     if not enabled:
         yield True
         return
-    path = os.path.join(state_dir, "lock")
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise PbsmtpError(f"cannot open lock file {path}: {e.strerror}") from None
+    path = os.path.join(state_dir, name)
+    fd = open_state_file(path, os.O_RDWR | os.O_CREAT)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            yield False
+            yield lock_holder(fd)
             return
+        if name != MAP_LOCK:          # held for moments: no holder to report
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()} {int(time.time())}\n".encode(), 0)
         yield True
     finally:
         os.close(fd)
 
 
 def ensure_state_dir(state_dir: str) -> None:
+    """Create the state directory, and refuse one (or a file in it) that
+    another user could have written: its lock, offsets and pending
+    addresses are trusted."""
     try:
         os.makedirs(state_dir, mode=0o750, exist_ok=True)
     except OSError as e:
         raise PbsmtpError(f"cannot create state directory {state_dir}: {e.strerror}") from None
+    try:
+        link = os.lstat(state_dir)
+        if stat.S_ISLNK(link.st_mode):
+            check_private(state_dir, link, "state directory link")
+        check_private(state_dir, os.stat(state_dir), "state directory")
+        for entry in os.scandir(state_dir):
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                raise PbsmtpError(f"state file {entry.path} is a symbolic link: not trusted")
+            check_private(entry.path, st, "state file")
+    except OSError as e:
+        raise PbsmtpError(f"cannot read state directory {state_dir}: {e.strerror}") from None
     if not os.access(state_dir, os.W_OK | os.X_OK):
         raise PbsmtpError(f"cannot write state directory {state_dir}")
 
@@ -3064,7 +3206,7 @@ def store_stamp(store: Store) -> list[int] | None:
 
 def load_mark(path: str) -> dict | None:
     try:
-        mark = json.loads(Path(path).read_text())
+        mark = json.loads(read_state_file(path) or "null")
     except (OSError, ValueError):
         return None
     return mark if isinstance(mark, dict) else None
@@ -3181,10 +3323,17 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
         store.check()
     ensure_state_dir(opts.state_dir)
 
-    with run_lock(opts.state_dir, opts.flock) as locked:
-        if not locked:
+    with contextlib.ExitStack() as held:
+        locked = held.enter_context(run_lock(opts.state_dir, opts.flock))
+        if locked is not True:
             summary.locked_out = True
-            return summary, None
+            age = int(time.time() - locked.since)
+            if age <= opts.lock_timeout:
+                return summary, None
+            raise PbsmtpError(f"another run (PID {locked.pid or 'unknown'}) has held the lock "
+                              f"for {age} s, longer than --lock-timeout={opts.lock_timeout}: "
+                              f"it is stuck or far too slow; no log line was read, "
+                              f"{purge_expired(store, opts, now, warn)}")
         if opts.flock:
             remove_staged_leftovers(opts.state_dir)
 
@@ -3214,6 +3363,9 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
             (pending_file, pending_text(trim_pending(pending, now))),
             (offset_file, cursor_text(opts.journal_directory, state) if opts.journal
              else offset_text(opts.logfile, state))]
+        # From here to the end the store is read, merged and written under
+        # the map lock, which a run locked out by a stuck one takes to purge.
+        held.enter_context(run_lock(opts.state_dir, opts.flock, MAP_LOCK, wait=True))
         mark_file = os.path.splitext(offset_file)[0] + ".map"
         mark = load_mark(mark_file)
         if (saved is not None and not logins and mark is not None
@@ -3230,9 +3382,10 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
 
         entries_file = os.path.splitext(offset_file)[0] + ".entries"
         cached = load_entries(entries_file, store_stamp(store))
-        plan = merge(store.read() if cached is None else cached, logins, now, opts.grace,
-                     checked=cached is not None)
-        plan.base_is_map = True
+        base = read_store(store, opts, warn) if cached is None else cached
+        plan = merge(base or {}, logins, now, opts.grace, checked=cached is not None)
+        # A map set aside as unreadable is rebuilt whole, never updated.
+        plan.base_is_map = base is not None
         if plan.invalid:
             warn(f"dropped {len(plan.invalid)} map entries that are not an address "
                  f"with an all-digit time, e.g. {next(iter(plan.invalid))!r}")
@@ -3243,6 +3396,56 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
             save_mark(mark_file, store, plan, opts.grace)
             save_entries(entries_file, store, plan)
     return summary, plan
+
+
+def read_store(store: Store, opts: Options, warn) -> dict[str, str] | None:
+    """The store's entries. A Postfix map that postmap cannot read stops a
+    run (it would lose every entry); --reprocess, which rebuilds the grace
+    window from the logs, copies it aside and starts from nothing (None)."""
+    try:
+        return store.read()
+    except PbsmtpError as e:
+        if not isinstance(store, PostfixMap):
+            raise
+        if not opts.reprocess:
+            raise PbsmtpError(f"{e}; run pbsmtp-batch --reprocess to rebuild the map "
+                              f"from the logs") from None
+        path = map_file(store.dbfile, store.map_type)
+        if not opts.write:
+            warn(f"{e}; --reprocess would copy it aside and rebuild it from the logs")
+            return None
+        aside = f"{path}.unreadable-{int(time.time())}"
+        try:
+            shutil.copy2(path, aside)
+        except OSError as copy_error:
+            raise PbsmtpError(f"{e}; cannot copy it aside to {aside}: "
+                              f"{copy_error.strerror}") from None
+        warn(f"{e}; copied it to {aside} and rebuilt the map from the logs")
+        return None
+
+
+def purge_expired(store: Store, opts: Options, now: float, warn) -> str:
+    """Expiry for a run that a stuck run locks out (see run_lock).
+
+    Expiry needs no log line: it is the map and the clock. So the run that
+    finds the lock held too long still drops the expired entries, under the
+    short map lock that every run takes only while it reads and writes the
+    store. The stuck run, when it gets there, reads the store again (its
+    stamp changed). The log, the offset and the pending addresses stay the
+    stuck run's. Returns what was done, for the Error line.
+    """
+    with run_lock(opts.state_dir, True, MAP_LOCK) as free:
+        if free is not True:
+            return "and the map is being written right now"
+        try:
+            plan = merge(store.read(), [], now, opts.grace)
+            if opts.write and (plan.expired or plan.invalid):
+                for w in store.publish(plan):
+                    warn(w)
+        except PbsmtpError as e:
+            return f"and expired entries could not be purged: {e}"
+    verb = "purged" if opts.write else "due (not purged: --nowrite)"
+    return f"{len(plan.expired)} expired entries {verb}"
 
 
 def unread_lines(opts: Options) -> bool:
@@ -3302,8 +3505,13 @@ def list_entries(store: Store, now: float, grace: int) -> list[dict]:
 # word and an address. Lines that say why a login failed are left out.
 _LOGINISH = re.compile(r"(?i)\b(?:log(?:ged)?[ -]?in|auth\w*|user=)")
 _ADDRESSISH = re.compile(r"[0-9A-Fa-f:.]{2,}")
+# Dovecot 2.4's auth process logs a refused name verbatim: "Username character
+# disallowed by auth_username_chars ... (username: x, rip=...)".
 _FAILURE = re.compile(r"(?i)fail|fatal|invalid|denied|mismatch|unknown user|not found|abort|"
-                      r"disconnect|logout|logged out|error|refused|timeout|exceeded|empty|bad")
+                      r"disconnect|logout|logged out|error|refused|timeout|exceeded|empty|bad|"
+                      r"disallow|not allowed|reject|forbidden|block|unauthori|illegal|"
+                      r"disabled|expired|locked|unsupported|too many|too long|penalty|"
+                      r"cancel")
 
 
 def sample_failures(patterns: Sequence[Pattern], now: float) -> list[str]:
@@ -3389,6 +3597,17 @@ def check_journal_patterns(opts: Options, patterns: Sequence[Pattern], now: floa
     return report
 
 
+# C0 controls, DEL and C1 controls (U+009B is a one-character CSI on many
+# terminals; rsyslog does not escape it in UTF-8 text).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """A log line made safe to print on a terminal: control characters as
+    \\xNN."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def print_pattern_report(report: PatternReport, failures: Sequence[str],
                          shown: int | None = 20, echo=print, every_pattern: bool = False
                          ) -> None:
@@ -3406,7 +3625,7 @@ def print_pattern_report(report: PatternReport, failures: Sequence[str],
                          ("sample failures", failures)):
         echo(f"{len(items)} {title}" + (":" if items else ""))
         for item in items if shown is None else items[:shown]:
-            echo(f"  {item}")
+            echo(f"  {printable(item)}")
         if shown is not None and len(items) > shown:
             echo(f"  ... and {len(items) - shown} more (-v shows all)")
     echo(f"{report.untimed} lines without a time it can read (never a login)"
@@ -3449,24 +3668,59 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: str | No
             f"(pop-before-smtp-conf.pl); pbsmtp-batch reads TOML: see {MIGRATION_SECTION}")
     try:
         data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise click.ClickException(f"config file {path}: not UTF-8 text")
     except tomllib.TOMLDecodeError as e:
         raise click.ClickException(f"config file {path}: {e}")
+    except UnicodeDecodeError:
+        raise click.ClickException(f"config file {path} is not UTF-8 text (TOML must be)")
     # Keys are the long option names; "nowrite = true" works like --nowrite.
-    names = {}
+    names, params = {}, {}
     for param in ctx.command.params:
         if isinstance(param, click.Option) and param.name not in ("config", "now", "version"):
             names.update({o.lstrip("-"): (param.name, True) for o in param.opts if o[:2] == "--"})
             names.update({o.lstrip("-"): (param.name, False) for o in param.secondary_opts})
+            params[param.name] = param
     default_map = {}
     for key, val in data.items():
         if key not in names:
-            raise click.ClickException(f"config file {path}: unknown setting '{key}'")
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise click.ClickException(f"config file {path}: unknown setting '{key}'{hint}")
         name, positive = names[key]
+        kind, expected = _config_type(params[name])
+        if not isinstance(val, kind) or (kind is int and isinstance(val, bool)) or (
+                kind is list and not all(isinstance(v, str) for v in val)):
+            raise click.ClickException(f"config file {path}: '{key}' must be {expected}, "
+                                       f"not {val!r}")
         default_map[name] = val if positive else not val
     ctx.default_map = {**(ctx.default_map or {}), **default_map}
+    # Which key of the file gave each setting, for errors about its value.
+    ctx.meta["pbsmtp.config_keys"] = {name: key for key, (name, _) in names.items()
+                                      if key in data}
     return path
+
+
+# Settings whose value is a number of seconds.
+_SECONDS = ("grace", "lock_timeout")
+
+
+def _config_type(param: click.Parameter) -> tuple[type, str]:
+    """What a config-file value of this option must be, and how to say it."""
+    if param.is_flag or isinstance(param.type, click.types.BoolParamType):
+        return bool, "true or false (no quotes)"
+    if param.multiple:
+        return list, 'a list of strings, e.g. ["..."]'
+    if param.name in _SECONDS:
+        return int, "a whole number of seconds (no quotes)"
+    return str, 'a string in quotes'
+
+
+def _source(ctx: click.Context, param: click.Parameter) -> str:
+    """Where a bad value came from, when that was the config file."""
+    if ctx.get_parameter_source(param.name) == click.core.ParameterSource.DEFAULT_MAP:
+        path, keys = ctx.meta.get("pbsmtp.config"), ctx.meta.get("pbsmtp.config_keys", {})
+        if path:
+            return f"config file {path}: '{keys.get(param.name, param.name)}': "
+    return ""
 
 
 def _positive_int(what: str):
@@ -3474,11 +3728,27 @@ def _positive_int(what: str):
         if value is None:
             return None
         text = str(value).strip()
-        if not text.isdigit() or int(text) == 0:
-            raise click.ClickException(f"{what} must be a whole number of seconds above 0, "
-                                       f"not {value!r}")
+        if not text.isdigit() or not text.strip("0"):
+            raise click.ClickException(f"{_source(ctx, param)}{what} must be a whole number "
+                                       f"of seconds above 0, "
+                                       f"not {_short(value)}")
+        if len(text) > 12 or int(text) > MAX_SECONDS:
+            raise click.ClickException(f"{_source(ctx, param)}{what} must be at most "
+                                       f"{MAX_SECONDS} seconds "
+                                       f"(a hundred years), not {_short(value)}")
         return int(text)
     return check
+
+
+# A hundred years: more than any grace window or lock bound (a test may
+# accept decades-old sample lines), and far from the limits of time
+# arithmetic and of int().
+MAX_SECONDS = 100 * 366 * 86400
+
+
+def _short(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value))} characters)"
 
 
 def _networks(ctx, param, values):
@@ -3487,7 +3757,8 @@ def _networks(ctx, param, values):
         try:
             nets.append(parse_network(str(value)))
         except ValueError:
-            raise click.ClickException(f"--ignore-net {value!r} is not a network "
+            raise click.ClickException(f"{_source(ctx, param)}--ignore-net {value!r} is not "
+                                       f"a network "
                                        f"(e.g. 192.0.2.0/24 or 2001:db8::/32)")
     return tuple(nets)
 
@@ -3495,7 +3766,8 @@ def _networks(ctx, param, values):
 def _choice(option: str, choices: Sequence[str]):
     def check(ctx, param, value):
         if value is not None and value not in choices:
-            raise click.ClickException(f"{option} {value!r} is not supported "
+            raise click.ClickException(f"{_source(ctx, param)}{option} {value!r} is not "
+                                       f"supported "
                                        f"(use one of {', '.join(choices)})")
         return value
     return check
@@ -3824,6 +4096,10 @@ def dump_config(ctx: click.Context, opts: Options, echo, warn) -> None:
               help="Print what would be added, refreshed and expired; change nothing.")
 @click.option("--flock/--noflock", default=True, show_default=True,
               help="Take the state directory's lock, so overlapping runs skip.")
+@click.option("--lock-timeout", default=str(DEFAULT_LOCK_TIMEOUT), show_default=True,
+              metavar="SECONDS", callback=_positive_int("--lock-timeout"),
+              help="A run that finds the lock held longer than this reports the holder "
+                   "with an Error (exit 1) and purges the expired entries.")
 @click.option("--debug/--nodebug", default=False, help="Explain every matched line.")
 @click.option("-v", "--verbose", is_flag=True, allow_from_autoenv=False,
               help="Print a one-line summary; with --check-patterns, every pattern and "
@@ -3896,12 +4172,15 @@ def dump_config(ctx: click.Context, opts: Options, echo, warn) -> None:
 @click.option("--daemon", metavar="PIDFILE", callback=_no_daemon, expose_value=False,
               allow_from_autoenv=False,
               help="The classic daemon's option: refused (use cron or the systemd path unit).")
+# A test hook: from the command line only, never from the environment of a
+# production cron job.
 @click.option("--now", hidden=True, callback=_now, allow_from_autoenv=False)
 @click.version_option(__version__, "--version", prog_name="pbsmtp-batch")
 @click.pass_context
 def cli(ctx, logfile, journal, journal_directory, journal_match, dbfile, map_type, grace, write,
-        dry_run, flock, debug, verbose, reprocess, logto, use_syslog, metrics_file, list_,
-        as_json, dumpconfig, check_patterns, line, state_dir, patterns, patterns_dir,
+        dry_run, flock, lock_timeout, debug, verbose, reprocess, logto, use_syslog,
+        metrics_file, list_, as_json, dumpconfig, check_patterns, line, state_dir, patterns,
+        patterns_dir,
         ignore_nets, postfix_config, backend, pg_dsn, pg_table, memcache_server,
         memcache_prefix, mysql_url, mysql_table, ipv6_shared_keys, now):
     """Allow relaying for clients that logged in over POP3 or IMAP.
@@ -3927,7 +4206,7 @@ def cli(ctx, logfile, journal, journal_directory, journal_match, dbfile, map_typ
                                "--check-patterns: a run must keep an offset in a file", ctx)
     now = time.time() if now is None else now
     tag = SD_WARNING if stderr_is_journal() else ""
-    err = lambda msg: click.echo(f"{tag}pbsmtp-batch: warning: {msg}", err=True)
+    err = lambda msg: click.echo(f"{tag}pbsmtp-batch: warning: {printable(msg)}", err=True)
     changes = None
     journal = journal or journal_directory is not None
     try:
@@ -3938,7 +4217,8 @@ def cli(ctx, logfile, journal, journal_directory, journal_match, dbfile, map_typ
                        patterns=tuple(patterns), ignore_nets=ignore_nets,
                        postfix_config=postfix_config,
                        ipv6_shared_keys=ipv6_shared_keys == "write", write=write and not dry_run,
-                       flock=flock, reprocess=reprocess, backend=backend,
+                       flock=flock, reprocess=reprocess, lock_timeout=lock_timeout,
+                       backend=backend,
                        pg_dsn=pg_dsn, pg_table=pg_table, memcache_server=memcache_server,
                        memcache_prefix=memcache_prefix, mysql_url=mysql_url,
                        mysql_table=mysql_table, journal=journal,
@@ -3964,7 +4244,7 @@ def cli(ctx, logfile, journal, journal_directory, journal_match, dbfile, map_typ
             return
         metrics = MetricsFile(metrics_file) if metrics_file and opts.write else None
         started = time.monotonic()
-        say = (lambda msg: click.echo(f"debug: {msg}")) if debug else (lambda msg: None)
+        say = (lambda msg: click.echo(f"debug: {printable(msg)}")) if debug else (lambda msg: None)
         try:
             changes = ChangeLog(logto) if logto and opts.write else None
             record = (lambda plan: changes.record(plan, now)) if changes else (lambda p: None)

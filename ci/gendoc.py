@@ -65,7 +65,7 @@ def default(param: click.Option):
     value = param.default
     if value is None or type(value).__name__ == "Sentinel":   # click 8.3's UNSET
         return [] if param.multiple else (False if param.is_flag else None)
-    if param.name == "grace":
+    if param.name in pb._SECONDS:      # whole seconds, given as text to the callback
         return int(value)
     return value
 

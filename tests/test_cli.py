@@ -32,7 +32,7 @@ def snapshot(site):
     for directory in (site.map.parent, site.state):
         if directory.exists():
             for path in sorted(directory.iterdir()):
-                if path.is_file() and path.name != "lock":
+                if path.is_file() and path.name not in ("lock", pb.MAP_LOCK):
                     files[str(path)] = path.read_bytes()
     return files
 
@@ -348,7 +348,7 @@ def test_config_file_then_environment_then_command_line(site, tmp_path):
     config.write_text("graze = 5\n")
     result = CliRunner().invoke(pb.cli, [f"--config={config}"])
     assert (result.exit_code, result.stderr) == (
-        1, f"Error: config file {config}: unknown setting 'graze'\n")
+        1, f"Error: config file {config}: unknown setting 'graze' (did you mean 'grace'?)\n")
 
 
 def test_help_documents_every_option():

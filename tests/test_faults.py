@@ -266,7 +266,7 @@ def snapshot(site):
     files = {}
     for directory in (site.map.parent, site.state):
         for path in sorted(directory.iterdir()):
-            if path.is_file() and path.name not in ("lock", ".filler"):
+            if path.is_file() and path.name not in ("lock", pb.MAP_LOCK, ".filler"):
                 files[path.name] = path.read_bytes()
     return files
 
@@ -376,9 +376,10 @@ def test_unwritable_map_dir_unreadable_log_then_catch_up(nobody_site):
     site, model = nobody_site, Model()
     logins(site, model, 2, 0)
     ok_run(site)
-    os.chmod(site.state, 0o777)
-    for p in site.state.iterdir():
-        os.chmod(p, 0o666)
+    # The state directory must be the running user's own (and not writable
+    # by others): hand it to nobody.
+    for p in (site.state, *site.state.iterdir()):
+        os.chown(p, 65534, 65534)
     logins(site, model, 2, 2)
     before = snapshot(site)
     code, err = run_as_nobody(site, *site.args())
@@ -402,7 +403,8 @@ def test_unreadable_rotated_log(nobody_site):
     site, model = nobody_site, Model()
     for d in (site.state, site.map.parent):
         d.mkdir(exist_ok=True)
-        os.chmod(d, 0o777)
+    os.chmod(site.map.parent, 0o777)
+    os.chown(site.state, 65534, 65534)      # the state directory is nobody's own
     logins(site, model, 2, 0)
     assert run_as_nobody(site, *site.args()) == (0, "")
     logins(site, model, 2, 2)

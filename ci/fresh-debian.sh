@@ -127,6 +127,9 @@ EOF
     if [ -n "$ca" ] && [ -f "$ca" ]; then
         mkdir -p "$dir/usr/local/share/fresh-debian"
         cp "$ca" "$dir/usr/local/share/fresh-debian/ca.crt"
+        # As a pip configuration file, so that every pip in the root uses it
+        # (a venv's, pipx's), whatever environment a test gives it.
+        printf '[global]\ncert = /usr/local/share/fresh-debian/ca.crt\n' > "$dir/etc/pip.conf"
     fi
     mount --bind "$dir" "$dir"                       # so unshare --propagation works inside
     roots+=("$dir")
@@ -138,11 +141,8 @@ EOF
 
 in_root() {     # in_root DIR COMMAND: run COMMAND as root in DIR, as a fresh login would
     local dir=$1; shift
-    local pip_env=()
-    [ -f "$dir/usr/local/share/fresh-debian/ca.crt" ] &&
-        pip_env=(PIP_CERT=/usr/local/share/fresh-debian/ca.crt)
     chroot "$dir" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb CI=true \
-        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "${pip_env[@]}" \
+        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         /bin/bash -c "$*" </dev/null
 }
 

@@ -663,9 +663,9 @@ def test_dovecot_logins(harness):
 def test_dovecot_as_a_proxy(harness):
     """Dovecot as a proxy (passdb proxy=y) in front of password-checking
     upstreams. 2.3 logs "proxy(u,HOST:PORT): Started proxying to <HOST> (N
-    secs): user=<u>, ..., rip=A" once the upstream accepted the login; a
-    password that Dovecot accepts but the upstream refuses writes no such
-    line, and neither does a wrong one."""
+    secs): user=<u>, ..., rip=A" once the upstream accepted the login (2.4:
+    "Started proxying to remote host"); a password that Dovecot accepts but
+    the upstream refuses writes no such line, and neither does a wrong one."""
     require_dovecot()
     workdir, rsyslog = harness
     upstream_users = {"alice": "secret", "bob": "hunter2"}
@@ -692,7 +692,9 @@ def test_dovecot_as_a_proxy(harness):
         for server in (imap_up, pop3_up):
             server.shutdown()
             server.server_close()
-    assert "Started proxying to <127.0.0.1>" in daemons.read_text(rsyslog.maillog)
+    started = ("Started proxying to remote host" if dovecot.version >= (2, 4)
+               else "Started proxying to <127.0.0.1>")
+    assert started in daemons.read_text(rsyslog.maillog)
     check(rsyslog.maillog, good, bad, "dovecot")
 
 

@@ -11,6 +11,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
+import daemons  # tests/daemons.py
 import pbsmtp_batch as pb
 
 # Runs in tests, in-process or as child processes, never send their run line
@@ -36,6 +37,17 @@ def require(tool: str, package: str = "postfix") -> str:
 @pytest.fixture
 def postmap() -> str:
     return require("postmap")
+
+
+def require_map_type(map_type: str) -> None:
+    """A Postfix map type the test needs: a skip outside CI when this Postfix
+    lacks it (lmdb and cdb are packages of their own), a failure in CI."""
+    if map_type not in daemons.supported_map_types():
+        message = (f"Postfix has no {map_type} map support "
+                   f"(Debian: apt-get install {daemons.map_package(map_type)})")
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 # A fixed "now" for every test: 2026-11-24 23:30:00 UTC.

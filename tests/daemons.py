@@ -61,6 +61,11 @@ REQUIRED_BINARIES = {
     "openssl": "openssl",
 }
 APT_PACKAGES = ("postfix", "postfix-lmdb", "dovecot-pop3d", "dovecot-imapd", "rsyslog")
+# Postfix map types that Debian ships in a package of their own; the others
+# (hash, btree, memcache, ...) come with postfix itself.
+MAP_PACKAGES = {"lmdb": "postfix-lmdb", "cdb": "postfix-cdb", "pgsql": "postfix-pgsql",
+                "mysql": "postfix-mysql", "sqlite": "postfix-sqlite", "ldap": "postfix-ldap",
+                "pcre": "postfix-pcre"}
 
 # rsyslog's built-in default for files, and what Debian 12's rsyslog.conf uses
 # (it no longer sets $ActionFileDefaultTemplate): RFC 3339 with microseconds.
@@ -94,9 +99,22 @@ def which(name):
 
 
 def supported_map_types():
-    """Map types this Postfix supports (``postconf -m``), e.g. hash, lmdb."""
-    r = subprocess.run([which("postconf"), "-m"], capture_output=True, text=True)
+    """Map types this Postfix supports (``postconf -m``), e.g. hash, lmdb.
+
+    postconf reads a main.cf even for -m, and a machine whose Postfix was
+    never configured has none: it runs against an empty private one (map
+    types added by packages come from dynamicmaps.cf in meta_directory)."""
+    with tempfile.TemporaryDirectory(prefix="pbsmtp-postconf-") as conf:
+        for name in ("main.cf", "master.cf"):
+            open(os.path.join(conf, name), "w").close()
+        r = subprocess.run([which("postconf"), "-c", conf, "-m"], capture_output=True,
+                           text=True)
     return set(r.stdout.split())
+
+
+def map_package(map_type):
+    """The Debian package that gives Postfix the map type *map_type*."""
+    return MAP_PACKAGES.get(map_type, "postfix")
 
 
 def ipv6_loopback():

@@ -97,8 +97,8 @@ def postfix_with_map(workdir, map_type, cf_text):
     if os.geteuid() != 0:
         missing("Postfix must be started as root")
     if map_type not in daemons.supported_map_types():
-        package = {"pgsql": "postfix-pgsql"}.get(map_type, "postfix")
-        missing(f"Postfix has no {map_type} map support (Debian: apt-get install {package})")
+        missing(f"Postfix has no {map_type} map support "
+                f"(Debian: apt-get install {daemons.map_package(map_type)})")
     cf = os.path.join(workdir, f"{map_type}-relay.cf")
     with open(cf, "w") as f:
         f.write(cf_text)

@@ -40,14 +40,18 @@ MAP_TYPES = ["hash", "lmdb"]
 
 def require_daemons(map_type):
     """Skip (fail under CI) when this machine cannot run the daemons."""
-    problems = [f"{b} is not installed" for b in daemons.missing_binaries()]
+    missing = daemons.missing_binaries()
+    problems = [f"{b} is not installed" for b in missing]
+    packages = [daemons.REQUIRED_BINARIES[b] for b in missing]
     if os.geteuid() != 0:
         problems.append("the daemons must be started as root")
-    if not problems and map_type not in daemons.supported_map_types():
+    if not missing and map_type not in daemons.supported_map_types():
         problems.append(f"Postfix has no {map_type} map support")
+        packages.append(daemons.map_package(map_type))
     if problems:
-        message = ("; ".join(problems) + " (Debian: apt-get install "
-                   + " ".join(daemons.APT_PACKAGES) + ")")
+        message = "; ".join(problems)
+        if packages:
+            message += f" (Debian: apt-get install {' '.join(dict.fromkeys(packages))})"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)

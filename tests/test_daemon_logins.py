@@ -342,6 +342,10 @@ mboxname_lockpath: {d}/conf/lock
 unixhierarchysep: yes
 tls_server_cert: {self.cert}
 tls_server_key: {self.key}
+# STARTTLS/STLS: Cyrus 3.10.2 and 3.12.1 (Debian 13 has 3.10.2) no longer offer
+# them unless allowstarttls is on (their release notes); Debian 12's 3.6
+# offers them anyway and ignores the option.
+allowstarttls: on
 """)
         bin_ = os.path.join(self.root, "usr/lib/cyrus/bin")
         # imapd -s / pop3d -s below: implicit TLS, logged as cyrus/imaps and

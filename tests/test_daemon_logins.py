@@ -485,8 +485,11 @@ COURIER_PACKAGES = ["courier-base", "courier-imap", "courier-pop", "courier-auth
 # courierlogger, as Debian's init scripts start them: imapd and pop3d in the
 # clear (with STARTTLS/STLS), imapd-ssl and pop3d-ssl (couriertls -server in
 # front, IMAP_TLS/POP3_TLS=1 as courier's imapd-ssl.rc sets them), and imapd
-# on ::1 when IPv6 is given ($8 = 1). TLS_CERTFILE (key and certificate in
-# one file) and TLS_DHPARAMS are the test's own.
+# on ::1 when IPv6 is given ($8 = 1). couriertcpd gets the package's own
+# TCPDOPTS from /etc/courier/imapd and pop3d (Debian 12: "-nodnslookup
+# -noidentlookup"; Debian 13's Courier 1.4 has no ident lookup and refuses
+# -noidentlookup). TLS_CERTFILE (key and certificate in one file) and
+# TLS_DHPARAMS are the test's own.
 COURIER_SCRIPT = r"""set -e
 W="$1"; C="$2"; DEVLOG="$3"; IMAP="$4"; POP="$5"; IMAPS="$6"; POPS="$7"; IPV6="$8"
 mount -t tmpfs -o mode=0700,size=8m pbsmtp-ns "$W/ns"
@@ -499,6 +502,9 @@ mount -t overlay -o "lowerdir=/run,upperdir=$W/ns/run-upper,workdir=$W/ns/run-wo
 mkdir -p /run/courier/authdaemon
 /usr/sbin/makeuserdb
 /usr/sbin/courierlogger -name=authdaemond /usr/lib/courier/courier-authlib/authdaemond &
+# No listener before authdaemond answers: a login would fail meanwhile.
+i=0
+while [ ! -S /run/courier/authdaemon/socket ] && [ $i -lt 150 ]; do sleep 0.1; i=$((i + 1)); done
 set -a
 tls() {
     TLS_CERTFILE="$W/courier.pem"; TLS_DHPARAMS="$W/dhparams.pem"; TLS_CACHEFILE=""
@@ -508,24 +514,24 @@ tls() {
 tls
 IMAP_STARTTLS=YES
 /usr/sbin/courierlogger -name=imapd /usr/sbin/couriertcpd -address=127.0.0.1 \
-    -nodnslookup -noidentlookup "$IMAP" \
+    $TCPDOPTS "$IMAP" \
     /usr/lib/courier/courier/imaplogin /usr/bin/imapd Maildir &
 if [ "$IPV6" = 1 ]; then
     /usr/sbin/courierlogger -name=imapd /usr/sbin/couriertcpd -address=::1 \
-        -nodnslookup -noidentlookup "$IMAP" \
+        $TCPDOPTS "$IMAP" \
         /usr/lib/courier/courier/imaplogin /usr/bin/imapd Maildir &
 fi
 IMAP_TLS=1 /usr/sbin/courierlogger -name=imapd-ssl /usr/sbin/couriertcpd -address=127.0.0.1 \
-    -nodnslookup -noidentlookup "$IMAPS" /usr/bin/couriertls -server -tcpd \
+    $TCPDOPTS "$IMAPS" /usr/bin/couriertls -server -tcpd \
     /usr/lib/courier/courier/imaplogin /usr/bin/imapd Maildir &
 . /etc/courier/pop3d
 . /etc/courier/pop3d-ssl
 tls
 /usr/sbin/courierlogger -name=pop3d /usr/sbin/couriertcpd -address=127.0.0.1 \
-    -nodnslookup -noidentlookup "$POP" \
+    $TCPDOPTS "$POP" \
     /usr/lib/courier/courier/courierpop3login /usr/lib/courier/courier/courierpop3d Maildir &
 POP3_TLS=1 /usr/sbin/courierlogger -name=pop3d-ssl /usr/sbin/couriertcpd -address=127.0.0.1 \
-    -nodnslookup -noidentlookup "$POPS" /usr/bin/couriertls -server -tcpd \
+    $TCPDOPTS "$POPS" /usr/bin/couriertls -server -tcpd \
     /usr/lib/courier/courier/courierpop3login /usr/lib/courier/courier/courierpop3d Maildir &
 wait
 """

@@ -186,7 +186,8 @@ relay 127.0.0.6 refused
 
 step "4. logging in as $USER_NAME over IMAP from 127.0.0.7"
 login imap 127.0.0.7 "$PASSWORD" || die "IMAP login failed"
-wait_log "imap-login: Login: user=<$USER_NAME>, method=PLAIN, rip=127.0.0.7,"
+# Dovecot 2.3 writes "imap-login: Login: user=<...>", 2.4 "imap-login: Logged in: ...".
+wait_log "user=<$USER_NAME>, method=PLAIN, rip=127.0.0.7,"
 batch
 relay 127.0.0.7 accepted
 

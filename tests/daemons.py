@@ -504,6 +504,13 @@ class Dovecot(Daemon):
         self.pop3s_port = free_port(hosts) if tls else 0
         self.imaps_port = free_port(hosts) if tls else 0
         self.version = dovecot_version()
+        # How a login process words a success and a failed login:
+        # "imap-login: Login: user=<u>, ..." and "Disconnected (auth failed,
+        # ...)" up to 2.3; "Logged in: " and "Login aborted: ... (auth failed,
+        # ...)" from 2.4 (seen live with 2.3.19 and 2.4.1).
+        new = self.version >= (2, 4)
+        self.login_text = "Logged in: " if new else "Login: "
+        self.failure_text = "Login aborted" if new else "Disconnected"
         self.proc = None
         self.pid = None
 

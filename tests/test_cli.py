@@ -415,7 +415,8 @@ def test_other_backends_run_without_postfix(site, monkeypatch, tmp_path):
     exim_list = site.root / "exim-relay"
     result = CliRunner().invoke(pb.cli, [f"--logfile={site.log}", f"--dbfile={exim_list}",
                                          f"--state-dir={site.state}", "--backend=exim",
-                                         f"--now={NOW}", "--debug"],
+                                         f"--postfix-config={site.conf}", f"--now={NOW}",
+                                         "--debug"],
                                 env={"PATH": str(tmp_path)})
     assert result.exit_code == 0, result.output
     assert "mynetworks is unknown, so it is not left out (postconf not found" in result.stdout

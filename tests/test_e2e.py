@@ -100,11 +100,13 @@ class Relay:
         else:
             ok, reply = daemons.imap_login(self.host(source), self.lab.dovecot.imap_port,
                                            user, password, source, tls_ca=ca)
+        dovecot = self.lab.dovecot
         if ok:
-            line = daemons.wait_for_log(self.lab.maillog, f"{proto}-login: Login: user=<{user}>",
+            line = daemons.wait_for_log(self.lab.maillog,
+                                        f"{proto}-login: {dovecot.login_text}user=<{user}>",
                                         f"rip={source},", start=start)
         else:
-            line = daemons.wait_for_log(self.lab.maillog, f"{proto}-login: Disconnected",
+            line = daemons.wait_for_log(self.lab.maillog, f"{proto}-login: {dovecot.failure_text}",
                                         "auth failed", f"rip={source},", start=start)
         return ok, reply, line
 
@@ -262,8 +264,8 @@ def test_traditional_timestamps_without_pid():
         relay = Relay(lab)
         ok, reply, line = relay.login("pop3", "127.0.0.10")
         assert ok, reply
-        assert re.match(r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ dovecot: pop3-login: Login: ",
-                        line), line
+        assert re.match(r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ dovecot: pop3-login: "
+                        + lab.dovecot.login_text, line), line
         relay.run()
         relay.assert_accepted("127.0.0.10")
         relay.assert_refused("127.0.0.11")

@@ -531,17 +531,9 @@ class Dovecot(Daemon):
     def config(self):
         if self.version >= (2, 4):
             return self.config24()
-        listen = ", ".join(self.hosts)
         return f"""\
 # Private Dovecot for pbsmtp-batch tests. Nothing from /etc/dovecot is read.
-protocols = pop3 imap
-listen = {listen}
-base_dir = {self.base_dir}
-state_dir = {self.state_dir}
-{self.log_config()}
-auth_verbose = yes
-auth_failure_delay = {self.auth_failure_delay} secs
-{self.ssl_config()}
+{self.common()}{self.ssl_config()}
 # Plaintext logins without TLS, too: a client at 127.0.0.x talking to
 # 127.0.0.1 is not "secured" for Dovecot (only rip == lip is).
 disable_plaintext_auth = no
@@ -555,6 +547,24 @@ userdb {{
   args = uid=nobody gid=nogroup home={self.mail_dir}/%u
 }}
 mail_location = maildir:~/Maildir
+{self.listeners()}"""
+
+    def common(self):
+        """The settings that 2.3 and 2.4 name alike."""
+        listen = ", ".join(self.hosts)
+        return f"""\
+protocols = pop3 imap
+listen = {listen}
+base_dir = {self.base_dir}
+state_dir = {self.state_dir}
+{self.log_config()}
+auth_verbose = yes
+auth_failure_delay = {self.auth_failure_delay} secs
+"""
+
+    def listeners(self):
+        """The login services' ports, in the syntax of 2.3 and 2.4 alike."""
+        return f"""\
 service pop3-login {{
   inet_listener pop3 {{
     port = {self.pop3_port}
@@ -591,19 +601,11 @@ service imap-login {{
         named passdb/userdb blocks whose settings replace "args", %{name}
         variables, auth_allow_cleartext, ssl_server_*_file, mail_driver and
         mail_path, and dovecot_config_version as the very first setting."""
-        listen = ", ".join(self.hosts)
         return f"""\
 dovecot_config_version = 2.4.1
 # Private Dovecot for pbsmtp-batch tests. Nothing from /etc/dovecot is read.
 dovecot_storage_version = 2.4.1
-protocols = pop3 imap
-listen = {listen}
-base_dir = {self.base_dir}
-state_dir = {self.state_dir}
-{self.log_config()}
-auth_verbose = yes
-auth_failure_delay = {self.auth_failure_delay} secs
-{self.ssl_config24()}
+{self.common()}{self.ssl_config24()}
 # Plaintext logins without TLS, too: a client at 127.0.0.x talking to
 # 127.0.0.1 is not "secured" for Dovecot (only rip == lip is).
 auth_allow_cleartext = yes
@@ -621,23 +623,7 @@ userdb static {{
 }}
 mail_driver = maildir
 mail_path = ~/Maildir
-service pop3-login {{
-  inet_listener pop3 {{
-    port = {self.pop3_port}
-  }}
-  inet_listener pop3s {{
-    port = {self.pop3s_port}
-  }}
-}}
-service imap-login {{
-  inet_listener imap {{
-    port = {self.imap_port}
-  }}
-  inet_listener imaps {{
-    port = {self.imaps_port}
-  }}
-}}
-{self.proxy_ports24()}"""
+{self.listeners()}{self.proxy_ports24()}"""
 
     def proxy_config24(self):
         if self.proxy_ports is None:

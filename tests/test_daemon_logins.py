@@ -61,11 +61,12 @@ unavailable, unpacked = debs.unavailable, debs.unpacked
 def require_harness():
     if os.geteuid() != 0:
         unavailable("needs root (private mount namespace, daemons that drop privileges)")
-    missing = daemons.missing_binaries({"rsyslogd": "rsyslog", "unshare": "util-linux",
-                                        "mount": "mount", "apt-get": "apt",
-                                        "dpkg": "dpkg"})
+    packages = {"rsyslogd": "rsyslog", "unshare": "util-linux", "mount": "mount",
+                "apt-get": "apt", "dpkg": "dpkg"}
+    missing = daemons.missing_binaries(packages)
     if missing:
-        unavailable(f"missing programs: {', '.join(missing)}")
+        unavailable(f"missing programs: {', '.join(missing)} (Debian: apt-get install "
+                    f"{' '.join(dict.fromkeys(packages[m] for m in missing))})")
 
 
 def library_path(root):

@@ -14,6 +14,9 @@ from conftest import require
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 DEMO = ROOT / "examples" / "maillog"
+# pip's settings from the environment (PIP_CERT, PIP_INDEX_URL, ...: how this
+# machine reaches the package index) reach the pip that each route runs.
+PIP_ENV = {k: v for k, v in os.environ.items() if k.startswith("PIP_")}
 
 
 def cron_path() -> str:
@@ -40,7 +43,7 @@ def test_venv_under_opt_with_a_link_in_usr_local_bin(site, tmp_path):
     opt = tmp_path / "opt" / "pbsmtp-batch"
     bindir = tmp_path / "usr" / "local" / "bin"
     bindir.mkdir(parents=True)
-    env = {"PATH": SYSTEM_PATH, "HOME": str(tmp_path)}
+    env = {"PATH": SYSTEM_PATH, "HOME": str(tmp_path), **PIP_ENV}
     subprocess.run(["/usr/bin/python3", "-m", "venv", opt], check=True, env=env)
     subprocess.run([opt / "bin" / "pip", "install", "-q", str(ROOT)], check=True, env=env,
                    cwd=tmp_path)
@@ -61,7 +64,7 @@ def test_venv_under_opt_with_a_link_in_usr_local_bin(site, tmp_path):
 def test_pipx_with_its_own_home_and_bin_dir(site, tmp_path):
     pipx = require("pipx", "pipx")
     env = {"PATH": SYSTEM_PATH, "HOME": str(tmp_path), "PIPX_HOME": str(tmp_path / "pipx"),
-           "PIPX_BIN_DIR": str(tmp_path / "bin")}
+           "PIPX_BIN_DIR": str(tmp_path / "bin"), **PIP_ENV}
     subprocess.run([pipx, "install", str(ROOT)], check=True, env=env, cwd=tmp_path,
                    capture_output=True)
     program = tmp_path / "bin" / "pbsmtp-batch"

@@ -6,7 +6,7 @@ import random
 import pytest
 
 import pbsmtp_batch as pb
-from conftest import NOW, write_main_cf
+from conftest import NOW, require_map_type, write_main_cf
 
 
 @pytest.fixture
@@ -31,6 +31,7 @@ def addresses(n, seed):
 def test_update_equals_a_complete_build(tmp_path, conf, map_type, direct):
     """direct: update_map itself; else the store's publish(), which picks
     the way."""
+    require_map_type(map_type)
     grace = 1800
     old = {ip: NOW - 1000 - i % 900 for i, ip in enumerate(addresses(3000, 1))}
     dbfile = str(tmp_path / "map")

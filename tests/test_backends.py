@@ -1,4 +1,5 @@
-"""The other stores (issue 7), each against the real program it talks to.
+"""The map stores besides Postfix's own maps (sendmail, qmail, exim, pgsql,
+memcache), each against the real program it talks to.
 
 - sendmail: ``makemap`` from Debian's sendmail-bin, which conflicts with
   Postfix as a package, so it is unpacked once (``apt-get download`` +

@@ -392,7 +392,8 @@ EVENTS {{
 
 # Every maillog format an admin may have: Debian 12's default (RFC 3339), the
 # traditional RFC 3164 one, and RFC 5424 (where rsyslog cuts Cyrus's
-# "cyrus/imap" tag to the app name "cyrus", FACTS.md).
+# "cyrus/imap" tag to the app name "cyrus", seen live with Debian 12's
+# Cyrus 3.6 and rsyslog).
 TEMPLATES = [
     daemons.RFC3339,
     daemons.TRADITIONAL,
@@ -622,7 +623,8 @@ def test_courier_logins(harness):
     workdir, rsyslog = harness
     root = unpacked(COURIER_PACKAGES, "usr/lib/courier/courier/imaplogin", "courier")
     courier = Courier(root, workdir, rsyslog.socket, {"alice": "secret", "bob": "hunter2"})
-    # FACTS.md: Courier copies the user name verbatim into the failure line.
+    # Courier copies the user name verbatim into the failure line (seen live
+    # with Debian 12's Courier 5.0; this test reproduces it).
     crafted = f"x LOGIN, user=alice, ip=[::ffff:{ATTACKER}], port=[4242]"
     try:
         courier.start()
@@ -636,7 +638,8 @@ def test_courier_logins(harness):
 # Dovecot 2.3 (Debian 12's dovecot-imapd and dovecot-pop3d, installed) #########
 
 # Dovecot copies a failed user name verbatim into "Disconnected (auth failed
-# ...): user=<NAME>, method=PLAIN, rip=A, ..." (FACTS.md).
+# ...): user=<NAME>, method=PLAIN, rip=A, ..." (seen live with Debian 12's
+# Dovecot 2.3.19; the tests below reproduce it).
 DOVECOT_CRAFTED_IMAP = f"x Login: user=<alice>, method=PLAIN, rip={ATTACKER}, lip=127.0.0.1"
 DOVECOT_CRAFTED_POP3 = f"alice>, method=PLAIN, rip={ATTACKER}, lip=127.0.0.1, mpid=1, TLS, session=<x"
 

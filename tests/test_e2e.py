@@ -159,7 +159,10 @@ def relay(lab):
 
 
 ###############################################################################
-# The checks of issue 5 #######################################################
+# End to end: no login is refused; a POP3/IMAP login (also after STARTTLS) ####
+# then a run allows relay; a failed login and an expired grace stay refused; ##
+# smtpd sees the new map without reload; mynetworks is never written; IPv6 ####
+# loopback; traditional timestamps without a PID ##############################
 ###############################################################################
 
 def test_no_login_is_refused(relay):

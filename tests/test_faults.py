@@ -1,4 +1,4 @@
-"""Issue 4, crashes and faults: SIGKILL at random points, a full disk, a failed
+"""Crashes and faults: SIGKILL at random points, a full disk, a failed
 write, permissions, overlapping runs, and offset files that cannot be trusted.
 
 The reference for "what a run without a crash would have given" is a model:

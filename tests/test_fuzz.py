@@ -1,4 +1,4 @@
-"""Issue 4: hostile and broken input, Hypothesis fuzzing, Postfix's IPv6 key
+"""Hostile and broken input, Hypothesis fuzzing, Postfix's IPv6 key
 shortening replayed through postmap -q, and a model-based state machine over
 logins, noise, real logrotate rotations, runs, crashed runs and the clock.
 

@@ -1,4 +1,4 @@
-"""Issue 4, rotation: the real logrotate, every mode, lines before, between and
+"""Rotation: the real logrotate, every mode, lines before, between and
 after rotations; --reprocess.
 
 Each scenario keeps its own record of every login line it wrote (``Lab``)

@@ -1474,8 +1474,8 @@ class PgsqlStore:
             try:
                 import psycopg
             except ImportError:
-                raise PbsmtpError("the pgsql backend needs psycopg 3: "
-                                  "pip install 'pbsmtp-batch[pgsql]'") from None
+                raise PbsmtpError("the pgsql backend needs psycopg 3 (Debian: python3-psycopg; "
+                                  "in a venv: pip install '.[pgsql]')") from None
             try:
                 self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10,
                                              application_name="pbsmtp-batch")
@@ -1860,9 +1860,8 @@ class MysqlStore:
             try:
                 import pymysql
             except ImportError:
-                raise PbsmtpError("the mysql backend needs PyMySQL: "
-                                  "pip install 'pbsmtp-batch[mysql]' (Debian: python3-pymysql)"
-                                  ) from None
+                raise PbsmtpError("the mysql backend needs PyMySQL (Debian: python3-pymysql; "
+                                  "in a venv: pip install '.[mysql]')") from None
             try:
                 self._conn = pymysql.connect(**self.args, connect_timeout=10, autocommit=True,
                                              charset="utf8mb4")

@@ -757,7 +757,7 @@ def machine() -> dict:
             if line.startswith("MemTotal"):
                 mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
     try:
-        pf = subprocess.run(["postconf", "-h", "mail_version"], capture_output=True,
+        pf = subprocess.run(["postconf", "-dh", "mail_version"], capture_output=True,
                             text=True).stdout.strip()
     except OSError:
         pf = "?"

@@ -523,9 +523,10 @@ def test_pgsql_errors_are_one_line(pg, site):
     assert result.exit_code == 1 and "cannot connect to PostgreSQL" in result.output
 
 
-def test_pgsql_without_psycopg_names_the_extra(monkeypatch):
+def test_pgsql_without_psycopg_names_the_package_and_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "psycopg", None)
-    with pytest.raises(pb.PbsmtpError, match=r"pip install 'pbsmtp-batch\[pgsql\]'"):
+    with pytest.raises(pb.PbsmtpError, match=r"Debian: python3-psycopg; in a venv: "
+                                             r"pip install '\.\[pgsql\]'"):
         pb.PgsqlStore("host=127.0.0.1").read()
 
 

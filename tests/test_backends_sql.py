@@ -319,9 +319,10 @@ def test_mysql_errors_are_one_line(mariadb, site):
         assert len(output.splitlines()) == 1
 
 
-def test_mysql_without_pymysql_names_the_extra(monkeypatch):
+def test_mysql_without_pymysql_names_the_package_and_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "pymysql", None)
-    with pytest.raises(pb.PbsmtpError, match=r"pip install 'pbsmtp-batch\[mysql\]'"):
+    with pytest.raises(pb.PbsmtpError, match=r"Debian: python3-pymysql; in a venv: "
+                                             r"pip install '\.\[mysql\]'"):
         pb.MysqlStore("mysql://u@127.0.0.1/mail").read()
 
 

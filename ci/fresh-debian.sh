@@ -141,9 +141,12 @@ EOF
 
 in_root() {     # in_root DIR COMMAND: run COMMAND as root in DIR, as a fresh login would
     local dir=$1; shift
+    # In the background and waited for: bash runs a trap only once its
+    # foreground command is done, and an interrupted run must clean up now.
     chroot "$dir" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb CI=true \
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        /bin/bash -c "$*" </dev/null
+        /bin/bash -c "$*" </dev/null &
+    wait $!
 }
 
 echo "fresh-debian: $suite, commit $head, in $work"

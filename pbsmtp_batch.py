@@ -2414,7 +2414,9 @@ class ToolReader(io.RawIOBase):
 
     def __init__(self, raw: BinaryIO, program: str, path: str):
         self._path, self._pos = path, 0
-        self._proc = subprocess.Popen([program, "-dc"], stdin=raw.fileno(),
+        raw.seek(0)
+        # -q: no progress or notices on stderr, which is read only at the end.
+        self._proc = subprocess.Popen([program, "-d", "-c", "-q"], stdin=raw.fileno(),
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       close_fds=True)
 
@@ -4179,6 +4181,7 @@ def dump_config(ctx: click.Context, opts: Options, echo, warn) -> None:
                    "/var/log/mail/info, /var/log/messages]. - is standard input, "
                    "for --check-patterns.")
 @click.option("--rotated-dir", "rotated_dirs", multiple=True, metavar="DIR",
+              envvar="PBSMTP_ROTATED_DIR",
               help="Where logrotate puts the rotated logs when not beside the log "
                    "(its olddir; relative to the log's directory). Repeatable; the "
                    "log's own directory is always searched.")

@@ -67,6 +67,9 @@ SETTINGS = {
               (), [("bzip2", "bzip2")], r"mail\.log\.1\.bz2"),
     "xz": ("compress\n    compresscmd {xz}\n    uncompresscmd {unxz}\n    compressext .xz",
            (), [("xz", "xz-utils")], r"mail\.log\.1\.xz"),
+    "compress.Z": ("compress\n    compresscmd {compress}\n    uncompresscmd {uncompress}\n"
+                   "    compressext .Z",
+                   (), [("compress", "ncompress"), ("gzip", "gzip")], r"mail\.log\.1\.Z"),
     "olddir": ("olddir old\n    createolddir 0750",
                ("--rotated-dir=old",), [], r"old/mail\.log\.1"),
     "olddir-absolute-compress": ("olddir {root}/old\n    createolddir 0750\n    compress\n"
@@ -91,7 +94,8 @@ def settings(lab, name):
     paths = {n: tool(n, p) for n, p in tools}
     for n in tools:
         # The matching decompressor logrotate is told of (uncompresscmd).
-        for un in {"zstd": ["unzstd"], "bzip2": ["bunzip2"], "xz": ["unxz"]}.get(n[0], []):
+        for un in {"zstd": ["unzstd"], "bzip2": ["bunzip2"], "xz": ["unxz"],
+                   "compress": ["uncompress"]}.get(n[0], []):
             paths[un] = tool(un, n[1])
     fill = dict(paths, root=lab.root)
     return directives.format(**fill), [o.format(**fill) for o in options], made
@@ -217,3 +221,16 @@ def test_rotated_names_of_every_form_sort_by_age(tmp_path):
         "old/mail.log.4.Z", "mail.log.3.zst", "mail.2.log.lz4", "mail.log.1",
         "mail.log_20261120", "mail.log-2026-11-21.gz", "mail.log.20261122.xz",
         "mail-20261123.log.bz2", "old/mail.log-20261124"]
+
+
+def test_rotated_dir_from_the_environment(lab, monkeypatch):
+    """PBSMTP_ROTATED_DIR, as cron's environment or a unit's would set it."""
+    monkeypatch.setenv("PBSMTP_ROTATED_DIR", str(lab.root / "old"))
+    lab.logins(1)
+    quiet_run(lab)
+    lab.logins(2)
+    rotate(lab, "olddir old\n    createolddir 0750\n    compress")
+    assert (lab.root / "old" / "mail.log.1.gz").exists()
+    lab.logins(1)
+    quiet_run(lab)
+    assert len(lab.expected) == 4

@@ -1952,6 +1952,11 @@ BACKENDS["mysql"] = lambda opts: MysqlStore(opts.mysql_url, opts.mysql_table)
 FINGERPRINT_BYTES = 1024
 # logrotate's compress (and compresscmd) suffixes that Python reads itself.
 DECOMPRESS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+# The compresscmd suffixes Python has no reader for (Debian 12 and 13 ship
+# Python 3.11 and 3.13: no compression.zstd): the Debian program that
+# decompresses them to standard output, and its package.
+DECOMPRESS_TOOLS = {".zst": ("zstd", "zstd"), ".lz4": ("lz4", "lz4"), ".Z": ("gzip", "gzip")}
+COMPRESSED = (*DECOMPRESS, *DECOMPRESS_TOOLS)
 
 
 def default_logfile() -> str:
@@ -1962,39 +1967,66 @@ def default_logfile() -> str:
 
 
 def is_compressed(path: str) -> bool:
-    return os.path.splitext(path)[1] in DECOMPRESS
+    return os.path.splitext(path)[1] in COMPRESSED
 
 
 def fingerprint(head: bytes) -> str:
     return hashlib.sha256(head).hexdigest()
 
 
-_ROTATED = r"(?:\.(?P<n>\d+)|[.-](?P<date>\d[\d-]*\d|\d))(?P<z>\.gz|\.bz2|\.xz)?"
+# What logrotate(8) and savelog(8) append to a log's name: a number
+# (rotate, savelog's .0), or with dateext the dateformat (any of %Y %m %d
+# %H %M %S %V %s, that is digits, after "-", "_" or "."); then the
+# extension, when logrotate's "extension" option moves it to the end
+# (mail.log -> mail.1.log); then compressext. A number has at most five
+# digits, so that dateformat .%Y%m%d is a date, not rotation 20261124.
+_ROTATED = (r"(?:\.(?P<n>\d{1,5})|[._-](?P<date>\d[\d._-]*\d|\d))(?P<ext>%s)"
+            r"(?P<z>%s)?")
 
 
-def rotated_logs(logfile: str) -> list[str]:
-    """The rotated copies of a log, oldest first.
+def rotated_names(base: str, names: Iterable[str]) -> list[tuple[tuple, bool, str]]:
+    """The names among ``names`` that are rotated copies of the log named
+    base, each with its age key (smaller is older) and whether it is plain."""
+    z = "|".join(re.escape(suffix) for suffix in COMPRESSED)
+    stem, ext = os.path.splitext(base)
+    patterns = [re.compile(re.escape(base) + _ROTATED % ("", z))]
+    if ext:
+        patterns.append(re.compile(re.escape(stem) + _ROTATED % (re.escape(ext), z)))
+    found = []
+    for name in names:
+        m = next((m for p in patterns if (m := p.fullmatch(name))), None)
+        if m:
+            # Dates compare by their digits: dateformat's fields run from the
+            # year down, whatever separates them.
+            key = ((0, -int(m["n"]), "") if m["n"]
+                   else (1, 0, re.sub(r"\D", "", m["date"])))
+            found.append((key, not m["z"], name))
+    return found
+
+
+def rotated_logs(logfile: str, rotated_dirs: Sequence[str] = ()) -> list[str]:
+    """The rotated copies of a log, oldest first, beside it and in
+    ``rotated_dirs`` (logrotate's olddir; a relative one is relative to the
+    log's directory, as in logrotate).
 
     logrotate(8) numbers them (mail.log.1, mail.log.2.gz: a higher number is
     older) or, with dateext, dates them (mail.log-20261124[-1795563000][.gz]:
-    the text sorts by age); savelog(8) starts at .0. Modification times are
-    no guide: compression gives a file a new one. Of two files of the same
-    age, the compressed one comes first: while logrotate compresses
+    the date's digits sort by age); savelog(8) starts at .0; numbered files
+    are older than dated ones (dateext is switched on, not off). Modification
+    times are no guide: compression gives a file a new one. Of two files of
+    the same age, the compressed one comes first: while logrotate compresses
     mail.log.1, the half-written mail.log.1.gz and the complete mail.log.1
     both exist, and a search from the newest end finds the complete one.
     """
     directory, base = os.path.split(os.path.abspath(logfile))
-    pattern = re.compile(re.escape(base) + _ROTATED)
     found = []
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return []
-    for name in names:
-        m = pattern.fullmatch(name)
-        if m:
-            key = (0, -int(m["n"]), "") if m["n"] else (1, 0, m["date"])
-            found.append((key, not m["z"], os.path.join(directory, name)))
+    for where in dict.fromkeys([directory, *(os.path.join(directory, d) for d in rotated_dirs)]):
+        try:
+            names = os.listdir(where)
+        except OSError:
+            continue
+        found += [(key, plain, os.path.join(where, name))
+                  for key, plain, name in rotated_names(base, names)]
     return [path for *_, path in sorted(found)]
 
 
@@ -2360,11 +2392,79 @@ def open_regular(path: str) -> BinaryIO:
         raise
 
 
+class DecompressError(ValueError):
+    """A compressed file that its decompressing program rejected."""
+
+
+def decompressor(path: str) -> tuple[str | None, str | None]:
+    """The program that decompresses the file at path, or why there is none."""
+    tool = DECOMPRESS_TOOLS.get(os.path.splitext(path)[1])
+    if tool is None:
+        return None, None
+    found = shutil.which(tool[0])
+    if found is None:
+        return None, f"cannot be decompressed: {tool[0]} is not installed (Debian package {tool[1]})"
+    return found, None
+
+
+class ToolReader(io.RawIOBase):
+    """The output of ``program -dc`` reading the raw file on its standard
+    input: a stream, so memory stays flat and nothing is written to disk.
+    seek() goes forward only, by reading; closing stops the program."""
+
+    def __init__(self, raw: BinaryIO, program: str, path: str):
+        self._path, self._pos = path, 0
+        raw.seek(0)
+        # -q: no progress or notices on stderr, which is read only at the end.
+        self._proc = subprocess.Popen([program, "-d", "-c", "-q"], stdin=raw.fileno(),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      close_fds=True)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self._proc.stdout.readinto(buffer)
+        if n == 0:
+            err = self._proc.stderr.read(4096).decode("utf-8", "replace").strip()
+            if self._proc.wait() != 0:
+                program = os.path.basename(self._proc.args[0])
+                raise DecompressError(f"{program}: {err.splitlines()[-1]}" if err
+                                      else f"{program} failed")
+        self._pos += n or 0
+        return n
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence != 0 or pos < self._pos:
+            raise io.UnsupportedOperation("forward seeks only")
+        while self._pos < pos and self.read(min(pos - self._pos, 1 << 16)):
+            pass
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        if not self.closed and self._proc.poll() is None:
+            self._proc.kill()
+        if not self.closed:
+            self._proc.wait()
+            self._proc.stdout.close()
+            self._proc.stderr.close()
+        super().close()
+
+
 def decompressing(raw: BinaryIO, path: str) -> BinaryIO:
     """A reader of the file's content: raw, or decompressed by its suffix.
     The raw file stays open when the reader is closed."""
     opener = DECOMPRESS.get(os.path.splitext(path)[1])
-    return opener(raw) if opener else raw
+    if opener:
+        return opener(raw)
+    program, _ = decompressor(path)
+    return io.BufferedReader(ToolReader(raw, program, path)) if program else raw
 
 
 DECOMPRESS_ERRORS = (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile, ValueError)
@@ -2379,6 +2479,8 @@ def survey_file(path: str, handles: dict[str, BinaryIO] | None = None) -> LogFil
         st = os.stat(path)
     except OSError as e:
         return LogFile(path, error=e, problem=e.strerror)
+    if (missing := decompressor(path)[1]) is not None:
+        return LogFile(path, st.st_ino, problem=missing)
     if not stat.S_ISREG(st.st_mode):
         return LogFile(path, st.st_ino, problem=f"{_kind(st.st_mode)}, not a log")
     try:
@@ -2390,7 +2492,11 @@ def survey_file(path: str, handles: dict[str, BinaryIO] | None = None) -> LogFil
                        None if e.errno in (errno.EACCES, errno.EPERM) else e.strerror)
     try:
         f = decompressing(raw, path)
-        head = f.read(FINGERPRINT_BYTES)
+        try:
+            head = f.read(FINGERPRINT_BYTES)
+        finally:
+            if f is not raw:
+                f.close()
         raw.seek(0)
     except DECOMPRESS_ERRORS as e:
         raw.close()
@@ -2524,7 +2630,7 @@ class FileSource:
 
     def __init__(self, logfile: str, saved: LogState | None, cutoff: float,
                  warn=lambda msg: None, keywords: Sequence[bytes] = (),
-                 now: float | None = None):
+                 now: float | None = None, rotated_dirs: Sequence[str] = ()):
         handles: dict[str, BinaryIO] = {}
         try:
             log = survey_file(logfile, handles)
@@ -2532,7 +2638,7 @@ class FileSource:
                 raise survey_error(log)
             files = {logfile: log}
             rotated = []
-            for path in rotated_logs(logfile):
+            for path in rotated_logs(logfile, rotated_dirs):
                 found = survey_file(path, handles)
                 if found.problem:
                     warn(f"skipped rotated log {path}: {found.problem}")
@@ -2991,6 +3097,7 @@ class Options:
     journal: bool = False                  # read the systemd journal, not logfile
     journal_directory: str | None = None
     journal_match: tuple[str, ...] = ()
+    rotated_dirs: tuple[str, ...] = ()      # logrotate's olddir, besides the log's directory
 
 
 @dataclasses.dataclass
@@ -3347,7 +3454,8 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
         try:
             if not opts.journal:
                 source = FileSource(opts.logfile, saved, now - opts.grace, warn,
-                                    keywords=pattern_anchors(patterns), now=now)
+                                    keywords=pattern_anchors(patterns), now=now,
+                                    rotated_dirs=opts.rotated_dirs)
             pending = load_pending(pending_file, now) if saved else {}
             logins = collect_logins(source, patterns, mynetworks, opts, now, summary, say,
                                     pending)
@@ -4072,6 +4180,11 @@ def dump_config(ctx: click.Context, opts: Options, echo, warn) -> None:
                    "/var/log/maillog, else the first of /var/log/mail.log, "
                    "/var/log/mail/info, /var/log/messages]. - is standard input, "
                    "for --check-patterns.")
+@click.option("--rotated-dir", "rotated_dirs", multiple=True, metavar="DIR",
+              envvar="PBSMTP_ROTATED_DIR",
+              help="Where logrotate puts the rotated logs when not beside the log "
+                   "(its olddir; relative to the log's directory). Repeatable; the "
+                   "log's own directory is always searched.")
 @click.option("--journal", is_flag=True,
               help="Read the systemd journal instead of --logfile: only entries whose "
                    "trusted fields (_EXE, _UID, _SYSTEMD_UNIT) a pattern accepts count.")
@@ -4176,7 +4289,7 @@ def dump_config(ctx: click.Context, opts: Options, echo, warn) -> None:
 @click.option("--now", hidden=True, callback=_now, allow_from_autoenv=False)
 @click.version_option(__version__, "--version", prog_name="pbsmtp-batch")
 @click.pass_context
-def cli(ctx, logfile, journal, journal_directory, journal_match, dbfile, map_type, grace, write,
+def cli(ctx, logfile, rotated_dirs, journal, journal_directory, journal_match, dbfile, map_type, grace, write,
         dry_run, flock, lock_timeout, debug, verbose, reprocess, logto, use_syslog,
         metrics_file, list_, as_json, dumpconfig, check_patterns, line, state_dir, patterns,
         patterns_dir,
@@ -4221,7 +4334,8 @@ def cli(ctx, logfile, journal, journal_directory, journal_match, dbfile, map_typ
                        pg_dsn=pg_dsn, pg_table=pg_table, memcache_server=memcache_server,
                        memcache_prefix=memcache_prefix, mysql_url=mysql_url,
                        mysql_table=mysql_table, journal=journal,
-                       journal_directory=journal_directory, journal_match=journal_match)
+                       journal_directory=journal_directory, journal_match=journal_match,
+                       rotated_dirs=tuple(rotated_dirs))
         if dumpconfig:
             dump_config(ctx, opts, click.echo, err)
             return

@@ -2,7 +2,6 @@
 and its files, lintian's verdict, its systemd units and its man page are
 checked (installing it is ci/deb-smoke.sh's job, in a throw-away root)."""
 
-import gzip
 import os
 import re
 import shutil

@@ -12,7 +12,6 @@ write to it as root and as nobody.
 import os
 import pwd
 import shutil
-import signal
 import struct
 import subprocess
 import sys

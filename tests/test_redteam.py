@@ -5,9 +5,7 @@ syslog, or a POP/IMAP client that chooses every byte of its user name)
 would do, and checks that no false entry appears and that no run stalls.
 """
 
-import json
 import os
-import pwd
 import re
 import subprocess
 import time
@@ -17,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import pbsmtp_batch as pb
-from conftest import NOW, dovecot_login, noise, syslog_time
+from conftest import NOW, dovecot_login, syslog_time
 
 PATTERNS_DIR = Path(__file__).resolve().parent.parent / "patterns"
 PATTERNS = pb.load_patterns(str(PATTERNS_DIR))

@@ -42,6 +42,33 @@ DEFAULT_LOGFILES = ("/var/log/maillog", "/var/log/mail.log", "/var/log/mail/info
                     "/var/log/messages")
 # What postmap writes for each map type we support, and the file it writes.
 MAP_SUFFIXES = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
+# The shared stores' defaults (--pg-table, --mysql-table, --memcache-*).
+DEFAULT_TABLE = "pbsmtp_relay"
+DEFAULT_MEMCACHE_SERVER = "127.0.0.1:11211"
+DEFAULT_MEMCACHE_PREFIX = "pbsmtp:"
+
+# The state directory's file names (StateDir puts them together; the idle run
+# reads some of them before anything else is loaded). Existing state
+# directories hold these names: they never change.
+LOCK_NAME = "lock"             # the run's lock: held for the whole run
+MAP_LOCK = "map.lock"          # held only while a run reads, merges and writes the store
+# Per source (a log file, or a journal), files named SOURCE + suffix:
+OFFSET_SUFFIX = ".offset"      # the committed position: a log offset or a journal cursor
+PENDING_SUFFIX = ".pending"    # two-line servers' address lines awaiting their success line
+MARK_SUFFIX = ".map"           # the map cache: which map version the last run left
+ENTRIES_SUFFIX = ".entries"    # that map version's entries
+# Staged state files are named ".NAME.XXXXXXXX" beside NAME.
+STAGED_PREFIX = "."
+
+
+def log_source_name(logfile: str) -> str:
+    """A log's state files are named after its absolute path."""
+    return os.path.abspath(logfile).strip("/").replace("/", "_")
+
+
+def journal_source_name(directory: str | None) -> str:
+    """The journal's: one for the system journal, one per --journal-directory."""
+    return "journal" if directory is None else "journal_" + log_source_name(directory)
 
 
 ###############################################################################
@@ -107,12 +134,12 @@ def idle_run(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
             return False
         state_dir = opts["state-dir"]
         _own_file(state_dir, stat.S_ISDIR)
-        base = os.path.join(state_dir, os.path.abspath(logfile).strip("/").replace("/", "_"))
-        offset_st, offset_text = _own_file(base + ".offset")
+        base = os.path.join(state_dir, log_source_name(logfile))
+        offset_st, offset_text = _own_file(base + OFFSET_SUFFIX)
         saved = json.loads(offset_text)
-        mark_st, mark_text = _own_file(base + ".map")
+        mark_st, mark_text = _own_file(base + MARK_SUFFIX)
         mark = json.loads(mark_text)
-        lock = os.path.join(state_dir, "lock")
+        lock = os.path.join(state_dir, LOCK_NAME)
         if os.path.lexists(lock):
             lock_st = _own_file(lock)[0]
             with open("/proc/locks", "rb") as f:
@@ -174,7 +201,7 @@ import sysconfig
 import tempfile
 import tomllib
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -196,6 +223,15 @@ NEW_MAP_MODE = 0o644
 
 class PbsmtpError(Exception):
     """A failure the admin must see: one line, exit 1, nothing changed."""
+
+
+# What the run tells: --debug detail (say), what cron must mail (warn), and
+# output lines (echo).
+Say = Callable[[str], None]
+
+
+def quiet(message: str) -> None:
+    """A Say that drops what it is told."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -2031,9 +2067,8 @@ def rotated_logs(logfile: str, rotated_dirs: Sequence[str] = ()) -> list[str]:
 
 
 def offset_path(state_dir: str, logfile: str) -> str:
-    """One offset file per log, named after the log's path."""
-    name = os.path.abspath(logfile).strip("/").replace("/", "_")
-    return os.path.join(state_dir, f"{name}.offset")
+    """The offset file of a log (see StateDir)."""
+    return StateDir(state_dir).log(logfile).offset
 
 
 def _offset(data: object) -> Offset:
@@ -2067,10 +2102,6 @@ def load_offset(path: str) -> tuple[LogState | None, str | None]:
         if len(parts) == 2 and all(p.isdigit() for p in parts):
             return LogState(Offset(int(parts[0]), int(parts[1]))), None
     return None, f"offset file {path} is corrupt; re-reading the grace window"
-
-
-# Staged state files are named ".NAME.XXXXXXXX" beside NAME.
-STAGED_PREFIX = "."
 
 
 def stage_file(path: str, text: str) -> str:
@@ -2860,14 +2891,6 @@ def export_entries(stream: BinaryIO) -> Iterator[dict[bytes, bytes]]:
         yield fields
 
 
-def journal_state_path(state_dir: str, directory: str | None) -> str:
-    """The cursor file: one for the system journal, one per --journal-directory.
-    (".offset", like the log offsets, so staged copies are cleaned alike.)"""
-    name = "journal" if directory is None else \
-        "journal_" + os.path.abspath(directory).strip("/").replace("/", "_")
-    return os.path.join(state_dir, f"{name}.offset")
-
-
 def load_cursor(path: str) -> tuple[str | None, str | None]:
     """The committed cursor, or (None, warning) when it cannot be trusted."""
     try:
@@ -3054,17 +3077,16 @@ class JournalReader:
         return self._last.decode("latin-1") if self._last else self.saved
 
 
-def open_journal(opts: "Options", patterns: Sequence[Pattern], now: float, say, warn
-                 ) -> tuple[JournalReader, str | None, str]:
-    """The reader for this run, the cursor it starts from and the cursor
-    file: the first run and --reprocess read the grace window, by time."""
-    path = journal_state_path(opts.state_dir, opts.journal_directory)
-    saved, problem = (None, None) if opts.reprocess else load_cursor(path)
+def open_journal(opts: "Options", patterns: Sequence[Pattern], now: float, say: Say,
+                 warn: Say, cursor_file: str) -> tuple[JournalReader, str | None]:
+    """The reader for this run and the cursor it starts from (saved in
+    cursor_file): the first run and --reprocess read the grace window, by time."""
+    saved, problem = (None, None) if opts.reprocess else load_cursor(cursor_file)
     if problem:
         warn(problem)
     reader = JournalReader(opts.journal_directory, opts.journal_match, saved,
                            now - opts.grace - WINDOW_MARGIN, patterns, say, warn)
-    return reader, saved, path
+    return reader, saved
 
 
 ###############################################################################
@@ -3163,8 +3185,55 @@ def read_state_file(path: str) -> str | None:
         return f.read().decode("utf-8", "replace")
 
 
-# Held only while a run reads, merges and writes the store.
-MAP_LOCK = "map.lock"
+@dataclasses.dataclass(frozen=True)
+class SourceFiles:
+    """The state files of one source: a log, or a journal."""
+    offset: str          # the committed offset (a log) or cursor (a journal)
+    pending: str         # two-line servers' address lines awaiting their success line
+    mark: str            # the map cache (load_mark, save_mark)
+    entries: str         # the entries cache (load_entries, save_entries)
+
+
+@dataclasses.dataclass(frozen=True)
+class StateDir:
+    """Every file of the state directory, named in one place (the names
+    themselves are the constants at the top: state directories hold them)."""
+    path: str
+
+    @property
+    def lock(self) -> str:
+        return os.path.join(self.path, LOCK_NAME)
+
+    @property
+    def map_lock(self) -> str:
+        return os.path.join(self.path, MAP_LOCK)
+
+    def source(self, name: str) -> SourceFiles:
+        base = os.path.join(self.path, name)
+        return SourceFiles(base + OFFSET_SUFFIX, base + PENDING_SUFFIX, base + MARK_SUFFIX,
+                           base + ENTRIES_SUFFIX)
+
+    def log(self, logfile: str) -> SourceFiles:
+        return self.source(log_source_name(logfile))
+
+    def journal(self, directory: str | None) -> SourceFiles:
+        return self.source(journal_source_name(directory))
+
+    def files_for(self, opts: Options) -> SourceFiles:
+        """The files of the source this run reads."""
+        return self.journal(opts.journal_directory) if opts.journal else self.log(opts.logfile)
+
+    def remove_staged_leftovers(self) -> None:
+        """Staged state files of runs killed before their rename (see
+        stage_file; call only while holding the lock: then no other run is
+        staging)."""
+        suffixes = (OFFSET_SUFFIX, PENDING_SUFFIX, MARK_SUFFIX, ENTRIES_SUFFIX)
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self.path):
+                if name.startswith(STAGED_PREFIX) and any(f"{suffix}." in name
+                                                          for suffix in suffixes):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self.path, name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -3182,14 +3251,15 @@ def lock_holder(fd: int) -> Holder:
 
 
 @contextlib.contextmanager
-def run_lock(state_dir: str, enabled: bool, name: str = "lock", wait: bool = False
+def run_lock(path: str, enabled: bool, wait: bool = False, record: bool = False
              ) -> Iterator[bool | Holder]:
     """Hold one of the state directory's locks; yields True, or the Holder
-    of the lock when another run has it (``wait``: wait for it instead)."""
+    of the lock when another run has it (``wait``: wait for it instead).
+    ``record``: write our PID and start into it, for a run it locks out
+    (the run lock; the map lock is held for moments)."""
     if not enabled:
         yield True
         return
-    path = os.path.join(state_dir, name)
     fd = open_state_file(path, os.O_RDWR | os.O_CREAT)
     try:
         try:
@@ -3197,7 +3267,7 @@ def run_lock(state_dir: str, enabled: bool, name: str = "lock", wait: bool = Fal
         except BlockingIOError:
             yield lock_holder(fd)
             return
-        if name != MAP_LOCK:          # held for moments: no holder to report
+        if record:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{os.getpid()} {int(time.time())}\n".encode(), 0)
@@ -3392,27 +3462,22 @@ def publish(store: Store, plan: Plan, warn, staged: Sequence[tuple[str, str]]) -
                 os.unlink(tmp)
 
 
-def remove_staged_leftovers(state_dir: str) -> None:
-    """Staged state files of runs killed before their rename (call only
-    while holding the lock: then no other run is staging)."""
-    with contextlib.suppress(OSError):
-        for name in os.listdir(state_dir):
-            if name.startswith(STAGED_PREFIX) and any(f".{kind}." in name for kind in
-                                                      ("offset", "pending", "map", "entries")):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(state_dir, name))
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What every pass of one invocation shares and none changes: the
+    patterns, the opened store, Postfix's mynetworks and the state files.
+    Made once (prepare), so that a second pass (run_caught_up) starts at
+    once, without loading the pattern files or running postconf again."""
+    patterns: Sequence[Pattern]
+    store: Store
+    mynetworks: Sequence[tuple[bool, Network]]
+    state: StateDir
+    files: SourceFiles
 
 
-def run(opts: Options, now: float | None = None, say=lambda msg: None,
-        warn=lambda msg: None) -> tuple[Summary, Plan | None]:
-    """One pass. ``say`` gets --debug detail, ``warn`` what cron must mail.
-
-    Nothing is written unless opts.write; the offset is committed only after
-    the map is safely in place, so a crash at any point re-reads the same
-    lines next time, and merging them again gives the same map.
-    """
-    now = time.time() if now is None else now
-    summary = Summary()
+def prepare(opts: Options, say: Say = quiet, warn: Say = quiet) -> Setup:
+    """The checks and set-up before a run's first pass; raises PbsmtpError
+    before anything is read or written."""
     if opts.journal:
         check_journal(opts.journal_directory)
     elif not os.path.isfile(opts.logfile) or not os.access(opts.logfile, os.R_OK):
@@ -3427,10 +3492,27 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
                                  required=needs_postfix and opts.write)
     if opts.write:
         store.check()
-    ensure_state_dir(opts.state_dir)
+    state = StateDir(opts.state_dir)
+    return Setup(patterns, store, mynetworks, state, state.files_for(opts))
+
+
+def run(opts: Options, now: float | None = None, say: Say = quiet, warn: Say = quiet,
+        setup: Setup | None = None) -> tuple[Summary, Plan | None]:
+    """One pass. ``say`` gets --debug detail, ``warn`` what cron must mail;
+    ``setup`` is prepare()'s, made here when not given.
+
+    Nothing is written unless opts.write; the offset is committed only after
+    the map is safely in place, so a crash at any point re-reads the same
+    lines next time, and merging them again gives the same map.
+    """
+    now = time.time() if now is None else now
+    summary = Summary()
+    setup = setup or prepare(opts, say, warn)
+    patterns, store, files, state = setup.patterns, setup.store, setup.files, setup.state
+    ensure_state_dir(state.path)
 
     with contextlib.ExitStack() as held:
-        locked = held.enter_context(run_lock(opts.state_dir, opts.flock))
+        locked = held.enter_context(run_lock(state.lock, opts.flock, record=True))
         if locked is not True:
             summary.locked_out = True
             age = int(time.time() - locked.since)
@@ -3441,40 +3523,37 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
                               f"it is stuck or far too slow; no log line was read, "
                               f"{purge_expired(store, opts, now, warn)}")
         if opts.flock:
-            remove_staged_leftovers(opts.state_dir)
+            state.remove_staged_leftovers()
 
         if opts.journal:
-            source, saved, offset_file = open_journal(opts, patterns, now, say, warn)
+            source, saved = open_journal(opts, patterns, now, say, warn, files.offset)
         else:
-            offset_file = offset_path(opts.state_dir, opts.logfile)
-            saved, problem = (None, None) if opts.reprocess else load_offset(offset_file)
+            saved, problem = (None, None) if opts.reprocess else load_offset(files.offset)
             if problem:
                 warn(problem)
-        pending_file = os.path.splitext(offset_file)[0] + ".pending"
         try:
             if not opts.journal:
                 source = FileSource(opts.logfile, saved, now - opts.grace, warn,
                                     keywords=pattern_anchors(patterns), now=now,
                                     rotated_dirs=opts.rotated_dirs)
-            pending = load_pending(pending_file, now) if saved else {}
-            logins = collect_logins(source, patterns, mynetworks, opts, now, summary, say,
+            pending = load_pending(files.pending, now) if saved else {}
+            logins = collect_logins(source, patterns, setup.mynetworks, opts, now, summary, say,
                                     pending)
             summary.lines = source.lines_read
-            state = source.state()
+            position = source.state()
         except OSError as e:
             raise PbsmtpError(f"cannot read {e.filename or opts.logfile}: {e.strerror}") from None
         except DECOMPRESS_ERRORS as e:
             raise PbsmtpError(f"cannot read a rotated log of {opts.logfile}: {e}") from None
 
-        staged = [] if state == saved else [
-            (pending_file, pending_text(trim_pending(pending, now))),
-            (offset_file, cursor_text(opts.journal_directory, state) if opts.journal
-             else offset_text(opts.logfile, state))]
+        staged = [] if position == saved else [
+            (files.pending, pending_text(trim_pending(pending, now))),
+            (files.offset, cursor_text(opts.journal_directory, position) if opts.journal
+             else offset_text(opts.logfile, position))]
         # From here to the end the store is read, merged and written under
         # the map lock, which a run locked out by a stuck one takes to purge.
-        held.enter_context(run_lock(opts.state_dir, opts.flock, MAP_LOCK, wait=True))
-        mark_file = os.path.splitext(offset_file)[0] + ".map"
-        mark = load_mark(mark_file)
+        held.enter_context(run_lock(state.map_lock, opts.flock, wait=True))
+        mark = load_mark(files.mark)
         if (saved is not None and not logins and mark is not None
                 and mark.get("stamp") == store_stamp(store) and mark.get("grace") == opts.grace
                 and (mark.get("expires") is None or now < mark["expires"])):
@@ -3487,8 +3566,7 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
                 publish(store, Plan(entries={}), warn, staged)
             return summary, Plan(entries={})
 
-        entries_file = os.path.splitext(offset_file)[0] + ".entries"
-        cached = load_entries(entries_file, store_stamp(store))
+        cached = load_entries(files.entries, store_stamp(store))
         base = read_store(store, opts, warn) if cached is None else cached
         plan = merge(base or {}, logins, now, opts.grace, checked=cached is not None)
         # A map set aside as unreadable is rebuilt whole, never updated.
@@ -3500,8 +3578,8 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
         summary.expired, summary.active = len(plan.expired), len(plan.entries)
         if opts.write:
             publish(store, plan, warn, staged)
-            save_mark(mark_file, store, plan, opts.grace)
-            save_entries(entries_file, store, plan)
+            save_mark(files.mark, store, plan, opts.grace)
+            save_entries(files.entries, store, plan)
     return summary, plan
 
 
@@ -3541,7 +3619,7 @@ def purge_expired(store: Store, opts: Options, now: float, warn) -> str:
     stamp changed). The log, the offset and the pending addresses stay the
     stuck run's. Returns what was done, for the Error line.
     """
-    with run_lock(opts.state_dir, True, MAP_LOCK) as free:
+    with run_lock(StateDir(opts.state_dir).map_lock, True) as free:
         if free is not True:
             return "and the map is being written right now"
         try:
@@ -3560,7 +3638,7 @@ def unread_lines(opts: Options) -> bool:
     last run committed."""
     if opts.journal:
         return False         # the path unit watches files; the journal is read by cron
-    saved, _ = load_offset(offset_path(opts.state_dir, opts.logfile))
+    saved, _ = load_offset(StateDir(opts.state_dir).log(opts.logfile).offset)
     try:
         with open(opts.logfile, "rb") as f:
             if saved is None or os.fstat(f.fileno()).st_ino != saved.current.inode:
@@ -3571,10 +3649,12 @@ def unread_lines(opts: Options) -> bool:
         return False
 
 
-def run_caught_up(opts: Options, now: float | None = None, say=lambda msg: None,
-                  warn=lambda msg: None, passes: int = 3, each=lambda plan: None
+def run_caught_up(opts: Options, now: float | None = None, say: Say = quiet,
+                  warn: Say = quiet, passes: int = 3,
+                  each: Callable[[Plan], None] = lambda plan: None
                   ) -> tuple[Summary, Plan | None]:
-    """run(), again while lines arrived during the last pass.
+    """run(), again while lines arrived during the last pass, with one
+    set-up for all passes.
 
     systemd's path unit ignores the writes made while its service runs, so a
     login logged during a run would wait for the next write or the timer;
@@ -3582,8 +3662,9 @@ def run_caught_up(opts: Options, now: float | None = None, say=lambda msg: None,
     growing is left to the next trigger.
     """
     total = Summary()
+    setup = prepare(opts, say, warn)
     for _ in range(passes):
-        summary, plan = run(opts, now, say, warn)
+        summary, plan = run(opts, now, say, warn, setup)
         if plan is not None:
             each(plan)
         for field in ("lines", "logins", "added", "refreshed", "expired"):

@@ -3758,6 +3758,26 @@ def prepare(opts: Options, say: Say = quiet, warn: Say = quiet) -> Setup:
     return Setup(patterns, store, mynetworks, state, state.files_for(opts))
 
 
+@contextlib.contextmanager
+def log_read_errors(logfile: str) -> Iterator[None]:
+    """A log file (or a rotated one) that cannot be read, or a damaged
+    compressed one, is one Error line."""
+    try:
+        yield
+    except OSError as e:
+        raise PbsmtpError(f"cannot read {e.filename or logfile}: {e.strerror}") from None
+    except DECOMPRESS_ERRORS as e:
+        raise PbsmtpError(f"cannot read a rotated log of {logfile}: {e}") from None
+
+
+def map_as_left(mark: dict | None, store: Store, grace: int, now: float) -> bool:
+    """Whether the map cache says the store is the version the last run left,
+    written with this grace, and none of its entries is due to expire."""
+    return (mark is not None and mark.get("stamp") == store_stamp(store)
+            and mark.get("grace") == grace
+            and (mark.get("expires") is None or now < mark["expires"]))
+
+
 def run(opts: Options, now: float | None = None, say: Say = quiet, warn: Say = quiet,
         setup: Setup | None = None) -> tuple[Summary, Plan | None]:
     """One pass. ``say`` gets --debug detail, ``warn`` what cron must mail;
@@ -3793,7 +3813,7 @@ def run(opts: Options, now: float | None = None, say: Say = quiet, warn: Say = q
             saved, problem = (None, None) if opts.reprocess else load_offset(files.offset)
             if problem:
                 warn(problem)
-        try:
+        with log_read_errors(opts.logfile):
             if not opts.journal:
                 source = FileSource(opts.logfile, saved, now - opts.grace, warn,
                                     keywords=pattern_anchors(patterns), now=now,
@@ -3803,10 +3823,6 @@ def run(opts: Options, now: float | None = None, say: Say = quiet, warn: Say = q
                                     pending)
             summary.lines = source.lines_read
             position = source.state()
-        except OSError as e:
-            raise PbsmtpError(f"cannot read {e.filename or opts.logfile}: {e.strerror}") from None
-        except DECOMPRESS_ERRORS as e:
-            raise PbsmtpError(f"cannot read a rotated log of {opts.logfile}: {e}") from None
 
         staged = [] if position == saved else [
             (files.pending, pending_text(trim_pending(pending, now))),
@@ -3816,9 +3832,7 @@ def run(opts: Options, now: float | None = None, say: Say = quiet, warn: Say = q
         # the map lock, which a run locked out by a stuck one takes to purge.
         held.enter_context(run_lock(state.map_lock, opts.flock, wait=True))
         mark = load_mark(files.mark)
-        if (saved is not None and not logins and mark is not None
-                and mark.get("stamp") == store_stamp(store) and mark.get("grace") == opts.grace
-                and (mark.get("expires") is None or now < mark["expires"])):
+        if saved is not None and not logins and map_as_left(mark, store, opts.grace, now):
             # Nothing to add and nothing due to expire, and the map is the
             # one the last run left: reading and rewriting it would change
             # nothing, and on a quiet log that is most runs.

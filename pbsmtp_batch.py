@@ -42,6 +42,33 @@ DEFAULT_LOGFILES = ("/var/log/maillog", "/var/log/mail.log", "/var/log/mail/info
                     "/var/log/messages")
 # What postmap writes for each map type we support, and the file it writes.
 MAP_SUFFIXES = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
+# The shared stores' defaults (--pg-table, --mysql-table, --memcache-*).
+DEFAULT_TABLE = "pbsmtp_relay"
+DEFAULT_MEMCACHE_SERVER = "127.0.0.1:11211"
+DEFAULT_MEMCACHE_PREFIX = "pbsmtp:"
+
+# The state directory's file names (StateDir puts them together; the idle run
+# reads some of them before anything else is loaded). Existing state
+# directories hold these names: they never change.
+LOCK_NAME = "lock"             # the run's lock: held for the whole run
+MAP_LOCK = "map.lock"          # held only while a run reads, merges and writes the store
+# Per source (a log file, or a journal), files named SOURCE + suffix:
+OFFSET_SUFFIX = ".offset"      # the committed position: a log offset or a journal cursor
+PENDING_SUFFIX = ".pending"    # two-line servers' address lines awaiting their success line
+MARK_SUFFIX = ".map"           # the map cache: which map version the last run left
+ENTRIES_SUFFIX = ".entries"    # that map version's entries
+# Staged state files are named ".NAME.XXXXXXXX" beside NAME.
+STAGED_PREFIX = "."
+
+
+def log_source_name(logfile: str) -> str:
+    """A log's state files are named after its absolute path."""
+    return os.path.abspath(logfile).strip("/").replace("/", "_")
+
+
+def journal_source_name(directory: str | None) -> str:
+    """The journal's: one for the system journal, one per --journal-directory."""
+    return "journal" if directory is None else "journal_" + log_source_name(directory)
 
 
 ###############################################################################
@@ -107,12 +134,12 @@ def idle_run(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
             return False
         state_dir = opts["state-dir"]
         _own_file(state_dir, stat.S_ISDIR)
-        base = os.path.join(state_dir, os.path.abspath(logfile).strip("/").replace("/", "_"))
-        offset_st, offset_text = _own_file(base + ".offset")
+        base = os.path.join(state_dir, log_source_name(logfile))
+        offset_st, offset_text = _own_file(base + OFFSET_SUFFIX)
         saved = json.loads(offset_text)
-        mark_st, mark_text = _own_file(base + ".map")
+        mark_st, mark_text = _own_file(base + MARK_SUFFIX)
         mark = json.loads(mark_text)
-        lock = os.path.join(state_dir, "lock")
+        lock = os.path.join(state_dir, LOCK_NAME)
         if os.path.lexists(lock):
             lock_st = _own_file(lock)[0]
             with open("/proc/locks", "rb") as f:
@@ -174,9 +201,9 @@ import sysconfig
 import tempfile
 import tomllib
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import click
 
@@ -196,6 +223,15 @@ NEW_MAP_MODE = 0o644
 
 class PbsmtpError(Exception):
     """A failure the admin must see: one line, exit 1, nothing changed."""
+
+
+# What the run tells: --debug detail (say), what cron must mail (warn), and
+# output lines (echo).
+Say = Callable[[str], None]
+
+
+def quiet(message: str) -> None:
+    """A Say that drops what it is told."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -2031,9 +2067,8 @@ def rotated_logs(logfile: str, rotated_dirs: Sequence[str] = ()) -> list[str]:
 
 
 def offset_path(state_dir: str, logfile: str) -> str:
-    """One offset file per log, named after the log's path."""
-    name = os.path.abspath(logfile).strip("/").replace("/", "_")
-    return os.path.join(state_dir, f"{name}.offset")
+    """The offset file of a log (see StateDir)."""
+    return StateDir(state_dir).log(logfile).offset
 
 
 def _offset(data: object) -> Offset:
@@ -2067,10 +2102,6 @@ def load_offset(path: str) -> tuple[LogState | None, str | None]:
         if len(parts) == 2 and all(p.isdigit() for p in parts):
             return LogState(Offset(int(parts[0]), int(parts[1]))), None
     return None, f"offset file {path} is corrupt; re-reading the grace window"
-
-
-# Staged state files are named ".NAME.XXXXXXXX" beside NAME.
-STAGED_PREFIX = "."
 
 
 def stage_file(path: str, text: str) -> str:
@@ -2860,14 +2891,6 @@ def export_entries(stream: BinaryIO) -> Iterator[dict[bytes, bytes]]:
         yield fields
 
 
-def journal_state_path(state_dir: str, directory: str | None) -> str:
-    """The cursor file: one for the system journal, one per --journal-directory.
-    (".offset", like the log offsets, so staged copies are cleaned alike.)"""
-    name = "journal" if directory is None else \
-        "journal_" + os.path.abspath(directory).strip("/").replace("/", "_")
-    return os.path.join(state_dir, f"{name}.offset")
-
-
 def load_cursor(path: str) -> tuple[str | None, str | None]:
     """The committed cursor, or (None, warning) when it cannot be trusted."""
     try:
@@ -2944,8 +2967,8 @@ class JournalReader:
     """
 
     def __init__(self, directory: str | None, matches: Sequence[str], saved: str | None,
-                 since: float | None, patterns: Sequence[Pattern], say=lambda msg: None,
-                 warn=lambda msg: None, everything: bool = False):
+                 since: float | None, patterns: Sequence[Pattern], say: Say = quiet,
+                 warn: Say = quiet, everything: bool = False):
         self.journalctl = find_tool("journalctl", "systemd")
         check_journal(directory)
         self.directory, self.matches = directory, tuple(matches)
@@ -3054,51 +3077,312 @@ class JournalReader:
         return self._last.decode("latin-1") if self._last else self.saved
 
 
-def open_journal(opts: "Options", patterns: Sequence[Pattern], now: float, say, warn
-                 ) -> tuple[JournalReader, str | None, str]:
-    """The reader for this run, the cursor it starts from and the cursor
-    file: the first run and --reprocess read the grace window, by time."""
-    path = journal_state_path(opts.state_dir, opts.journal_directory)
-    saved, problem = (None, None) if opts.reprocess else load_cursor(path)
+def open_journal(opts: "Options", patterns: Sequence[Pattern], now: float, say: Say,
+                 warn: Say, cursor_file: str) -> tuple[JournalReader, str | None]:
+    """The reader for this run and the cursor it starts from (saved in
+    cursor_file): the first run and --reprocess read the grace window, by time."""
+    saved, problem = (None, None) if opts.reprocess else load_cursor(cursor_file)
     if problem:
         warn(problem)
     reader = JournalReader(opts.journal_directory, opts.journal_match, saved,
                            now - opts.grace - WINDOW_MARGIN, patterns, say, warn)
-    return reader, saved, path
+    return reader, saved
+
+
+###############################################################################
+# Settings: every option, declared once #######################################
+###############################################################################
+# Each field of Options is a command-line option: opt() gives the field its
+# click declaration, and the option groups below put them on the command.
+# A setting also comes from the config file (keys named like the long
+# options) and from PBSMTP_* variables (see option_envvars); an action only
+# from the command line.
+
+def _source(ctx: click.Context, param: click.Parameter) -> str:
+    """Where a bad value came from, when that was the config file."""
+    if ctx.get_parameter_source(param.name) == click.core.ParameterSource.DEFAULT_MAP:
+        path, keys = ctx.meta.get("pbsmtp.config"), ctx.meta.get("pbsmtp.config_keys", {})
+        if path:
+            return f"config file {path}: '{keys.get(param.name, param.name)}': "
+    return ""
+
+
+def _positive_int(what: str):
+    def check(ctx, param, value):
+        if value is None:
+            return None
+        text = str(value).strip()
+        if not text.isdigit() or not text.strip("0"):
+            raise click.ClickException(f"{_source(ctx, param)}{what} must be a whole number "
+                                       f"of seconds above 0, "
+                                       f"not {_short(value)}")
+        if len(text) > 12 or int(text) > MAX_SECONDS:
+            raise click.ClickException(f"{_source(ctx, param)}{what} must be at most "
+                                       f"{MAX_SECONDS} seconds "
+                                       f"(a hundred years), not {_short(value)}")
+        return int(text)
+    return check
+
+
+# A hundred years: more than any grace window or lock bound (a test may
+# accept decades-old sample lines), and far from the limits of time
+# arithmetic and of int().
+MAX_SECONDS = 100 * 366 * 86400
+
+
+def _short(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value))} characters)"
+
+
+def _networks(ctx, param, values):
+    nets = []
+    for value in values or ():
+        try:
+            nets.append(parse_network(str(value)))
+        except ValueError:
+            raise click.ClickException(f"{_source(ctx, param)}--ignore-net {value!r} is not "
+                                       f"a network "
+                                       f"(e.g. 192.0.2.0/24 or 2001:db8::/32)")
+    return tuple(nets)
+
+
+def _choice(option: str, choices: Sequence[str]):
+    def check(ctx, param, value):
+        if value is not None and value not in choices:
+            raise click.ClickException(f"{_source(ctx, param)}{option} {value!r} is not "
+                                       f"supported "
+                                       f"(use one of {', '.join(choices)})")
+        return value
+    return check
+
+
+def _journal_matches(ctx, param, values):
+    for value in values or ():
+        if not _JOURNAL_MATCH.fullmatch(str(value)):
+            raise click.ClickException(f"--journal-match {value!r} is not FIELD=VALUE "
+                                       f"(e.g. _SYSTEMD_UNIT=dovecot.service)")
+    return tuple(str(v) for v in values or ())
+
+
+def opt(*decls: str, group: str, default: object = dataclasses.MISSING,
+        click_default: object = dataclasses.MISSING, action: bool = False,
+        **click_kwargs) -> Any:
+    """A field of Options and its option: ``decls`` and ``click_kwargs`` are
+    click.option's; the option's name is the field's, and so is its default
+    unless ``click_default`` says another (the option's value that the
+    field's is made from, see options_from). ``group`` names its option
+    group. ``action``: it says what to do in this invocation, not how runs
+    behave, so it is never read from a PBSMTP_* variable (one left in cron's
+    environment must never turn every run into a listing) and --dumpconfig
+    does not list it."""
+    if action:
+        click_kwargs["allow_from_autoenv"] = False
+    if click_default is not dataclasses.MISSING:
+        click_kwargs["default"] = click_default
+    elif default is not dataclasses.MISSING and default:
+        click_kwargs["default"] = default
+    return dataclasses.field(default=default, metadata={"option": (decls, click_kwargs),
+                                                        "group": group, "action": action})
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What one invocation does, from the command line, the config file and
+    PBSMTP_* variables: one field per option, in --help's order."""
+    # source: what is read
+    logfile: str = opt(
+        "--logfile", "--watchlog", metavar="FILE", group="source",
+        help=f"Mail log to read (--watchlog: the classic name) [default: "
+             f"{DEFAULT_LOGFILES[0]}, else the first of {', '.join(DEFAULT_LOGFILES[1:])}]. "
+             f"- is standard input, for --check-patterns.")
+    rotated_dirs: tuple[str, ...] = opt(
+        "--rotated-dir", default=(), multiple=True, metavar="DIR", envvar="PBSMTP_ROTATED_DIR",
+        group="source",
+        help="Where logrotate puts the rotated logs when not beside the log "
+             "(its olddir; relative to the log's directory). Repeatable; the "
+             "log's own directory is always searched.")
+    journal: bool = opt(
+        "--journal", default=False, is_flag=True, group="source",
+        help="Read the systemd journal instead of --logfile: only entries whose "
+             "trusted fields (_EXE, _UID, _SYSTEMD_UNIT) a pattern accepts count.")
+    journal_directory: str | None = opt(
+        "--journal-directory", default=None, metavar="DIR", group="source",
+        help="Read the journal files in DIR (journalctl -D), e.g. "
+             "/var/log/journal/remote; implies --journal.")
+    journal_match: tuple[str, ...] = opt(
+        "--journal-match", default=(), multiple=True, metavar="FIELD=VALUE",
+        callback=_journal_matches, group="source",
+        help="Read only the journal entries that match (journalctl MATCHES; "
+             "repeatable). It narrows what is read; it never makes an entry trusted.")
+    # map: where the entries go and for how long
+    dbfile: str = opt(
+        "--dbfile", default=DEFAULT_DBFILE, metavar="FILE", show_default=True, group="map",
+        help="The map, as in main.cf without the type (postmap adds .db/.lmdb/.cdb).")
+    map_type: str | None = opt(
+        "--map-type", default=None, callback=_choice("--map-type", list(MAP_SUFFIXES)),
+        metavar="TYPE", group="map",
+        help="hash, btree, lmdb or cdb [default: postconf default_database_type].")
+    grace: int = opt(
+        "--grace", default=DEFAULT_GRACE, type=str, show_default=True, metavar="SECONDS",
+        callback=_positive_int("--grace"), group="map",
+        help="How long a login allows relaying.")
+    # run: how a run behaves and what it tells
+    write: bool = opt(
+        "--write/--nowrite", default=True, show_default=True, group="run",
+        help="Write the map and commit the offset.")
+    dry_run: bool = opt(
+        "--dry-run", default=False, is_flag=True, action=True, group="run",
+        help="Print what would be added, refreshed and expired; change nothing.")
+    flock: bool = opt(
+        "--flock/--noflock", default=True, show_default=True, group="run",
+        help="Take the state directory's lock, so overlapping runs skip.")
+    lock_timeout: int = opt(
+        "--lock-timeout", default=DEFAULT_LOCK_TIMEOUT, type=str, show_default=True,
+        metavar="SECONDS", callback=_positive_int("--lock-timeout"), group="run",
+        help="A run that finds the lock held longer than this reports the holder "
+             "with an Error (exit 1) and purges the expired entries.")
+    debug: bool = opt(
+        "--debug/--nodebug", default=False, group="run", help="Explain every matched line.")
+    verbose: bool = opt(
+        "-v", "--verbose", default=False, is_flag=True, action=True, group="run",
+        help="Print a one-line summary; with --check-patterns, every pattern and "
+             "every finding.")
+    reprocess: bool = opt(
+        "--reprocess/--noreprocess", default=False, group="run",
+        help="Ignore the saved offset: read the whole log again and rebuild the "
+             "grace window (after a lost map).")
+    logto: str | None = opt(
+        "--logto", default=None, metavar="FILE", group="run",
+        help="Append every add and remove to FILE, one line each, as the classic "
+             "daemon did (- is standard output).")
+    use_syslog: bool = opt(
+        "--syslog/--nosyslog", default=True, show_default=True, envvar="PBSMTP_SYSLOG",
+        group="run",
+        help="Log one line per run that changed the map, to syslog (facility mail).")
+    metrics_file: str | None = opt(
+        "--metrics-file", default=None, metavar="PATH", group="run",
+        help="Write run metrics for node_exporter's textfile collector "
+             "(e.g. /var/lib/prometheus/node-exporter/pbsmtp_batch.prom).")
+    # mode: what to do instead of a run
+    list_: bool = opt(
+        "--list", default=False, is_flag=True, action=True, group="mode",
+        help="Show the map's entries: IP, login time, age and time left.")
+    as_json: bool = opt(
+        "--json", default=False, is_flag=True, action=True, group="mode",
+        help="With --list or --check-patterns: print JSON.")
+    dumpconfig: bool = opt(
+        "--dumpconfig", default=False, is_flag=True, action=True, group="mode",
+        help="Print every effective setting and where it came from, the pattern "
+             "files, the Postfix instance and its mynetworks, and the map.")
+    check_patterns: bool = opt(
+        "--check-patterns", default=False, is_flag=True, action=True, group="mode",
+        help="Test the patterns on the whole --logfile (- is standard input) and on "
+             "their own samples: hits per pattern, addresses found, lines that look "
+             "like logins but matched nothing. Exits 1 if a sample fails. Changes "
+             "nothing.")
+    line: tuple[str, ...] = opt(
+        "--line", default=(), multiple=True, metavar="TEXT", action=True, group="mode",
+        help="With --check-patterns: test this log line instead of --logfile "
+             "(repeatable).")
+    # site: the state, the patterns, Postfix, and what never goes into the map
+    state_dir: str = opt(
+        "--state-dir", default=DEFAULT_STATE_DIR, show_default=True, metavar="DIR",
+        group="site", help="Where the log offset and the lock live.")
+    patterns: tuple[str, ...] = opt(
+        "--pattern", default=(), multiple=True, metavar="NAME",
+        envvar=["PBSMTP_PATTERN", "PBSMTP_PATTERNS"], group="site",
+        help="Use only this pattern file (repeatable) [default: all].")
+    patterns_dir: str | None = opt(
+        "--patterns-dir", default=None, metavar="DIR", group="site",
+        help=f"Use exactly the pattern files in DIR [default: the shipped ones, "
+             f"overlaid by {ADMIN_PATTERNS_DIR}].")
+    ignore_nets: tuple[Network, ...] = opt(
+        "--ignore-net", default=(), multiple=True, metavar="CIDR",
+        envvar=["PBSMTP_IGNORE_NET", "PBSMTP_IGNORE_NETS"], callback=_networks, group="site",
+        help="Never add addresses in this network (repeatable). Postfix's "
+             "mynetworks is always left out.")
+    postfix_config: str | None = opt(
+        "--postfix-config", default=None, metavar="DIR",
+        envvar=["PBSMTP_POSTFIX_CONFIG", "MAIL_CONFIG"], group="site",
+        help="Postfix instance's config directory [default: $MAIL_CONFIG, "
+             "else the default instance].")
+    # store: where and how the entries are written
+    backend: str = opt(
+        "--backend", default="postfix", show_default=True, metavar="NAME",
+        callback=_choice("--backend", ["postfix", *BACKENDS]), group="store",
+        help="Where the entries go: postfix (a postmap-built file map), sendmail "
+             "(access db), qmail (tcp.smtp rules), exim (iplsearch list), pgsql, "
+             "mysql, sqlite (--dbfile is the SQLite file) or memcache. See the README.")
+    pg_dsn: str | None = opt(
+        "--pg-dsn", default=None, metavar="DSN", group="store",
+        help="pgsql: libpq connection string or URI (also $PBSMTP_PG_DSN).")
+    pg_table: str = opt(
+        "--pg-table", default=DEFAULT_TABLE, show_default=True, metavar="NAME", group="store",
+        help="pgsql: the shared table.")
+    memcache_server: str = opt(
+        "--memcache-server", default=DEFAULT_MEMCACHE_SERVER, show_default=True,
+        metavar="HOST:PORT", group="store", help="memcache: the server (or unix:/PATH).")
+    memcache_prefix: str = opt(
+        "--memcache-prefix", default=DEFAULT_MEMCACHE_PREFIX, show_default=True, metavar="TEXT",
+        group="store", help="memcache: key prefix; Postfix's key_format must be TEXT%s.")
+    mysql_url: str | None = opt(
+        "--mysql-url", default=None, metavar="URL", group="store",
+        help="mysql: mysql://USER:PASSWORD@HOST[:PORT]/DATABASE, or with "
+             "?unix_socket=/PATH or ?read_default_file=/PATH (also $PBSMTP_MYSQL_URL).")
+    mysql_table: str = opt(
+        "--mysql-table", default=DEFAULT_TABLE, show_default=True, metavar="NAME",
+        group="store", help="mysql: the shared table.")
+    # The option says write or skip; the field is whether to write them.
+    ipv6_shared_keys: bool = opt(
+        "--ipv6-shared-keys", default=True, click_default="write", show_default=True,
+        metavar="write|skip", callback=_choice("--ipv6-shared-keys", ["write", "skip"]),
+        group="store",
+        help="IPv6 keys like 2001:db8::1 are also hit by Postfix's shortened "
+             "lookups for 2001:db8::1:X (same /64): write them, or skip them "
+             "(those clients then cannot relay). See the README.")
+
+
+def options_from(params: Mapping[str, object]) -> Options:
+    """Options from the command's values (click's parameter names are the
+    field names), with what follows from them: the log found by
+    default_logfile, --journal implied by --journal-directory, no writing
+    with --dry-run, and --ipv6-shared-keys as a flag."""
+    values = {f.name: params[f.name] for f in dataclasses.fields(Options)}
+    journal = bool(values["journal"]) or values["journal_directory"] is not None
+    if values["journal_match"] and not journal:
+        raise PbsmtpError("--journal-match needs --journal or --journal-directory")
+    return Options(**{**values, "logfile": values["logfile"] or default_logfile(),
+                      "journal": journal, "write": values["write"] and not values["dry_run"],
+                      "ipv6_shared_keys": values["ipv6_shared_keys"] == "write",
+                      "patterns": tuple(values["patterns"]),
+                      "rotated_dirs": tuple(values["rotated_dirs"])})
+
+
+def option_group(group: str) -> Callable:
+    """A decorator that puts the options of this group's fields of Options
+    on a click command, in the fields' order."""
+    fields = [f for f in dataclasses.fields(Options) if f.metadata["group"] == group]
+
+    def decorate(command):
+        for field in reversed(fields):
+            decls, click_kwargs = field.metadata["option"]
+            command = click.option(*decls, field.name, **click_kwargs)(command)
+        return command
+    return decorate
+
+
+source_options = option_group("source")
+map_options = option_group("map")
+run_options = option_group("run")
+mode_options = option_group("mode")
+site_options = option_group("site")
+store_options = option_group("store")
 
 
 ###############################################################################
 # The run #####################################################################
 ###############################################################################
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    logfile: str
-    dbfile: str = DEFAULT_DBFILE
-    grace: int = DEFAULT_GRACE
-    map_type: str | None = None
-    state_dir: str = DEFAULT_STATE_DIR
-    patterns_dir: str | None = None
-    patterns: tuple[str, ...] = ()
-    ignore_nets: tuple[Network, ...] = ()
-    postfix_config: str | None = None
-    ipv6_shared_keys: bool = True
-    backend: str = "postfix"
-    write: bool = True
-    flock: bool = True
-    reprocess: bool = False
-    lock_timeout: int = DEFAULT_LOCK_TIMEOUT
-    pg_dsn: str | None = None              # --backend pgsql
-    pg_table: str = "pbsmtp_relay"
-    memcache_server: str = "127.0.0.1:11211"  # --backend memcache
-    memcache_prefix: str = "pbsmtp:"
-    mysql_url: str | None = None           # --backend mysql
-    mysql_table: str = "pbsmtp_relay"
-    journal: bool = False                  # read the systemd journal, not logfile
-    journal_directory: str | None = None
-    journal_match: tuple[str, ...] = ()
-    rotated_dirs: tuple[str, ...] = ()      # logrotate's olddir, besides the log's directory
-
 
 @dataclasses.dataclass
 class Summary:
@@ -3163,8 +3447,55 @@ def read_state_file(path: str) -> str | None:
         return f.read().decode("utf-8", "replace")
 
 
-# Held only while a run reads, merges and writes the store.
-MAP_LOCK = "map.lock"
+@dataclasses.dataclass(frozen=True)
+class SourceFiles:
+    """The state files of one source: a log, or a journal."""
+    offset: str          # the committed offset (a log) or cursor (a journal)
+    pending: str         # two-line servers' address lines awaiting their success line
+    mark: str            # the map cache (load_mark, save_mark)
+    entries: str         # the entries cache (load_entries, save_entries)
+
+
+@dataclasses.dataclass(frozen=True)
+class StateDir:
+    """Every file of the state directory, named in one place (the names
+    themselves are the constants at the top: state directories hold them)."""
+    path: str
+
+    @property
+    def lock(self) -> str:
+        return os.path.join(self.path, LOCK_NAME)
+
+    @property
+    def map_lock(self) -> str:
+        return os.path.join(self.path, MAP_LOCK)
+
+    def source(self, name: str) -> SourceFiles:
+        base = os.path.join(self.path, name)
+        return SourceFiles(base + OFFSET_SUFFIX, base + PENDING_SUFFIX, base + MARK_SUFFIX,
+                           base + ENTRIES_SUFFIX)
+
+    def log(self, logfile: str) -> SourceFiles:
+        return self.source(log_source_name(logfile))
+
+    def journal(self, directory: str | None) -> SourceFiles:
+        return self.source(journal_source_name(directory))
+
+    def files_for(self, opts: Options) -> SourceFiles:
+        """The files of the source this run reads."""
+        return self.journal(opts.journal_directory) if opts.journal else self.log(opts.logfile)
+
+    def remove_staged_leftovers(self) -> None:
+        """Staged state files of runs killed before their rename (see
+        stage_file; call only while holding the lock: then no other run is
+        staging)."""
+        suffixes = (OFFSET_SUFFIX, PENDING_SUFFIX, MARK_SUFFIX, ENTRIES_SUFFIX)
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self.path):
+                if name.startswith(STAGED_PREFIX) and any(f"{suffix}." in name
+                                                          for suffix in suffixes):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self.path, name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -3182,14 +3513,15 @@ def lock_holder(fd: int) -> Holder:
 
 
 @contextlib.contextmanager
-def run_lock(state_dir: str, enabled: bool, name: str = "lock", wait: bool = False
+def run_lock(path: str, enabled: bool, wait: bool = False, record: bool = False
              ) -> Iterator[bool | Holder]:
     """Hold one of the state directory's locks; yields True, or the Holder
-    of the lock when another run has it (``wait``: wait for it instead)."""
+    of the lock when another run has it (``wait``: wait for it instead).
+    ``record``: write our PID and start into it, for a run it locks out
+    (the run lock; the map lock is held for moments)."""
     if not enabled:
         yield True
         return
-    path = os.path.join(state_dir, name)
     fd = open_state_file(path, os.O_RDWR | os.O_CREAT)
     try:
         try:
@@ -3197,7 +3529,7 @@ def run_lock(state_dir: str, enabled: bool, name: str = "lock", wait: bool = Fal
         except BlockingIOError:
             yield lock_holder(fd)
             return
-        if name != MAP_LOCK:          # held for moments: no holder to report
+        if record:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{os.getpid()} {int(time.time())}\n".encode(), 0)
@@ -3242,7 +3574,7 @@ def postfix_not_configured(config_dir: str | None) -> str | None:
             f"dpkg-reconfigure postfix; or name the instance with --postfix-config=DIR)")
 
 
-def read_mynetworks(config_dir: str | None, say, required: bool = True
+def read_mynetworks(config_dir: str | None, say: Say, required: bool = True
                     ) -> list[tuple[bool, Network]]:
     """Postfix's mynetworks. A host that feeds another MTA's table, or a
     shared one, may have no Postfix at all, and a dry run may come before
@@ -3267,7 +3599,7 @@ def read_mynetworks(config_dir: str | None, say, required: bool = True
 
 def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
                    mynetworks: Sequence[tuple[bool, Network]], opts: Options, now: float,
-                   summary: Summary, say, pending: Pending | None = None) -> list[Login]:
+                   summary: Summary, say: Say, pending: Pending | None = None) -> list[Login]:
     """The logins in these lines that may go into the map."""
     logins, exclusions = [], {}
     for raw in lines:
@@ -3365,7 +3697,7 @@ def save_entries(path: str, store: Store, plan: Plan) -> None:
         write_atomically(path, text)
 
 
-def publish(store: Store, plan: Plan, warn, staged: Sequence[tuple[str, str]]) -> None:
+def publish(store: Store, plan: Plan, warn: Say, staged: Sequence[tuple[str, str]]) -> None:
     """Write the map, then the state: the state files are staged first, so a
     full state file system fails the run before the map changed, and renamed
     into place after it. The pending addresses go before the offset: a crash
@@ -3392,27 +3724,22 @@ def publish(store: Store, plan: Plan, warn, staged: Sequence[tuple[str, str]]) -
                 os.unlink(tmp)
 
 
-def remove_staged_leftovers(state_dir: str) -> None:
-    """Staged state files of runs killed before their rename (call only
-    while holding the lock: then no other run is staging)."""
-    with contextlib.suppress(OSError):
-        for name in os.listdir(state_dir):
-            if name.startswith(STAGED_PREFIX) and any(f".{kind}." in name for kind in
-                                                      ("offset", "pending", "map", "entries")):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(state_dir, name))
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What every pass of one invocation shares and none changes: the
+    patterns, the opened store, Postfix's mynetworks and the state files.
+    Made once (prepare), so that a second pass (run_caught_up) starts at
+    once, without loading the pattern files or running postconf again."""
+    patterns: Sequence[Pattern]
+    store: Store
+    mynetworks: Sequence[tuple[bool, Network]]
+    state: StateDir
+    files: SourceFiles
 
 
-def run(opts: Options, now: float | None = None, say=lambda msg: None,
-        warn=lambda msg: None) -> tuple[Summary, Plan | None]:
-    """One pass. ``say`` gets --debug detail, ``warn`` what cron must mail.
-
-    Nothing is written unless opts.write; the offset is committed only after
-    the map is safely in place, so a crash at any point re-reads the same
-    lines next time, and merging them again gives the same map.
-    """
-    now = time.time() if now is None else now
-    summary = Summary()
+def prepare(opts: Options, say: Say = quiet, warn: Say = quiet) -> Setup:
+    """The checks and set-up before a run's first pass; raises PbsmtpError
+    before anything is read or written."""
     if opts.journal:
         check_journal(opts.journal_directory)
     elif not os.path.isfile(opts.logfile) or not os.access(opts.logfile, os.R_OK):
@@ -3427,10 +3754,47 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
                                  required=needs_postfix and opts.write)
     if opts.write:
         store.check()
-    ensure_state_dir(opts.state_dir)
+    state = StateDir(opts.state_dir)
+    return Setup(patterns, store, mynetworks, state, state.files_for(opts))
+
+
+@contextlib.contextmanager
+def log_read_errors(logfile: str) -> Iterator[None]:
+    """A log file (or a rotated one) that cannot be read, or a damaged
+    compressed one, is one Error line."""
+    try:
+        yield
+    except OSError as e:
+        raise PbsmtpError(f"cannot read {e.filename or logfile}: {e.strerror}") from None
+    except DECOMPRESS_ERRORS as e:
+        raise PbsmtpError(f"cannot read a rotated log of {logfile}: {e}") from None
+
+
+def map_as_left(mark: dict | None, store: Store, grace: int, now: float) -> bool:
+    """Whether the map cache says the store is the version the last run left,
+    written with this grace, and none of its entries is due to expire."""
+    return (mark is not None and mark.get("stamp") == store_stamp(store)
+            and mark.get("grace") == grace
+            and (mark.get("expires") is None or now < mark["expires"]))
+
+
+def run(opts: Options, now: float | None = None, say: Say = quiet, warn: Say = quiet,
+        setup: Setup | None = None) -> tuple[Summary, Plan | None]:
+    """One pass. ``say`` gets --debug detail, ``warn`` what cron must mail;
+    ``setup`` is prepare()'s, made here when not given.
+
+    Nothing is written unless opts.write; the offset is committed only after
+    the map is safely in place, so a crash at any point re-reads the same
+    lines next time, and merging them again gives the same map.
+    """
+    now = time.time() if now is None else now
+    summary = Summary()
+    setup = setup or prepare(opts, say, warn)
+    patterns, store, files, state = setup.patterns, setup.store, setup.files, setup.state
+    ensure_state_dir(state.path)
 
     with contextlib.ExitStack() as held:
-        locked = held.enter_context(run_lock(opts.state_dir, opts.flock))
+        locked = held.enter_context(run_lock(state.lock, opts.flock, record=True))
         if locked is not True:
             summary.locked_out = True
             age = int(time.time() - locked.since)
@@ -3441,43 +3805,34 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
                               f"it is stuck or far too slow; no log line was read, "
                               f"{purge_expired(store, opts, now, warn)}")
         if opts.flock:
-            remove_staged_leftovers(opts.state_dir)
+            state.remove_staged_leftovers()
 
         if opts.journal:
-            source, saved, offset_file = open_journal(opts, patterns, now, say, warn)
+            source, saved = open_journal(opts, patterns, now, say, warn, files.offset)
         else:
-            offset_file = offset_path(opts.state_dir, opts.logfile)
-            saved, problem = (None, None) if opts.reprocess else load_offset(offset_file)
+            saved, problem = (None, None) if opts.reprocess else load_offset(files.offset)
             if problem:
                 warn(problem)
-        pending_file = os.path.splitext(offset_file)[0] + ".pending"
-        try:
+        with log_read_errors(opts.logfile):
             if not opts.journal:
                 source = FileSource(opts.logfile, saved, now - opts.grace, warn,
                                     keywords=pattern_anchors(patterns), now=now,
                                     rotated_dirs=opts.rotated_dirs)
-            pending = load_pending(pending_file, now) if saved else {}
-            logins = collect_logins(source, patterns, mynetworks, opts, now, summary, say,
+            pending = load_pending(files.pending, now) if saved else {}
+            logins = collect_logins(source, patterns, setup.mynetworks, opts, now, summary, say,
                                     pending)
             summary.lines = source.lines_read
-            state = source.state()
-        except OSError as e:
-            raise PbsmtpError(f"cannot read {e.filename or opts.logfile}: {e.strerror}") from None
-        except DECOMPRESS_ERRORS as e:
-            raise PbsmtpError(f"cannot read a rotated log of {opts.logfile}: {e}") from None
+            position = source.state()
 
-        staged = [] if state == saved else [
-            (pending_file, pending_text(trim_pending(pending, now))),
-            (offset_file, cursor_text(opts.journal_directory, state) if opts.journal
-             else offset_text(opts.logfile, state))]
+        staged = [] if position == saved else [
+            (files.pending, pending_text(trim_pending(pending, now))),
+            (files.offset, cursor_text(opts.journal_directory, position) if opts.journal
+             else offset_text(opts.logfile, position))]
         # From here to the end the store is read, merged and written under
         # the map lock, which a run locked out by a stuck one takes to purge.
-        held.enter_context(run_lock(opts.state_dir, opts.flock, MAP_LOCK, wait=True))
-        mark_file = os.path.splitext(offset_file)[0] + ".map"
-        mark = load_mark(mark_file)
-        if (saved is not None and not logins and mark is not None
-                and mark.get("stamp") == store_stamp(store) and mark.get("grace") == opts.grace
-                and (mark.get("expires") is None or now < mark["expires"])):
+        held.enter_context(run_lock(state.map_lock, opts.flock, wait=True))
+        mark = load_mark(files.mark)
+        if saved is not None and not logins and map_as_left(mark, store, opts.grace, now):
             # Nothing to add and nothing due to expire, and the map is the
             # one the last run left: reading and rewriting it would change
             # nothing, and on a quiet log that is most runs.
@@ -3487,8 +3842,7 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
                 publish(store, Plan(entries={}), warn, staged)
             return summary, Plan(entries={})
 
-        entries_file = os.path.splitext(offset_file)[0] + ".entries"
-        cached = load_entries(entries_file, store_stamp(store))
+        cached = load_entries(files.entries, store_stamp(store))
         base = read_store(store, opts, warn) if cached is None else cached
         plan = merge(base or {}, logins, now, opts.grace, checked=cached is not None)
         # A map set aside as unreadable is rebuilt whole, never updated.
@@ -3500,12 +3854,12 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
         summary.expired, summary.active = len(plan.expired), len(plan.entries)
         if opts.write:
             publish(store, plan, warn, staged)
-            save_mark(mark_file, store, plan, opts.grace)
-            save_entries(entries_file, store, plan)
+            save_mark(files.mark, store, plan, opts.grace)
+            save_entries(files.entries, store, plan)
     return summary, plan
 
 
-def read_store(store: Store, opts: Options, warn) -> dict[str, str] | None:
+def read_store(store: Store, opts: Options, warn: Say) -> dict[str, str] | None:
     """The store's entries. A Postfix map that postmap cannot read stops a
     run (it would lose every entry); --reprocess, which rebuilds the grace
     window from the logs, copies it aside and starts from nothing (None)."""
@@ -3531,7 +3885,7 @@ def read_store(store: Store, opts: Options, warn) -> dict[str, str] | None:
         return None
 
 
-def purge_expired(store: Store, opts: Options, now: float, warn) -> str:
+def purge_expired(store: Store, opts: Options, now: float, warn: Say) -> str:
     """Expiry for a run that a stuck run locks out (see run_lock).
 
     Expiry needs no log line: it is the map and the clock. So the run that
@@ -3541,7 +3895,7 @@ def purge_expired(store: Store, opts: Options, now: float, warn) -> str:
     stamp changed). The log, the offset and the pending addresses stay the
     stuck run's. Returns what was done, for the Error line.
     """
-    with run_lock(opts.state_dir, True, MAP_LOCK) as free:
+    with run_lock(StateDir(opts.state_dir).map_lock, True) as free:
         if free is not True:
             return "and the map is being written right now"
         try:
@@ -3560,7 +3914,7 @@ def unread_lines(opts: Options) -> bool:
     last run committed."""
     if opts.journal:
         return False         # the path unit watches files; the journal is read by cron
-    saved, _ = load_offset(offset_path(opts.state_dir, opts.logfile))
+    saved, _ = load_offset(StateDir(opts.state_dir).log(opts.logfile).offset)
     try:
         with open(opts.logfile, "rb") as f:
             if saved is None or os.fstat(f.fileno()).st_ino != saved.current.inode:
@@ -3571,10 +3925,12 @@ def unread_lines(opts: Options) -> bool:
         return False
 
 
-def run_caught_up(opts: Options, now: float | None = None, say=lambda msg: None,
-                  warn=lambda msg: None, passes: int = 3, each=lambda plan: None
+def run_caught_up(opts: Options, now: float | None = None, say: Say = quiet,
+                  warn: Say = quiet, passes: int = 3,
+                  each: Callable[[Plan], None] = lambda plan: None
                   ) -> tuple[Summary, Plan | None]:
-    """run(), again while lines arrived during the last pass.
+    """run(), again while lines arrived during the last pass, with one
+    set-up for all passes.
 
     systemd's path unit ignores the writes made while its service runs, so a
     login logged during a run would wait for the next write or the timer;
@@ -3582,8 +3938,9 @@ def run_caught_up(opts: Options, now: float | None = None, say=lambda msg: None,
     growing is left to the next trigger.
     """
     total = Summary()
+    setup = prepare(opts, say, warn)
     for _ in range(passes):
-        summary, plan = run(opts, now, say, warn)
+        summary, plan = run(opts, now, say, warn, setup)
         if plan is not None:
             each(plan)
         for field in ("lines", "logins", "added", "refreshed", "expired"):
@@ -3716,7 +4073,7 @@ def printable(text: str) -> str:
 
 
 def print_pattern_report(report: PatternReport, failures: Sequence[str],
-                         shown: int | None = 20, echo=print, every_pattern: bool = False
+                         shown: int | None = 20, echo: Say = print, every_pattern: bool = False
                          ) -> None:
     """The tester's report; only patterns with hits unless every_pattern,
     and at most ``shown`` lines of each finding (None: all of them)."""
@@ -3821,73 +4178,6 @@ def _config_type(param: click.Parameter) -> tuple[type, str]:
     return str, 'a string in quotes'
 
 
-def _source(ctx: click.Context, param: click.Parameter) -> str:
-    """Where a bad value came from, when that was the config file."""
-    if ctx.get_parameter_source(param.name) == click.core.ParameterSource.DEFAULT_MAP:
-        path, keys = ctx.meta.get("pbsmtp.config"), ctx.meta.get("pbsmtp.config_keys", {})
-        if path:
-            return f"config file {path}: '{keys.get(param.name, param.name)}': "
-    return ""
-
-
-def _positive_int(what: str):
-    def check(ctx, param, value):
-        if value is None:
-            return None
-        text = str(value).strip()
-        if not text.isdigit() or not text.strip("0"):
-            raise click.ClickException(f"{_source(ctx, param)}{what} must be a whole number "
-                                       f"of seconds above 0, "
-                                       f"not {_short(value)}")
-        if len(text) > 12 or int(text) > MAX_SECONDS:
-            raise click.ClickException(f"{_source(ctx, param)}{what} must be at most "
-                                       f"{MAX_SECONDS} seconds "
-                                       f"(a hundred years), not {_short(value)}")
-        return int(text)
-    return check
-
-
-# A hundred years: more than any grace window or lock bound (a test may
-# accept decades-old sample lines), and far from the limits of time
-# arithmetic and of int().
-MAX_SECONDS = 100 * 366 * 86400
-
-
-def _short(value: object, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value))} characters)"
-
-
-def _networks(ctx, param, values):
-    nets = []
-    for value in values or ():
-        try:
-            nets.append(parse_network(str(value)))
-        except ValueError:
-            raise click.ClickException(f"{_source(ctx, param)}--ignore-net {value!r} is not "
-                                       f"a network "
-                                       f"(e.g. 192.0.2.0/24 or 2001:db8::/32)")
-    return tuple(nets)
-
-
-def _choice(option: str, choices: Sequence[str]):
-    def check(ctx, param, value):
-        if value is not None and value not in choices:
-            raise click.ClickException(f"{_source(ctx, param)}{option} {value!r} is not "
-                                       f"supported "
-                                       f"(use one of {', '.join(choices)})")
-        return value
-    return check
-
-
-def _journal_matches(ctx, param, values):
-    for value in values or ():
-        if not _JOURNAL_MATCH.fullmatch(str(value)):
-            raise click.ClickException(f"--journal-match {value!r} is not FIELD=VALUE "
-                                       f"(e.g. _SYSTEMD_UNIT=dovecot.service)")
-    return tuple(str(v) for v in values or ())
-
-
 def _now(ctx, param, value):
     if value is None:
         return None
@@ -3927,12 +4217,10 @@ def human_time(epoch: float, now: float, grace: int | None = None) -> str:
     return text + ")"
 
 
-# Options that say what to do in this invocation, not how runs behave: they
-# are not read from PBSMTP_* variables (a variable left in cron's
-# environment must never turn every run into a listing), and --dumpconfig
-# does not list them.
-ACTIONS = ("list_", "as_json", "check_patterns", "line", "dumpconfig", "daemon", "now",
-           "version", "help", "dry_run", "verbose")
+# Options that say what to do in this invocation, not how runs behave (see
+# opt): not read from PBSMTP_* variables, not listed by --dumpconfig.
+ACTIONS = (*(f.name for f in dataclasses.fields(Options) if f.metadata["action"]),
+           "daemon", "now", "version", "help")
 
 
 def option_envvars(param: click.Parameter, prefix: str = "PBSMTP") -> list[str]:
@@ -4099,7 +4387,7 @@ def _toml_value(value: object) -> str:
     return json.dumps(str(value))
 
 
-def dump_config(ctx: click.Context, opts: Options, echo, warn) -> None:
+def dump_config(ctx: click.Context, opts: Options, echo: Say, warn: Say) -> None:
     """--dumpconfig: every effective setting and where it came from, the
     pattern files in use, the Postfix instance and its mynetworks, the map.
     The settings are printed as TOML, so they can seed a config file."""
@@ -4169,132 +4457,141 @@ def dump_config(ctx: click.Context, opts: Options, echo, warn) -> None:
         echo(f"# store: --backend={opts.backend}")
 
 
+def config_option(command):
+    """--config: read first (is_eager), into the defaults of the others."""
+    return click.option(
+        "--config", metavar="FILE", is_eager=True, callback=_config_callback,
+        expose_value=False,
+        help=f"TOML settings file, keys named like these options "
+             f"[default: {DEFAULT_CONFIG}, if it exists].")(command)
+
+
+def compat_options(command):
+    """The classic daemon's --daemon, refused; the test hook --now."""
+    # A test hook: from the command line only, never from the environment of
+    # a production cron job.
+    command = click.option("--now", hidden=True, callback=_now,
+                           allow_from_autoenv=False)(command)
+    return click.option(
+        "--daemon", metavar="PIDFILE", callback=_no_daemon, expose_value=False,
+        allow_from_autoenv=False,
+        help="The classic daemon's option: refused (use cron or the systemd path unit)."
+    )(command)
+
+
+def check_usage(ctx: click.Context, params: Mapping[str, object]) -> None:
+    """Options that make sense only with another: a usage error (exit 2)."""
+    if params["as_json"] and not (params["list_"] or params["check_patterns"]):
+        raise click.UsageError("--json goes with --list or --check-patterns", ctx)
+    if params["line"] and not params["check_patterns"]:
+        raise click.UsageError("--line goes with --check-patterns", ctx)
+    if params["logfile"] == "-" and not params["check_patterns"]:
+        raise click.UsageError("--logfile=- (standard input) works only with "
+                               "--check-patterns: a run must keep an offset in a file", ctx)
+
+
+def run_mode(opts: Options, now: float, warn: Say) -> None:
+    """A run (no mode option): the passes, then the change log (--logto),
+    the syslog line, the metrics, and what --dry-run, --debug and -v print."""
+    metrics = MetricsFile(opts.metrics_file) if opts.metrics_file and opts.write else None
+    started = time.monotonic()
+    say: Say = (lambda msg: click.echo(f"debug: {printable(msg)}")) if opts.debug else quiet
+    changes = None
+    try:
+        changes = ChangeLog(opts.logto) if opts.logto and opts.write else None
+        record = (lambda plan: changes.record(plan, now)) if changes else (lambda plan: None)
+        summary, plan = run_caught_up(opts, now=now, say=say, warn=warn, each=record)
+    except PbsmtpError:
+        if metrics is not None and (problem := metrics.write(
+                now, time.monotonic() - started, None)):
+            warn(problem)
+        raise
+    finally:
+        if changes is not None:
+            changes.close()
+    if opts.write and not summary.locked_out:
+        if opts.use_syslog and (summary.added or summary.refreshed or summary.expired):
+            log_run(summary, now)
+        if metrics is not None and (problem := metrics.write(
+                now, time.monotonic() - started, summary)):
+            warn(problem)
+    if opts.dry_run and plan is not None:
+        dry_run_report(plan, now, opts.grace, click.echo)
+    if opts.verbose or opts.debug or (opts.dry_run and not summary.locked_out):
+        click.echo(summary.line())
+
+
+def dry_run_report(plan: Plan, now: float, grace: int, echo: Say) -> None:
+    """--dry-run: what the run would add, refresh, expire and drop."""
+    for title, items in (("add", plan.added), ("refresh", plan.refreshed),
+                         ("expire", plan.expired)):
+        for ip, value in sorted(items.items()):
+            echo(f"would {title} {ip} {value} login {human_time(value, now, grace)}")
+    for ip, value in sorted(plan.invalid.items()):
+        echo(f"would drop invalid {ip} {value}")
+
+
+def list_mode(opts: Options, now: float) -> None:
+    """--list [--json]: the store's entries, their ages and time left."""
+    rows = list_entries(open_store(opts), now, opts.grace)
+    if opts.as_json:
+        for row in rows:
+            row["login_iso"] = None if row["login"] is None else iso_local(row["login"])
+            row["expires_iso"] = (None if row["login"] is None
+                                  else iso_local(row["login"] + opts.grace))
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        stamp = "-" if row["login"] is None else iso_local(row["login"])
+        click.echo(f"{row['ip']:<40} {stamp:<25}  age {_age(row['age']):>9}  "
+                   f"left {_age(row['left']):>9}")
+
+
+def check_patterns_mode(opts: Options, now: float) -> None:
+    """--check-patterns on --logfile, standard input (-), --line TEXT or the
+    journal."""
+    patterns = load_patterns(opts.patterns_dir, opts.patterns)
+    failures = sample_failures(patterns, now)
+    if opts.journal and not opts.line:
+        report = check_journal_patterns(opts, patterns, now)
+        lines = None
+    elif opts.line:
+        # The reader hands on lines as latin-1 text of the raw bytes.
+        lines = [t.encode("utf-8", "surrogateescape").decode("latin-1") for t in opts.line]
+    elif opts.logfile == "-":
+        data = sys.stdin.buffer.read()
+        lines = data.decode("latin-1").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+    else:
+        lines = read_span(opts.logfile, 0, [])
+    try:
+        if lines is not None:
+            report = check_log(lines, patterns, now)
+    except OSError as e:
+        raise PbsmtpError(f"cannot read log file {opts.logfile}: {e.strerror}")
+    if opts.as_json:
+        click.echo(json.dumps(report.as_json(failures), indent=2))
+    else:
+        print_pattern_report(report, failures, shown=None if opts.verbose else 20,
+                             echo=click.echo, every_pattern=opts.verbose)
+    if failures:
+        raise PbsmtpError(f"{len(failures)} pattern samples failed")
+
+
 @click.command(context_settings={"auto_envvar_prefix": "PBSMTP",
                                  "help_option_names": ["-h", "--help"]})
-@click.option("--config", metavar="FILE", is_eager=True, callback=_config_callback,
-              expose_value=False,
-              help=f"TOML settings file, keys named like these options "
-                   f"[default: {DEFAULT_CONFIG}, if it exists].")
-@click.option("--logfile", "--watchlog", "logfile", metavar="FILE",
-              help="Mail log to read (--watchlog: the classic name) [default: "
-                   "/var/log/maillog, else the first of /var/log/mail.log, "
-                   "/var/log/mail/info, /var/log/messages]. - is standard input, "
-                   "for --check-patterns.")
-@click.option("--rotated-dir", "rotated_dirs", multiple=True, metavar="DIR",
-              envvar="PBSMTP_ROTATED_DIR",
-              help="Where logrotate puts the rotated logs when not beside the log "
-                   "(its olddir; relative to the log's directory). Repeatable; the "
-                   "log's own directory is always searched.")
-@click.option("--journal", is_flag=True,
-              help="Read the systemd journal instead of --logfile: only entries whose "
-                   "trusted fields (_EXE, _UID, _SYSTEMD_UNIT) a pattern accepts count.")
-@click.option("--journal-directory", metavar="DIR",
-              help="Read the journal files in DIR (journalctl -D), e.g. "
-                   "/var/log/journal/remote; implies --journal.")
-@click.option("--journal-match", "journal_match", multiple=True, metavar="FIELD=VALUE",
-              callback=_journal_matches,
-              help="Read only the journal entries that match (journalctl MATCHES; "
-                   "repeatable). It narrows what is read; it never makes an entry trusted.")
-@click.option("--dbfile", metavar="FILE", default=DEFAULT_DBFILE, show_default=True,
-              help="The map, as in main.cf without the type (postmap adds .db/.lmdb/.cdb).")
-@click.option("--map-type", callback=_choice("--map-type", list(MAP_SUFFIXES)), metavar="TYPE",
-              help="hash, btree, lmdb or cdb [default: postconf default_database_type].")
-@click.option("--grace", default=str(DEFAULT_GRACE), show_default=True, metavar="SECONDS",
-              callback=_positive_int("--grace"),
-              help="How long a login allows relaying.")
-@click.option("--write/--nowrite", default=True, show_default=True,
-              help="Write the map and commit the offset.")
-@click.option("--dry-run", is_flag=True, allow_from_autoenv=False,
-              help="Print what would be added, refreshed and expired; change nothing.")
-@click.option("--flock/--noflock", default=True, show_default=True,
-              help="Take the state directory's lock, so overlapping runs skip.")
-@click.option("--lock-timeout", default=str(DEFAULT_LOCK_TIMEOUT), show_default=True,
-              metavar="SECONDS", callback=_positive_int("--lock-timeout"),
-              help="A run that finds the lock held longer than this reports the holder "
-                   "with an Error (exit 1) and purges the expired entries.")
-@click.option("--debug/--nodebug", default=False, help="Explain every matched line.")
-@click.option("-v", "--verbose", is_flag=True, allow_from_autoenv=False,
-              help="Print a one-line summary; with --check-patterns, every pattern and "
-                   "every finding.")
-@click.option("--reprocess/--noreprocess", default=False,
-              help="Ignore the saved offset: read the whole log again and rebuild the "
-                   "grace window (after a lost map).")
-@click.option("--logto", metavar="FILE",
-              help="Append every add and remove to FILE, one line each, as the classic "
-                   "daemon did (- is standard output).")
-@click.option("--syslog/--nosyslog", "use_syslog", default=True, show_default=True,
-              envvar="PBSMTP_SYSLOG",
-              help="Log one line per run that changed the map, to syslog (facility mail).")
-@click.option("--metrics-file", metavar="PATH",
-              help="Write run metrics for node_exporter's textfile collector "
-                   "(e.g. /var/lib/prometheus/node-exporter/pbsmtp_batch.prom).")
-@click.option("--list", "list_", is_flag=True, allow_from_autoenv=False,
-              help="Show the map's entries: IP, login time, age and time left.")
-@click.option("--json", "as_json", is_flag=True, allow_from_autoenv=False,
-              help="With --list or --check-patterns: print JSON.")
-@click.option("--dumpconfig", is_flag=True, allow_from_autoenv=False,
-              help="Print every effective setting and where it came from, the pattern "
-                   "files, the Postfix instance and its mynetworks, and the map.")
-@click.option("--check-patterns", is_flag=True, allow_from_autoenv=False,
-              help="Test the patterns on the whole --logfile (- is standard input) and on "
-                   "their own samples: hits per pattern, addresses found, lines that look "
-                   "like logins but matched nothing. Exits 1 if a sample fails. Changes "
-                   "nothing.")
-@click.option("--line", "line", multiple=True, metavar="TEXT", allow_from_autoenv=False,
-              help="With --check-patterns: test this log line instead of --logfile "
-                   "(repeatable).")
-@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, metavar="DIR",
-              help="Where the log offset and the lock live.")
-@click.option("--pattern", "patterns", multiple=True, metavar="NAME",
-              envvar=["PBSMTP_PATTERN", "PBSMTP_PATTERNS"],
-              help="Use only this pattern file (repeatable) [default: all].")
-@click.option("--patterns-dir", metavar="DIR",
-              help=f"Use exactly the pattern files in DIR [default: the shipped ones, "
-                   f"overlaid by {ADMIN_PATTERNS_DIR}].")
-@click.option("--ignore-net", "ignore_nets", multiple=True, metavar="CIDR",
-              envvar=["PBSMTP_IGNORE_NET", "PBSMTP_IGNORE_NETS"], callback=_networks,
-              help="Never add addresses in this network (repeatable). Postfix's "
-                   "mynetworks is always left out.")
-@click.option("--postfix-config", metavar="DIR", envvar=["PBSMTP_POSTFIX_CONFIG", "MAIL_CONFIG"],
-              help="Postfix instance's config directory [default: $MAIL_CONFIG, "
-                   "else the default instance].")
-@click.option("--backend", default="postfix", show_default=True, metavar="NAME",
-              callback=_choice("--backend", ["postfix", *BACKENDS]),
-              help="Where the entries go: postfix (a postmap-built file map), sendmail "
-                   "(access db), qmail (tcp.smtp rules), exim (iplsearch list), pgsql, "
-                   "mysql, sqlite (--dbfile is the SQLite file) or memcache. See the README.")
-@click.option("--pg-dsn", metavar="DSN",
-              help="pgsql: libpq connection string or URI (also $PBSMTP_PG_DSN).")
-@click.option("--pg-table", default="pbsmtp_relay", show_default=True, metavar="NAME",
-              help="pgsql: the shared table.")
-@click.option("--memcache-server", default="127.0.0.1:11211", show_default=True,
-              metavar="HOST:PORT", help="memcache: the server (or unix:/PATH).")
-@click.option("--memcache-prefix", default="pbsmtp:", show_default=True, metavar="TEXT",
-              help="memcache: key prefix; Postfix's key_format must be TEXT%s.")
-@click.option("--mysql-url", metavar="URL",
-              help="mysql: mysql://USER:PASSWORD@HOST[:PORT]/DATABASE, or with "
-                   "?unix_socket=/PATH or ?read_default_file=/PATH (also $PBSMTP_MYSQL_URL).")
-@click.option("--mysql-table", default="pbsmtp_relay", show_default=True, metavar="NAME",
-              help="mysql: the shared table.")
-@click.option("--ipv6-shared-keys", default="write", show_default=True, metavar="write|skip",
-              callback=_choice("--ipv6-shared-keys", ["write", "skip"]),
-              help="IPv6 keys like 2001:db8::1 are also hit by Postfix's shortened "
-                   "lookups for 2001:db8::1:X (same /64): write them, or skip them "
-                   "(those clients then cannot relay). See the README.")
-@click.option("--daemon", metavar="PIDFILE", callback=_no_daemon, expose_value=False,
-              allow_from_autoenv=False,
-              help="The classic daemon's option: refused (use cron or the systemd path unit).")
-# A test hook: from the command line only, never from the environment of a
-# production cron job.
-@click.option("--now", hidden=True, callback=_now, allow_from_autoenv=False)
+@config_option
+@source_options
+@map_options
+@run_options
+@mode_options
+@site_options
+@store_options
+@compat_options
 @click.version_option(__version__, "--version", prog_name="pbsmtp-batch")
 @click.pass_context
-def cli(ctx, logfile, rotated_dirs, journal, journal_directory, journal_match, dbfile, map_type, grace, write,
-        dry_run, flock, lock_timeout, debug, verbose, reprocess, logto, use_syslog,
-        metrics_file, list_, as_json, dumpconfig, check_patterns, line, state_dir, patterns,
-        patterns_dir,
-        ignore_nets, postfix_config, backend, pg_dsn, pg_table, memcache_server,
-        memcache_prefix, mysql_url, mysql_table, ipv6_shared_keys, now):
+def cli(ctx: click.Context, now: float | None, **params) -> None:
     """Allow relaying for clients that logged in over POP3 or IMAP.
 
     Reads the mail log lines written since the last run, finds the successful
@@ -4309,84 +4606,22 @@ def cli(ctx, logfile, rotated_dirs, journal, journal_directory, journal_match, d
         pbsmtp-batch --dumpconfig           # every setting, and where it came from
         pbsmtp-batch --reprocess            # rebuild after losing the map
     """
-    if as_json and not (list_ or check_patterns):
-        raise click.UsageError("--json goes with --list or --check-patterns", ctx)
-    if line and not check_patterns:
-        raise click.UsageError("--line goes with --check-patterns", ctx)
-    if logfile == "-" and not check_patterns:
-        raise click.UsageError("--logfile=- (standard input) works only with "
-                               "--check-patterns: a run must keep an offset in a file", ctx)
+    check_usage(ctx, params)
     now = time.time() if now is None else now
-    tag = SD_WARNING if stderr_is_journal() else ""
-    err = lambda msg: click.echo(f"{tag}pbsmtp-batch: warning: {printable(msg)}", err=True)
-    changes = None
-    journal = journal or journal_directory is not None
+    warn = warning_printer()
+    # The one error boundary: a PbsmtpError from any mode is one Error: line.
     try:
-        if journal_match and not journal:
-            raise PbsmtpError("--journal-match needs --journal or --journal-directory")
-        opts = Options(logfile=logfile or default_logfile(), dbfile=dbfile, grace=grace,
-                       map_type=map_type, state_dir=state_dir, patterns_dir=patterns_dir,
-                       patterns=tuple(patterns), ignore_nets=ignore_nets,
-                       postfix_config=postfix_config,
-                       ipv6_shared_keys=ipv6_shared_keys == "write", write=write and not dry_run,
-                       flock=flock, reprocess=reprocess, lock_timeout=lock_timeout,
-                       backend=backend,
-                       pg_dsn=pg_dsn, pg_table=pg_table, memcache_server=memcache_server,
-                       memcache_prefix=memcache_prefix, mysql_url=mysql_url,
-                       mysql_table=mysql_table, journal=journal,
-                       journal_directory=journal_directory, journal_match=journal_match,
-                       rotated_dirs=tuple(rotated_dirs))
-        if dumpconfig:
-            dump_config(ctx, opts, click.echo, err)
-            return
-        if check_patterns:
-            check_patterns_cli(opts, line, now, as_json, verbose)
-            return
-        if list_:
-            rows = list_entries(open_store(opts), now, grace)
-            if as_json:
-                for row in rows:
-                    row["login_iso"] = None if row["login"] is None else iso_local(row["login"])
-                    row["expires_iso"] = (None if row["login"] is None
-                                          else iso_local(row["login"] + grace))
-                click.echo(json.dumps(rows, indent=2))
-            for row in [] if as_json else rows:
-                stamp = "-" if row["login"] is None else iso_local(row["login"])
-                click.echo(f"{row['ip']:<40} {stamp:<25}  age {_age(row['age']):>9}  "
-                           f"left {_age(row['left']):>9}")
-            return
-        metrics = MetricsFile(metrics_file) if metrics_file and opts.write else None
-        started = time.monotonic()
-        say = (lambda msg: click.echo(f"debug: {printable(msg)}")) if debug else (lambda msg: None)
-        try:
-            changes = ChangeLog(logto) if logto and opts.write else None
-            record = (lambda plan: changes.record(plan, now)) if changes else (lambda p: None)
-            summary, plan = run_caught_up(opts, now=now, say=say, warn=err, each=record)
-        except PbsmtpError:
-            if metrics is not None and (problem := metrics.write(
-                    now, time.monotonic() - started, None)):
-                err(problem)
-            raise
+        opts = options_from(params)
+        if opts.dumpconfig:
+            dump_config(ctx, opts, click.echo, warn)
+        elif opts.check_patterns:
+            check_patterns_mode(opts, now)
+        elif opts.list_:
+            list_mode(opts, now)
+        else:
+            run_mode(opts, now, warn)
     except PbsmtpError as e:
         raise click.ClickException(str(e))
-    finally:
-        if changes is not None:
-            changes.close()
-    if opts.write and not summary.locked_out:
-        if use_syslog and (summary.added or summary.refreshed or summary.expired):
-            log_run(summary, now)
-        if metrics is not None and (problem := metrics.write(
-                now, time.monotonic() - started, summary)):
-            err(problem)
-    if dry_run and plan is not None:
-        for title, items in (("add", plan.added), ("refresh", plan.refreshed),
-                             ("expire", plan.expired)):
-            for ip, value in sorted(items.items()):
-                click.echo(f"would {title} {ip} {value} login {human_time(value, now, grace)}")
-        for ip, value in sorted(plan.invalid.items()):
-            click.echo(f"would drop invalid {ip} {value}")
-    if verbose or debug or (dry_run and not summary.locked_out):
-        click.echo(summary.line())
 
 
 # sd-daemon(3) priority prefixes: journald files a stderr line that starts with
@@ -4406,37 +4641,10 @@ def stderr_is_journal() -> bool:
     return os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}"
 
 
-def check_patterns_cli(opts: Options, texts: Sequence[str], now: float, as_json: bool,
-                       verbose: bool) -> None:
-    """--check-patterns on --logfile, standard input (-), --line TEXT or the
-    journal."""
-    patterns = load_patterns(opts.patterns_dir, opts.patterns)
-    failures = sample_failures(patterns, now)
-    if opts.journal and not texts:
-        report = check_journal_patterns(opts, patterns, now)
-        lines = None
-    elif texts:
-        # The reader hands on lines as latin-1 text of the raw bytes.
-        lines = [t.encode("utf-8", "surrogateescape").decode("latin-1") for t in texts]
-    elif opts.logfile == "-":
-        data = sys.stdin.buffer.read()
-        lines = data.decode("latin-1").split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
-    else:
-        lines = read_span(opts.logfile, 0, [])
-    try:
-        if lines is not None:
-            report = check_log(lines, patterns, now)
-    except OSError as e:
-        raise PbsmtpError(f"cannot read log file {opts.logfile}: {e.strerror}")
-    if as_json:
-        click.echo(json.dumps(report.as_json(failures), indent=2))
-    else:
-        print_pattern_report(report, failures, shown=None if verbose else 20,
-                             echo=click.echo, every_pattern=verbose)
-    if failures:
-        raise PbsmtpError(f"{len(failures)} pattern samples failed")
+def warning_printer() -> Say:
+    """Warnings on stderr, for cron to mail; tagged as warnings for journald."""
+    tag = SD_WARNING if stderr_is_journal() else ""
+    return lambda msg: click.echo(f"{tag}pbsmtp-batch: warning: {printable(msg)}", err=True)
 
 
 def main() -> None:

@@ -903,6 +903,9 @@ def shares_ipv6_key(ip: str) -> bool:
     return longer.startswith(ip + ":")
 
 
+IN_MYNETWORKS = "in mynetworks (relays anyway)"
+
+
 def excluded_reason(ip: str, mynetworks: Sequence[tuple[bool, Network]],
                     ignore: Sequence[Network], ipv6_shared_keys: bool = True) -> str | None:
     """Why this address must not be written to the map (None: write it)."""
@@ -918,8 +921,34 @@ def excluded_reason(ip: str, mynetworks: Sequence[tuple[bool, Network]],
     # Postfix's match lists are first match wins, and "!net" stops the search.
     for negated, net in mynetworks:
         if net.version == addr.version and addr in net:
-            return None if negated else "in mynetworks (relays anyway)"
+            return None if negated else IN_MYNETWORKS
     return None
+
+
+def address_argument(text: str) -> str:
+    """The one client address an admin named (--explain, --grant, --revoke),
+    as Postfix looks it up; ValueError saying what else it is.
+
+    Exactly what may be a map key: a network would open every address in
+    it, and a host name is not what smtpd looks up (it asks the map for the
+    client's address)."""
+    text = text.strip()
+    ip = normalise_ip(text[1:-1] if text.startswith("[") and text.endswith("]") else text)
+    if ip is not None:
+        return ip
+    shown = _short(text)
+    if "/" in text:
+        raise ValueError(f"{shown} is a network, not one address: grant each address "
+                         f"(or add the network to Postfix's mynetworks)")
+    if "%" in text:
+        raise ValueError(f"{shown} carries a zone id: Postfix looks clients up without one")
+    if re.fullmatch(r"[0-9.]+", text):
+        raise ValueError(f"{shown} is not a full IPv4 address (four numbers 0-255, no "
+                         f"leading zeros)")
+    if re.fullmatch(r"(?=.*[A-Za-z])[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?", text):
+        raise ValueError(f"{shown} is a host name, not an address: the map is looked up "
+                         f"by the client's address")
+    raise ValueError(f"{shown} is not an IP address")
 
 
 ###############################################################################
@@ -966,6 +995,241 @@ def merge(existing: Mapping[str, str] | Mapping[str, int], logins: Iterable[Logi
         else:
             plan.refreshed[login.ip] = when
     return plan
+
+
+###############################################################################
+# Grants and revocations by hand (pure) #######################################
+###############################################################################
+
+@dataclasses.dataclass(frozen=True)
+class ByHand:
+    """One --grant or --revoke: when, until when (None: a revocation that
+    lasts until the address's next login), and who ran it."""
+    at: int
+    until: int | None
+    by: str
+
+
+@dataclasses.dataclass
+class Manual:
+    """The grants and revocations in force, by address. An address is in at
+    most one of the two: the later command replaces the earlier."""
+    grants: dict[str, ByHand] = dataclasses.field(default_factory=dict)
+    revokes: dict[str, ByHand] = dataclasses.field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.grants or self.revokes)
+
+
+def revoke_holds(revoke: ByHand, now: float, grace: int) -> bool:
+    """Whether a revocation still has work to do. With an end, until then.
+    Without one, while a login from before it can still be inside the grace
+    window: after that no such login can bring the address back, and any
+    later login lifts it anyway."""
+    return now < (revoke.until if revoke.until is not None else revoke.at + grace)
+
+
+def live_manual(manual: Manual, now: float, grace: int) -> Manual:
+    """The grants and revocations still in force (expired ones dropped)."""
+    return Manual({ip: g for ip, g in manual.grants.items() if g.until is not None
+                   and now < g.until},
+                  {ip: r for ip, r in manual.revokes.items() if revoke_holds(r, now, grace)})
+
+
+def revoked_login(login: Login, manual: Manual, now: float, grace: int) -> ByHand | None:
+    """The revocation that keeps this login out of the map, if any: a
+    revocation for a time keeps every login out until it ends; one without
+    keeps out the logins made before it (the next real login lifts it)."""
+    revoke = manual.revokes.get(login.ip)
+    if revoke is None or not revoke_holds(revoke, now, grace):
+        return None
+    if revoke.until is not None or login.when <= revoke.at:
+        return revoke
+    return None
+
+
+def apply_manual(plan: Plan, manual: Manual, now: float, grace: int) -> Plan:
+    """The plan with the grants and revocations in force applied on top.
+
+    A grant keeps its address in the map until it ends: its value is the end
+    less the grace window, so that every reader of the map (Postfix's query,
+    --list, memcached's TTL) sees it expire then, exactly like a login, and a
+    login never shortens it (merge keeps the newest value). A revocation
+    removes its address unless a login after it (a revocation without an
+    end) put it back. Call with the logins that revoked_login keeps out
+    already left out of the merge."""
+    for ip, grant in manual.grants.items():
+        if grant.until is None or now >= grant.until:
+            continue
+        value = grant.until - grace
+        old = plan.entries.get(ip)
+        if old is not None and old >= value:
+            continue
+        plan.entries[ip] = value
+        plan.expired.pop(ip, None)
+        if old is None or ip in plan.added:
+            plan.added[ip] = value
+        else:
+            plan.refreshed[ip] = value
+    for ip, revoke in manual.revokes.items():
+        if not revoke_holds(revoke, now, grace) or ip not in plan.entries:
+            continue
+        value = plan.entries[ip]
+        if revoke.until is None and value > revoke.at:
+            continue
+        del plan.entries[ip]
+        was_new = plan.added.pop(ip, None) is not None
+        plan.refreshed.pop(ip, None)
+        if not was_new:
+            plan.expired[ip] = value
+    return plan
+
+
+###############################################################################
+# Postfix's restriction lists: is the map wired in? (pure) ####################
+###############################################################################
+
+# Restrictions that refuse a relay recipient (Postfix's postconf(5), the
+# smtpd_relay_restrictions entry): what must come after the map, never before.
+RELAY_REFUSERS = ("reject_unauth_destination", "defer_unauth_destination", "reject", "defer",
+                  "defer_if_permit")
+# Restrictions besides check_*_access that take the next word as argument.
+_TAKES_ARGUMENT = re.compile(r"check_(?!relay_domains$)\w+|reject_rbl_client|reject_rhsbl_\w+|"
+                             r"permit_dnswl_client|permit_rhswl_client")
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One line of --check-postfix: ok, a failure, or a warning (ok None)."""
+    ok: bool | None
+    text: str
+
+
+def restriction_items(value: str) -> list[tuple[str, str | None]]:
+    """A restriction list (as postconf -x prints it) as (restriction,
+    argument) pairs: ``check_client_access hash:/m`` is one item."""
+    tokens = [t for t in re.split(r"[\s,]+", value) if t]
+    items, i = [], 0
+    while i < len(tokens):
+        if _TAKES_ARGUMENT.fullmatch(tokens[i]) and i + 1 < len(tokens):
+            items.append((tokens[i], tokens[i + 1]))
+            i += 2
+        else:
+            items.append((tokens[i], None))
+            i += 1
+    return items
+
+
+def table_parts(table: str) -> tuple[str, str]:
+    """A lookup table's type and name; ``proxy:`` (proxymap reads it for
+    smtpd) is the same table."""
+    if table.startswith("proxy:"):
+        table = table[len("proxy:"):]
+    kind, _, name = table.partition(":")
+    return kind, name
+
+
+def postfix_version(text: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", text)[:2]) or (0,)
+
+
+def wiring_findings(version: tuple[int, ...], relay: str, recipient: str, map_type: str,
+                    path: str | None) -> list[Finding]:
+    """Whether smtpd consults the map MAP_TYPE:PATH (PATH None: any table of
+    that type) for a relay recipient before anything refuses relay.
+
+    Since Postfix 2.10 smtpd_relay_restrictions is evaluated first and decides
+    relay; smtpd_recipient_restrictions is reached only when it lets the
+    recipient through. A check placed only there is never asked for a
+    client that smtpd_relay_restrictions already refused: the README's
+    "454 4.7.1 Relay access denied" trap (defer_unauth_destination, in the
+    default smtpd_relay_restrictions), or 554 with reject_unauth_destination.
+    """
+    wanted = f"{map_type}:{path}" if path else f"{map_type}:..."
+
+    def ours(table: str | None) -> bool:
+        if table is None:
+            return False
+        kind, name = table_parts(table)
+        return kind == map_type and (path is None or os.path.normpath(name)
+                                     == os.path.normpath(path))
+
+    def near(table: str | None) -> bool:
+        """Our file under another type, or our type with another file."""
+        if table is None or path is None:
+            return False
+        kind, name = table_parts(table)
+        return (kind == map_type) != (os.path.normpath(name) == os.path.normpath(path))
+
+    lists = ([("smtpd_relay_restrictions", relay)] if version >= (2, 10) else [])
+    lists.append(("smtpd_recipient_restrictions", recipient))
+    parsed = {name: restriction_items(value) for name, value in lists}
+    findings: list[Finding] = []
+    for name, items in parsed.items():
+        for r, table in items:
+            if r == "check_client_access" and near(table):
+                findings.append(Finding(False, f"{name} has check_client_access {table}, "
+                                               f"but pbsmtp-batch writes {wanted}"))
+    for index, (name, items) in enumerate(parsed.items()):
+        at = next((i for i, (r, t) in enumerate(items)
+                   if r == "check_client_access" and ours(t)), None)
+        before = items if at is None else items[:at]
+        refuser = next((r for r, _ in before if r in RELAY_REFUSERS), None)
+        if at is not None:
+            table = items[at][1]
+            if refuser:
+                findings.append(Finding(False, f"check_client_access {table} comes after "
+                                               f"{refuser} in {name}: relay is refused "
+                                               f"before the map is asked"))
+            elif any(r == "permit" for r, _ in before):
+                findings.append(Finding(False, f"{name} says permit before the map: every "
+                                               f"client may relay (an open relay)"))
+            else:
+                after = next((r for r, _ in items[at + 1:] if r in RELAY_REFUSERS), None)
+                findings.append(Finding(True, f"check_client_access {table} is in {name}"
+                                              + (f", before {after}" if after else "")))
+                if after is None and index == len(parsed) - 1:
+                    findings.append(Finding(None, f"nothing after the map in {name} refuses "
+                                                  f"relay (reject_unauth_destination)"))
+            return findings
+        if refuser:
+            later = [n for n, its in parsed.items() if n != name and any(
+                r == "check_client_access" and ours(t) for r, t in its)]
+            trap = (f"; it is in {later[0]}, which smtpd never reaches for a relay "
+                    f"recipient that {name} refused: clients get "
+                    f"\"{'454 4.7.1' if refuser.startswith('defer') else '554 5.7.1'} "
+                    f"Relay access denied\" (the README, \"Postfix\": move it to "
+                    f"{name}, before {refuser})" if later else "")
+            findings.append(Finding(False, f"check_client_access {wanted} is not in {name}, "
+                                           f"which refuses relay with {refuser}{trap}"))
+            return findings
+    findings.append(Finding(False, f"check_client_access {wanted} is in none of "
+                                   f"{', '.join(parsed)}"))
+    return findings
+
+
+def unreadable_reason(chain: Sequence[tuple[str, os.stat_result]], uid: int,
+                      gids: Iterable[int], user: str) -> str | None:
+    """Why USER cannot read the last path of CHAIN (the path's directories
+    from / down, then the file, with their stat results), by the mode bits;
+    None when it can. ACLs are not read."""
+    gids = set(gids)
+
+    def allowed(st: os.stat_result, bit: int) -> bool:
+        if uid == 0:
+            return True
+        shift = 6 if st.st_uid == uid else 3 if st.st_gid in gids else 0
+        return bool(st.st_mode & (bit << shift))
+
+    *dirs, (path, st) = chain
+    for directory, dst in dirs:
+        if not allowed(dst, 1):
+            return (f"user {user} cannot enter directory {directory} (mode "
+                    f"{stat.S_IMODE(dst.st_mode):04o}, owner {dst.st_uid}:{dst.st_gid})")
+    if not allowed(st, 4):
+        return (f"user {user} cannot read {path} (mode {stat.S_IMODE(st.st_mode):04o}, "
+                f"owner {st.st_uid}:{st.st_gid})")
+    return None
 
 
 ###############################################################################
@@ -3398,9 +3662,57 @@ def remove_staged_leftovers(state_dir: str) -> None:
     with contextlib.suppress(OSError):
         for name in os.listdir(state_dir):
             if name.startswith(STAGED_PREFIX) and any(f".{kind}." in name for kind in
-                                                      ("offset", "pending", "map", "entries")):
+                                                      ("offset", "pending", "map", "entries",
+                                                       MANUAL_FILE)):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(state_dir, name))
+
+
+# The grants and revocations made by hand (--grant, --revoke), kept for the
+# runs that follow: one per state directory, like the lock.
+MANUAL_FILE = "manual"
+
+
+def manual_path(state_dir: str) -> str:
+    return os.path.join(state_dir, MANUAL_FILE)
+
+
+def _by_hand(data: object) -> ByHand:
+    if not isinstance(data, dict):
+        raise TypeError("not an object")
+    until = data.get("until")
+    record = ByHand(int(data["at"]), None if until is None else int(until), str(data["by"]))
+    if record.at < 0 or (record.until is not None and record.until < record.at):
+        raise ValueError("times out of order")
+    return record
+
+
+def load_manual(path: str) -> tuple[Manual, str | None]:
+    """The grants and revocations kept in the state directory, or (empty,
+    why) when the file cannot be trusted. Keys must be addresses as the map
+    holds them."""
+    try:
+        text = read_state_file(path)
+    except OSError as e:
+        return Manual(), f"cannot read {path}: {e.strerror}"
+    if text is None:
+        return Manual(), None
+    try:
+        data = json.loads(text)
+        manual = Manual({k: _by_hand(v) for k, v in data["grants"].items()},
+                        {k: _by_hand(v) for k, v in data["revokes"].items()})
+        if all(normalise_ip(ip) == ip for ip in [*manual.grants, *manual.revokes]):
+            return manual, None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        pass
+    return Manual(), f"{path} (the grants and revocations made by hand) is corrupt"
+
+
+def manual_text(manual: Manual) -> str:
+    return json.dumps({"grants": {ip: dataclasses.asdict(g) for ip, g in
+                                  sorted(manual.grants.items())},
+                       "revokes": {ip: dataclasses.asdict(r) for ip, r in
+                                   sorted(manual.revokes.items())}}, indent=1) + "\n"
 
 
 def run(opts: Options, now: float | None = None, say=lambda msg: None,
@@ -3473,6 +3785,7 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
         # From here to the end the store is read, merged and written under
         # the map lock, which a run locked out by a stuck one takes to purge.
         held.enter_context(run_lock(opts.state_dir, opts.flock, MAP_LOCK, wait=True))
+        manual, logins = by_hand(opts, now, logins, staged, say, warn)
         mark_file = os.path.splitext(offset_file)[0] + ".map"
         mark = load_mark(mark_file)
         if (saved is not None and not logins and mark is not None
@@ -3491,6 +3804,7 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
         cached = load_entries(entries_file, store_stamp(store))
         base = read_store(store, opts, warn) if cached is None else cached
         plan = merge(base or {}, logins, now, opts.grace, checked=cached is not None)
+        apply_manual(plan, manual, now, opts.grace)
         # A map set aside as unreadable is rebuilt whole, never updated.
         plan.base_is_map = base is not None
         if plan.invalid:
@@ -3503,6 +3817,32 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
             save_mark(mark_file, store, plan, opts.grace)
             save_entries(entries_file, store, plan)
     return summary, plan
+
+
+def by_hand(opts: Options, now: float, logins: list[Login], staged: list[tuple[str, str]],
+            say, warn) -> tuple[Manual, list[Login]]:
+    """The grants and revocations in force for this run, and the logins that
+    no revocation keeps out. Those that ended are dropped from the state
+    file, staged with the run's other state files (a corrupt file is left
+    for the admin to see, with a warning on every run)."""
+    path = manual_path(opts.state_dir)
+    manual, problem = load_manual(path)
+    if problem:
+        warn(f"{problem}; no grant or revocation made by hand applies until it is "
+             f"fixed or removed")
+    live = live_manual(manual, now, opts.grace)
+    if live != manual:
+        staged.append((path, manual_text(live)))
+    kept = []
+    for login in logins:
+        revoke = revoked_login(login, live, now, opts.grace)
+        if revoke is None:
+            kept.append(login)
+        else:
+            say(f"skipped {login.ip} ({login.pattern}): revoked by {revoke.by} at "
+                f"{iso_local(revoke.at)}" + ("" if revoke.until is None else
+                                             f" until {iso_local(revoke.until)}"))
+    return live, kept
 
 
 def read_store(store: Store, opts: Options, warn) -> dict[str, str] | None:
@@ -3602,6 +3942,373 @@ def list_entries(store: Store, now: float, grace: int) -> list[dict]:
                      "age": None if when is None else int(now - when),
                      "left": None if when is None else int(when + grace - now)})
     return rows
+
+
+###############################################################################
+# The support desk: --explain, --grant, --revoke ##############################
+###############################################################################
+
+# --explain reads this much of the log before the grace window too, so that
+# a login that has just aged out is shown as "too old", not as nothing.
+EXPLAIN_LOOKBACK = 86400
+# How many of the address's last login lines, and refused lines, it shows.
+EXPLAIN_LINES = 5
+# How long --grant and --revoke wait for a run that holds the lock.
+MANUAL_LOCK_PATIENCE = 30.0
+
+
+def invoking_user(environ: Mapping[str, str] = os.environ) -> str:
+    """Who ran this, for the record: the user sudo was run by, else the
+    login user, else the name of the real uid; only name characters (the
+    record goes to syslog)."""
+    name = environ.get("SUDO_USER") or ""
+    if not name:
+        with contextlib.suppress(OSError):
+            name = os.getlogin()
+    if not name:
+        try:
+            name = pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:
+            name = f"uid{os.getuid()}"
+    return re.sub(r"[^A-Za-z0-9._@+-]", "?", name)[:64] or "?"
+
+
+@contextlib.contextmanager
+def patient_run_lock(state_dir: str, enabled: bool, patience: float = MANUAL_LOCK_PATIENCE
+                     ) -> Iterator[None]:
+    """The run lock for a command run by hand: wait a while for the run that
+    holds it (a run takes seconds), then give up with an Error."""
+    deadline = time.monotonic() + patience
+    while True:
+        with run_lock(state_dir, enabled) as locked:
+            if locked is True:
+                yield
+                return
+            if time.monotonic() > deadline:
+                raise PbsmtpError(f"another run (PID {locked.pid or 'unknown'}) has held the "
+                                  f"lock for {int(time.time() - locked.since)} s; nothing "
+                                  f"changed, try again")
+        time.sleep(0.2)
+
+
+def change_by_hand(opts: Options, action: str, ip: str, seconds: int | None, now: float,
+                   user: str, warn) -> tuple[Plan, ByHand] | None:
+    """--grant or --revoke: record it in the state directory and apply it to
+    the store, as a run does (state staged, store published, state
+    committed), under the run's locks. None when the address is in
+    mynetworks, which relays anyway (a warning says so)."""
+    if not opts.write:
+        raise PbsmtpError(f"--{action} changes the map: it cannot be a dry run "
+                          f"(--dry-run, --nowrite)")
+    store = open_store(opts)
+    needs_postfix = opts.backend == "postfix"
+    mynetworks = read_mynetworks(opts.postfix_config, warn if needs_postfix else lambda m: None,
+                                 required=needs_postfix)
+    why = excluded_reason(ip, mynetworks, opts.ignore_nets, opts.ipv6_shared_keys)
+    if why == IN_MYNETWORKS:
+        warn(f"{ip} is in Postfix's mynetworks, which relays anyway: nothing to {action}")
+        return None
+    if why and action == "grant":
+        raise PbsmtpError(f"cannot grant {ip}: {why}")
+    store.check()
+    ensure_state_dir(opts.state_dir)
+    with patient_run_lock(opts.state_dir, opts.flock), \
+            run_lock(opts.state_dir, opts.flock, MAP_LOCK, wait=True):
+        path = manual_path(opts.state_dir)
+        manual, problem = load_manual(path)
+        if problem:
+            raise PbsmtpError(f"{problem}: fix or remove it first")
+        manual = live_manual(manual, now, opts.grace)
+        if action == "grant":
+            record = ByHand(int(now), int(now) + (seconds or opts.grace), user)
+            manual.grants[ip] = record
+            manual.revokes.pop(ip, None)
+        else:
+            record = ByHand(int(now), None if seconds is None else int(now) + seconds, user)
+            manual.revokes[ip] = record
+            manual.grants.pop(ip, None)
+        base = read_store(store, opts, warn)
+        plan = merge(base or {}, [], now, opts.grace)
+        plan.base_is_map = base is not None
+        if plan.invalid:
+            warn(f"dropped {len(plan.invalid)} map entries that are not an address "
+                 f"with an all-digit time, e.g. {next(iter(plan.invalid))!r}")
+        if action == "revoke" and ip in plan.entries:
+            # Whatever its value (a grant's lies in the future), it goes.
+            plan.expired[ip] = plan.entries.pop(ip)
+        apply_manual(plan, manual, now, opts.grace)
+        publish(store, plan, warn, [(path, manual_text(manual))])
+    return plan, record
+
+
+def shortened_keys(ip: str) -> list[str]:
+    """The keys Postfix also looks an IPv6 client up by in a fixed-key map:
+    its address cut at the last ':', again and again (see shares_ipv6_key),
+    that are themselves full addresses, which only such keys can be."""
+    keys, key = [], ip
+    while ":" in key and "." not in ip:
+        key = key.rsplit(":", 1)[0]
+        if key and normalise_ip(key) == key:
+            keys.append(key)
+    return keys
+
+
+def explain_lines(opts: Options, patterns: Sequence[Pattern], ip: str, now: float, say,
+                  warn) -> tuple[list[tuple[Login, str]], list[str]]:
+    """The logins of this address in the log (or journal), from the day before
+    the grace window on, with their lines, and the lines naming it that were
+    refused as unsafe. Reads like a first run, from no saved position, and
+    writes nothing."""
+    since = now - opts.grace - EXPLAIN_LOOKBACK
+    refused: list[str] = []
+    if opts.journal:
+        source = JournalReader(opts.journal_directory, opts.journal_match, None, since,
+                               patterns, say=refused.append, warn=warn)
+    else:
+        if not os.path.isfile(opts.logfile) or not os.access(opts.logfile, os.R_OK):
+            reason = "does not exist" if not os.path.exists(opts.logfile) else "cannot be read"
+            raise PbsmtpError(f"log {opts.logfile} {reason}")
+        source = FileSource(opts.logfile, None, since, warn, keywords=pattern_anchors(patterns),
+                            now=now, rotated_dirs=opts.rotated_dirs)
+    logins: list[tuple[Login, str]] = []
+    pending: Pending = {}
+    try:
+        for raw in source:
+            line = decode(raw)
+            login, reason = match_login(line, patterns, now, pending)
+            if login is not None and login.ip == ip:
+                logins.append((login, line))
+            elif reason and ip in line:
+                refused.append(f"{reason}: {line}")
+    except OSError as e:
+        raise PbsmtpError(f"cannot read {e.filename or opts.logfile}: {e.strerror}") from None
+    except DECOMPRESS_ERRORS as e:
+        raise PbsmtpError(f"cannot read a rotated log of {opts.logfile}: {e}") from None
+    return logins, [r for r in refused if ip in r]
+
+
+def explain(opts: Options, ip: str, now: float, echo, warn) -> None:
+    """--explain=IP: what pbsmtp-batch knows about one address, for support:
+    the store's entry, grants and revocations by hand, whether the policy
+    leaves it out and why, and its last logins in the log. Reads only."""
+    grace = opts.grace
+    echo(f"address {ip}")
+    store = open_store(opts)
+    entries: dict[str, str] = {}
+    try:
+        entries = store.read()
+    except PbsmtpError as e:
+        echo(f"  map: cannot be read: {e}")
+    value = entries.get(ip)
+    if value is not None and value.isdigit():
+        when = int(value)
+        state = ("relays" if when + grace > now else
+                 "expired: the next run removes it")
+        echo(f"  map: in the map, login {human_time(when, now, grace)}: {state} until "
+             f"{iso_local(when + grace)}")
+    elif value is not None:
+        echo(f"  map: in the map with {_short(value)}, which is not a time: the next run "
+             f"drops it")
+    else:
+        echo("  map: not in the map")
+    for key in shortened_keys(ip):
+        if entries.get(key, "").isdigit():
+            echo(f"  map: Postfix's shortened lookup of this client also hits the key {key}, "
+                 f"which relays until {iso_local(int(entries[key]) + grace)}")
+
+    manual, problem = load_manual(manual_path(opts.state_dir))
+    if problem:
+        warn(problem)
+    grant, revoke = manual.grants.get(ip), manual.revokes.get(ip)
+    if grant is not None:
+        state = "in force" if now < (grant.until or 0) else "ended"
+        echo(f"  by hand: granted by {grant.by} at {iso_local(grant.at)} until "
+             f"{iso_local(grant.until)} ({state})")
+    if revoke is not None:
+        until = ("its next login" if revoke.until is None else iso_local(revoke.until))
+        state = "in force" if revoke_holds(revoke, now, grace) else "ended"
+        echo(f"  by hand: revoked by {revoke.by} at {iso_local(revoke.at)}, out until "
+             f"{until} ({state})")
+
+    notes: list[str] = []
+    mynetworks = read_mynetworks(opts.postfix_config, notes.append, required=False)
+    why = excluded_reason(ip, mynetworks, opts.ignore_nets, opts.ipv6_shared_keys)
+    if why:
+        echo(f"  left out: {why}")
+    elif shares_ipv6_key(ip):
+        echo("  note: its key is also hit by Postfix's shortened lookups for other clients "
+             "of its /64 (--ipv6-shared-keys=skip leaves such keys out)")
+    for note in notes:
+        echo(f"  note: {note}")
+
+    patterns = load_patterns(opts.patterns_dir, opts.patterns)
+    logins, refused = explain_lines(opts, patterns, ip, now, lambda msg: None, warn)
+    where = "the journal" if opts.journal else opts.logfile
+    echo(f"  logins in {where} since {iso_local(now - grace - EXPLAIN_LOOKBACK)}: "
+         f"{len(logins) or 'none'}" + (f", the last {EXPLAIN_LINES}:" if len(logins) >
+                                       EXPLAIN_LINES else ""))
+    live = live_manual(manual, now, grace)
+    for login, line in logins[-EXPLAIN_LINES:]:
+        if login.when < now - grace:
+            verdict = f"too old: the grace window ended at {iso_local(login.when + grace)}"
+        elif why:
+            verdict = f"left out: {why}"
+        elif (r := revoked_login(login, live, now, grace)) is not None:
+            verdict = f"left out: revoked by {r.by} at {iso_local(r.at)}"
+        else:
+            verdict = f"counts: relays until {iso_local(min(login.when, now) + grace)}"
+        echo(f"    {iso_local(login.when)} user={printable(str(login.user))} "
+             f"pattern={login.pattern}: {verdict}")
+        echo(f"      {printable(line)}")
+    if refused:
+        echo(f"  lines naming it that were refused as unsafe: {len(refused)}")
+        for item in refused[-EXPLAIN_LINES:]:
+            echo(f"    {printable(item)}")
+
+
+def postconf_values(names: Sequence[str], config_dir: str | None) -> dict[str, str]:
+    """Postfix parameters, expanded (postconf -x), in one call."""
+    out = run_tool(postfix_cmd("postconf", config_dir, "-x", *names), "postconf")
+    values = {}
+    for line in out.splitlines():
+        name, sep, value = line.partition(" = ")
+        if sep:
+            values[name.strip()] = value.strip()
+        elif line.endswith(" ="):
+            values[line[:-2].strip()] = ""
+    return values
+
+
+def _path_chain(path: str) -> list[tuple[str, os.stat_result]]:
+    path = os.path.abspath(path)
+    parts = [path]
+    while os.path.dirname(parts[-1]) != parts[-1]:
+        parts.append(os.path.dirname(parts[-1]))
+    return [(p, os.stat(p)) for p in reversed(parts)]
+
+
+def readable_by(path: str, user: str) -> Finding:
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        return Finding(False, f"user {user} (mail_owner) does not exist")
+    try:
+        chain = _path_chain(path)
+    except OSError as e:
+        return Finding(False, f"cannot check {path}: {e.strerror}")
+    why = unreadable_reason(chain, account.pw_uid, os.getgrouplist(user, account.pw_gid), user)
+    return Finding(False, why) if why else Finding(True, f"user {user} (mail_owner) can read "
+                                                        f"{path}")
+
+
+def postmap_query(table: str, config_dir: str | None) -> Finding:
+    """Whether postmap -q reads the table (a lookup of an address that is
+    never stored: found or not found are both a working table)."""
+    cmd = postfix_cmd("postmap", config_dir, "-q", "0.0.0.0", table)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return Finding(False, f"cannot run postmap -q on {table}: {e}")
+    detail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+    if done.returncode not in (0, 1):
+        return Finding(False, f"postmap -q cannot read {table}: {detail}")
+    if done.stderr.strip():
+        return Finding(None, f"postmap -q reads {table}, but says: {detail}")
+    return Finding(True, f"postmap -q reads {table}")
+
+
+def cf_settings(path: str) -> dict[str, str]:
+    """A Postfix *_table(5) file's name = value settings (continuation
+    lines start with white space)."""
+    settings, last = {}, None
+    for line in Path(path).read_text(errors="replace").splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0].isspace() and last:
+            settings[last] += " " + line.strip()
+            continue
+        name, _, value = line.partition("=")
+        last = name.strip()
+        settings[last] = value.strip()
+    return settings
+
+
+def check_postfix(opts: Options) -> list[Finding]:
+    """--check-postfix: is the store wired into this Postfix instance so that
+    smtpd asks it before refusing relay, and can Postfix read it?"""
+    if opts.backend in ("sendmail", "qmail", "exim"):
+        raise PbsmtpError(f"--check-postfix checks Postfix's configuration; "
+                          f"--backend={opts.backend} is read by another MTA")
+    find_tool("postconf")
+    problem = postfix_not_configured(opts.postfix_config)
+    if problem:
+        raise PbsmtpError(problem)
+    values = postconf_values(["mail_version", "mail_owner", "config_directory",
+                              "smtpd_relay_restrictions", "smtpd_recipient_restrictions"],
+                             opts.postfix_config)
+    version = postfix_version(values.get("mail_version", ""))
+    owner = values.get("mail_owner") or "postfix"
+    findings = [Finding(True, f"Postfix {values.get('mail_version', '?')} "
+                              f"({values.get('config_directory', '?')})")]
+    if opts.backend == "postfix":
+        map_type = opts.map_type or default_map_type(opts.postfix_config)
+        findings += wiring_findings(version, values.get("smtpd_relay_restrictions", ""),
+                                    values.get("smtpd_recipient_restrictions", ""),
+                                    map_type, opts.dbfile)
+        path = map_file(opts.dbfile, map_type)
+        if not os.path.exists(path):
+            findings.append(Finding(False, f"map file {path} does not exist (smtpd answers "
+                                           f"\"451 temporary lookup failure\"): run "
+                                           f"pbsmtp-batch once"))
+            return findings
+        findings.append(Finding(True, f"map file {path} exists"))
+        findings.append(postmap_query(f"{map_type}:{opts.dbfile}", opts.postfix_config))
+        findings.append(readable_by(path, owner))
+        return findings
+    # The shared stores: their Postfix tables are *.cf files named in the
+    # restriction lists; find those of the backend's type.
+    findings += wiring_findings(version, values.get("smtpd_relay_restrictions", ""),
+                                values.get("smtpd_recipient_restrictions", ""),
+                                opts.backend, None)
+    tables = sorted({t for v in (values.get("smtpd_relay_restrictions", ""),
+                                 values.get("smtpd_recipient_restrictions", ""))
+                     for r, t in restriction_items(v) if r == "check_client_access" and t
+                     and table_parts(t)[0] == opts.backend})
+    for table in tables:
+        cf = table_parts(table)[1]
+        if not os.path.isfile(cf):
+            findings.append(Finding(False, f"{table}: {cf} does not exist"))
+            continue
+        findings.append(readable_by(cf, owner))
+        try:
+            settings = cf_settings(cf)
+        except OSError as e:
+            findings.append(Finding(False, f"cannot read {cf}: {e.strerror}"))
+            continue
+        if opts.backend == "sqlite":
+            dbpath = settings.get("dbpath", "")
+            if os.path.abspath(dbpath) != os.path.abspath(opts.dbfile):
+                findings.append(Finding(False, f"{cf}: dbpath = {dbpath or '(none)'}, but "
+                                               f"pbsmtp-batch writes {opts.dbfile}"))
+            elif os.path.exists(dbpath):
+                findings.append(readable_by(dbpath, owner))
+        if opts.backend == "memcache":
+            key_format = settings.get("key_format", "%s")
+            if key_format != opts.memcache_prefix + "%s":
+                findings.append(Finding(False, f"{cf}: key_format = {key_format}, but "
+                                               f"--memcache-prefix is {opts.memcache_prefix} "
+                                               f"(key_format must be {opts.memcache_prefix}%s)"))
+        if opts.backend in ("pgsql", "mysql", "sqlite"):
+            table_name = opts.pg_table if opts.backend == "pgsql" else (
+                opts.mysql_table if opts.backend == "mysql" else "pbsmtp_relay")
+            if table_name not in settings.get("query", ""):
+                findings.append(Finding(False, f"{cf}: the query does not read the table "
+                                               f"{table_name}"))
+            if str(opts.grace) not in settings.get("query", ""):
+                findings.append(Finding(None, f"{cf}: the query's grace window does not "
+                                              f"look like --grace={opts.grace}"))
+        findings.append(postmap_query(table, opts.postfix_config))
+    return findings
 
 
 ###############################################################################
@@ -3782,7 +4489,8 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: str | No
     # Keys are the long option names; "nowrite = true" works like --nowrite.
     names, params = {}, {}
     for param in ctx.command.params:
-        if isinstance(param, click.Option) and param.name not in ("config", "now", "version"):
+        if isinstance(param, click.Option) and param.name not in (
+                "config", "now", "version", *BY_HAND_ACTIONS):
             names.update({o.lstrip("-"): (param.name, True) for o in param.opts if o[:2] == "--"})
             names.update({o.lstrip("-"): (param.name, False) for o in param.secondary_opts})
             params[param.name] = param
@@ -3807,7 +4515,7 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: str | No
 
 
 # Settings whose value is a number of seconds.
-_SECONDS = ("grace", "lock_timeout")
+_SECONDS = ("grace", "lock_timeout", "grant_for", "revoke_for")
 
 
 def _config_type(param: click.Parameter) -> tuple[type, str]:
@@ -3868,6 +4576,17 @@ def _networks(ctx, param, values):
                                        f"a network "
                                        f"(e.g. 192.0.2.0/24 or 2001:db8::/32)")
     return tuple(nets)
+
+
+def _address(option: str):
+    def check(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return address_argument(str(value))
+        except ValueError as e:
+            raise click.ClickException(f"{option}: {e}") from None
+    return check
 
 
 def _choice(option: str, choices: Sequence[str]):
@@ -3932,7 +4651,11 @@ def human_time(epoch: float, now: float, grace: int | None = None) -> str:
 # environment must never turn every run into a listing), and --dumpconfig
 # does not list them.
 ACTIONS = ("list_", "as_json", "check_patterns", "line", "dumpconfig", "daemon", "now",
-           "version", "help", "dry_run", "verbose")
+           "version", "help", "dry_run", "verbose", "explain", "grant", "revoke",
+           "check_postfix")
+# Those that look at or change one address, or check Postfix, are not keys of
+# the config file either: a grant there would be made again by every run.
+BY_HAND_ACTIONS = ("explain", "grant", "revoke", "check_postfix")
 
 
 def option_envvars(param: click.Parameter, prefix: str = "PBSMTP") -> list[str]:
@@ -3992,13 +4715,25 @@ SYSLOG_MAIL_INFO = 2 * 8 + 6     # facility mail, severity info (RFC 5424 number
 def log_run(summary: Summary, now: float) -> None:
     """One line through syslog, facility mail, for a run that changed the
     map, in Postfix's style: ``pbsmtp-batch[PID]: added=3 refreshed=5
-    expired=2 active=120 lines=5000``. Like syslog(3), a missing or full
-    log socket loses the line silently: the run itself has succeeded."""
+    expired=2 active=120 lines=5000``."""
+    syslog_line(f"added={summary.added} refreshed={summary.refreshed} "
+                f"expired={summary.expired} active={summary.active} lines={summary.lines}", now)
+
+
+def log_by_hand(action: str, ip: str, record: ByHand) -> None:
+    """The syslog record of a --grant or --revoke: ``pbsmtp-batch[PID]:
+    grant=192.0.2.10 until=2026-11-25T00:00:00+00:00 by=alice``."""
+    until = "next-login" if record.until is None else iso_local(record.until)
+    syslog_line(f"{action}={ip} until={until} by={record.by}", record.at)
+
+
+def syslog_line(text: str, now: float) -> None:
+    """One line through syslog, facility mail, severity info. Like
+    syslog(3), a missing or full log socket loses the line silently: what
+    it reports has succeeded."""
     t = time.localtime(now)
     stamp = time.strftime("%b ", t) + f"{t.tm_mday:2d}" + time.strftime(" %H:%M:%S", t)
-    message = (f"<{SYSLOG_MAIL_INFO}>{stamp} pbsmtp-batch[{os.getpid()}]: "
-               f"added={summary.added} refreshed={summary.refreshed} "
-               f"expired={summary.expired} active={summary.active} lines={summary.lines}")
+    message = f"<{SYSLOG_MAIL_INFO}>{stamp} pbsmtp-batch[{os.getpid()}]: {text}"
     with contextlib.suppress(OSError):
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.settimeout(1.0)
@@ -4243,6 +4978,24 @@ def dump_config(ctx: click.Context, opts: Options, echo, warn) -> None:
 @click.option("--line", "line", multiple=True, metavar="TEXT", allow_from_autoenv=False,
               help="With --check-patterns: test this log line instead of --logfile "
                    "(repeatable).")
+@click.option("--explain", "explain_ip", metavar="IP", allow_from_autoenv=False, callback=_address("--explain"),
+              help="Say what is known about one address: its map entry, grants and "
+                   "revocations, whether it is left out and why, and its last logins in "
+                   "the log (or journal). Changes nothing.")
+@click.option("--grant", metavar="IP", allow_from_autoenv=False, callback=_address("--grant"),
+              help="Let one address relay now, by hand, for --grant-for seconds; kept "
+                   "by the runs that follow and logged to syslog.")
+@click.option("--grant-for", metavar="SECONDS", callback=_positive_int("--grant-for"),
+              help="How long a --grant lasts [default: the grace window].")
+@click.option("--revoke", metavar="IP", allow_from_autoenv=False, callback=_address("--revoke"),
+              help="Take one address out of the map, by hand: it stays out until its next "
+                   "login (or for --revoke-for seconds); logged to syslog.")
+@click.option("--revoke-for", metavar="SECONDS", callback=_positive_int("--revoke-for"),
+              help="Keep a --revoke'd address out this long, whatever it logs in "
+                   "[default: until its next login].")
+@click.option("--check-postfix", "check_postfix_", is_flag=True, allow_from_autoenv=False,
+              help="Check that Postfix (postconf, with --postfix-config) asks the map before "
+                   "refusing relay and can read it: a line per check; exits 1 if one fails.")
 @click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, metavar="DIR",
               help="Where the log offset and the lock live.")
 @click.option("--pattern", "patterns", multiple=True, metavar="NAME",
@@ -4291,7 +5044,8 @@ def dump_config(ctx: click.Context, opts: Options, echo, warn) -> None:
 @click.pass_context
 def cli(ctx, logfile, rotated_dirs, journal, journal_directory, journal_match, dbfile, map_type, grace, write,
         dry_run, flock, lock_timeout, debug, verbose, reprocess, logto, use_syslog,
-        metrics_file, list_, as_json, dumpconfig, check_patterns, line, state_dir, patterns,
+        metrics_file, list_, as_json, dumpconfig, check_patterns, line, explain_ip, grant,
+        grant_for, revoke, revoke_for, check_postfix_, state_dir, patterns,
         patterns_dir,
         ignore_nets, postfix_config, backend, pg_dsn, pg_table, memcache_server,
         memcache_prefix, mysql_url, mysql_table, ipv6_shared_keys, now):
@@ -4313,6 +5067,10 @@ def cli(ctx, logfile, rotated_dirs, journal, journal_directory, journal_match, d
         raise click.UsageError("--json goes with --list or --check-patterns", ctx)
     if line and not check_patterns:
         raise click.UsageError("--line goes with --check-patterns", ctx)
+    chosen = [o for o, v in (("--explain", explain_ip), ("--grant", grant), ("--revoke", revoke),
+                             ("--check-postfix", check_postfix_)) if v]
+    if len(chosen) > 1:
+        raise click.UsageError(f"{' and '.join(chosen)}: one at a time", ctx)
     if logfile == "-" and not check_patterns:
         raise click.UsageError("--logfile=- (standard input) works only with "
                                "--check-patterns: a run must keep an offset in a file", ctx)
@@ -4341,6 +5099,34 @@ def cli(ctx, logfile, rotated_dirs, journal, journal_directory, journal_match, d
             return
         if check_patterns:
             check_patterns_cli(opts, line, now, as_json, verbose)
+            return
+        if explain_ip:
+            explain(opts, explain_ip, now, click.echo, err)
+            return
+        if check_postfix_:
+            findings = check_postfix(opts)
+            for finding in findings:
+                label = {True: "ok", False: "FAIL", None: "warning"}[finding.ok]
+                click.echo(f"{label}: {printable(finding.text)}")
+            failed = sum(f.ok is False for f in findings)
+            if failed:
+                raise PbsmtpError(f"{failed} of the checks failed")
+            return
+        if grant or revoke:
+            action, ip = ("grant", grant) if grant else ("revoke", revoke)
+            changes = ChangeLog(logto) if logto and opts.write else None
+            done = change_by_hand(opts, action, ip, grant_for if grant else revoke_for, now,
+                                  invoking_user(), err)
+            if done is None:
+                return
+            plan, record = done
+            if use_syslog:
+                log_by_hand(action, ip, record)
+            if changes is not None:
+                changes.record(plan, now)
+            until = ("until its next login" if record.until is None
+                     else f"until {iso_local(record.until)}")
+            click.echo(f"{action}{'ed' if action == 'grant' else 'd'} {ip} {until}")
             return
         if list_:
             rows = list_entries(open_store(opts), now, grace)

@@ -4651,11 +4651,11 @@ def human_time(epoch: float, now: float, grace: int | None = None) -> str:
 # environment must never turn every run into a listing), and --dumpconfig
 # does not list them.
 ACTIONS = ("list_", "as_json", "check_patterns", "line", "dumpconfig", "daemon", "now",
-           "version", "help", "dry_run", "verbose", "explain", "grant", "revoke",
-           "check_postfix")
+           "version", "help", "dry_run", "verbose", "explain_ip", "grant", "revoke",
+           "postfix_check")
 # Those that look at or change one address, or check Postfix, are not keys of
 # the config file either: a grant there would be made again by every run.
-BY_HAND_ACTIONS = ("explain", "grant", "revoke", "check_postfix")
+BY_HAND_ACTIONS = ("explain_ip", "grant", "revoke", "postfix_check")
 
 
 def option_envvars(param: click.Parameter, prefix: str = "PBSMTP") -> list[str]:
@@ -4978,7 +4978,8 @@ def dump_config(ctx: click.Context, opts: Options, echo, warn) -> None:
 @click.option("--line", "line", multiple=True, metavar="TEXT", allow_from_autoenv=False,
               help="With --check-patterns: test this log line instead of --logfile "
                    "(repeatable).")
-@click.option("--explain", "explain_ip", metavar="IP", allow_from_autoenv=False, callback=_address("--explain"),
+@click.option("--explain", "explain_ip", metavar="IP", allow_from_autoenv=False,
+              callback=_address("--explain"),
               help="Say what is known about one address: its map entry, grants and "
                    "revocations, whether it is left out and why, and its last logins in "
                    "the log (or journal). Changes nothing.")
@@ -4993,7 +4994,7 @@ def dump_config(ctx: click.Context, opts: Options, echo, warn) -> None:
 @click.option("--revoke-for", metavar="SECONDS", callback=_positive_int("--revoke-for"),
               help="Keep a --revoke'd address out this long, whatever it logs in "
                    "[default: until its next login].")
-@click.option("--check-postfix", "check_postfix_", is_flag=True, allow_from_autoenv=False,
+@click.option("--check-postfix", "postfix_check", is_flag=True, allow_from_autoenv=False,
               help="Check that Postfix (postconf, with --postfix-config) asks the map before "
                    "refusing relay and can read it: a line per check; exits 1 if one fails.")
 @click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, metavar="DIR",
@@ -5045,7 +5046,7 @@ def dump_config(ctx: click.Context, opts: Options, echo, warn) -> None:
 def cli(ctx, logfile, rotated_dirs, journal, journal_directory, journal_match, dbfile, map_type, grace, write,
         dry_run, flock, lock_timeout, debug, verbose, reprocess, logto, use_syslog,
         metrics_file, list_, as_json, dumpconfig, check_patterns, line, explain_ip, grant,
-        grant_for, revoke, revoke_for, check_postfix_, state_dir, patterns,
+        grant_for, revoke, revoke_for, postfix_check, state_dir, patterns,
         patterns_dir,
         ignore_nets, postfix_config, backend, pg_dsn, pg_table, memcache_server,
         memcache_prefix, mysql_url, mysql_table, ipv6_shared_keys, now):
@@ -5068,7 +5069,7 @@ def cli(ctx, logfile, rotated_dirs, journal, journal_directory, journal_match, d
     if line and not check_patterns:
         raise click.UsageError("--line goes with --check-patterns", ctx)
     chosen = [o for o, v in (("--explain", explain_ip), ("--grant", grant), ("--revoke", revoke),
-                             ("--check-postfix", check_postfix_)) if v]
+                             ("--check-postfix", postfix_check)) if v]
     if len(chosen) > 1:
         raise click.UsageError(f"{' and '.join(chosen)}: one at a time", ctx)
     if logfile == "-" and not check_patterns:
@@ -5103,7 +5104,7 @@ def cli(ctx, logfile, rotated_dirs, journal, journal_directory, journal_match, d
         if explain_ip:
             explain(opts, explain_ip, now, click.echo, err)
             return
-        if check_postfix_:
+        if postfix_check:
             findings = check_postfix(opts)
             for finding in findings:
                 label = {True: "ok", False: "FAIL", None: "warning"}[finding.ok]

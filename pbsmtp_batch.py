@@ -4099,13 +4099,21 @@ def explain(opts: Options, ip: str, now: float, echo, warn) -> None:
         entries = store.read()
     except PbsmtpError as e:
         echo(f"  map: cannot be read: {e}")
+    manual, problem = load_manual(manual_path(opts.state_dir))
+    if problem:
+        warn(problem)
+    grant, revoke = manual.grants.get(ip), manual.revokes.get(ip)
     value = entries.get(ip)
     if value is not None and value.isdigit():
         when = int(value)
         state = ("relays" if when + grace > now else
                  "expired: the next run removes it")
-        echo(f"  map: in the map, login {human_time(when, now, grace)}: {state} until "
-             f"{iso_local(when + grace)}")
+        if grant is not None and grant.until == when + grace:
+            echo(f"  map: in the map by the grant below: {state} until "
+                 f"{iso_local(when + grace)} (left {_age(int(when + grace - now))})")
+        else:
+            echo(f"  map: in the map, login {human_time(when, now, grace)}: {state} until "
+                 f"{iso_local(when + grace)}")
     elif value is not None:
         echo(f"  map: in the map with {_short(value)}, which is not a time: the next run "
              f"drops it")
@@ -4116,10 +4124,6 @@ def explain(opts: Options, ip: str, now: float, echo, warn) -> None:
             echo(f"  map: Postfix's shortened lookup of this client also hits the key {key}, "
                  f"which relays until {iso_local(int(entries[key]) + grace)}")
 
-    manual, problem = load_manual(manual_path(opts.state_dir))
-    if problem:
-        warn(problem)
-    grant, revoke = manual.grants.get(ip), manual.revokes.get(ip)
     if grant is not None:
         state = "in force" if now < (grant.until or 0) else "ended"
         echo(f"  by hand: granted by {grant.by} at {iso_local(grant.at)} until "

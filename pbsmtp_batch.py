@@ -4214,7 +4214,9 @@ def postmap_query(table: str, config_dir: str | None) -> Finding:
     except (OSError, subprocess.TimeoutExpired) as e:
         return Finding(False, f"cannot run postmap -q on {table}: {e}")
     detail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-    if done.returncode not in (0, 1):
+    # Not found is exit 1 too, but with nothing on stderr; a table it cannot
+    # open is exit 1 with a "fatal:" line.
+    if done.returncode not in (0, 1) or "fatal:" in done.stderr:
         return Finding(False, f"postmap -q cannot read {table}: {detail}")
     if done.stderr.strip():
         return Finding(None, f"postmap -q reads {table}, but says: {detail}")

@@ -4191,7 +4191,12 @@ def _path_chain(path: str) -> list[tuple[str, os.stat_result]]:
     return [(p, os.stat(p)) for p in reversed(parts)]
 
 
-def readable_by(path: str, user: str) -> Finding:
+def readable_by(path: str, user: str, needed: bool) -> Finding:
+    """Whether USER (mail_owner) can read PATH by its mode bits and those of
+    its directories. smtpd opens its tables as root, before it drops
+    privileges and enters its chroot (Postfix's single_server/multi_server
+    run pre_init first), so only what reads them as the user needs it:
+    proxymap for a ``proxy:`` table (``needed``), or a tool run as postfix."""
     try:
         account = pwd.getpwnam(user)
     except KeyError:
@@ -4201,8 +4206,12 @@ def readable_by(path: str, user: str) -> Finding:
     except OSError as e:
         return Finding(False, f"cannot check {path}: {e.strerror}")
     why = unreadable_reason(chain, account.pw_uid, os.getgrouplist(user, account.pw_gid), user)
-    return Finding(False, why) if why else Finding(True, f"user {user} (mail_owner) can read "
-                                                        f"{path}")
+    if why is None:
+        return Finding(True, f"user {user} (mail_owner) can read {path}")
+    if needed:
+        return Finding(False, f"{why}: proxymap, which reads proxy: tables as {user}, cannot")
+    return Finding(None, f"{why}: smtpd opens the map as root, so it works, but "
+                         f"nothing running as {user} can read it (proxy:, postmap -q)")
 
 
 def postmap_query(table: str, config_dir: str | None) -> Finding:
@@ -4269,7 +4278,12 @@ def check_postfix(opts: Options) -> list[Finding]:
             return findings
         findings.append(Finding(True, f"map file {path} exists"))
         findings.append(postmap_query(f"{map_type}:{opts.dbfile}", opts.postfix_config))
-        findings.append(readable_by(path, owner))
+        proxied = any(r == "check_client_access" and t and t.startswith("proxy:")
+                      and table_parts(t) == (map_type, opts.dbfile)
+                      for v in (values.get("smtpd_relay_restrictions", ""),
+                                values.get("smtpd_recipient_restrictions", ""))
+                      for r, t in restriction_items(v))
+        findings.append(readable_by(path, owner, proxied))
         return findings
     # The shared stores: their Postfix tables are *.cf files named in the
     # restriction lists; find those of the backend's type.
@@ -4285,7 +4299,8 @@ def check_postfix(opts: Options) -> list[Finding]:
         if not os.path.isfile(cf):
             findings.append(Finding(False, f"{table}: {cf} does not exist"))
             continue
-        findings.append(readable_by(cf, owner))
+        proxied = table.startswith("proxy:")
+        findings.append(readable_by(cf, owner, proxied))
         try:
             settings = cf_settings(cf)
         except OSError as e:
@@ -4297,7 +4312,7 @@ def check_postfix(opts: Options) -> list[Finding]:
                 findings.append(Finding(False, f"{cf}: dbpath = {dbpath or '(none)'}, but "
                                                f"pbsmtp-batch writes {opts.dbfile}"))
             elif os.path.exists(dbpath):
-                findings.append(readable_by(dbpath, owner))
+                findings.append(readable_by(dbpath, owner, proxied))
         if opts.backend == "memcache":
             key_format = settings.get("key_format", "%s")
             if key_format != opts.memcache_prefix + "%s":

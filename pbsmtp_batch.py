@@ -5083,6 +5083,8 @@ def cli(ctx, logfile, rotated_dirs, journal, journal_directory, journal_match, d
         pbsmtp-batch --dry-run --debug      # what would change, and why
         pbsmtp-batch --list                 # who may relay now
         pbsmtp-batch --dumpconfig           # every setting, and where it came from
+        pbsmtp-batch --explain=192.0.2.10   # why this address may relay, or not
+        pbsmtp-batch --check-postfix        # is the map wired into Postfix
         pbsmtp-batch --reprocess            # rebuild after losing the map
     """
     if as_json and not (list_ or check_patterns):

@@ -4012,9 +4012,13 @@ def change_by_hand(opts: Options, action: str, ip: str, seconds: int | None, now
         raise PbsmtpError(f"cannot grant {ip}: {why}")
     store.check()
     ensure_state_dir(opts.state_dir)
+    path = manual_path(opts.state_dir)
+    # Checked before the lock too, so that a refusal leaves every file as it
+    # was (taking the lock writes the holder into it).
+    if (problem := load_manual(path)[1]) is not None:
+        raise PbsmtpError(f"{problem}: fix or remove it first")
     with patient_run_lock(opts.state_dir, opts.flock), \
             run_lock(opts.state_dir, opts.flock, MAP_LOCK, wait=True):
-        path = manual_path(opts.state_dir)
         manual, problem = load_manual(path)
         if problem:
             raise PbsmtpError(f"{problem}: fix or remove it first")

@@ -404,3 +404,23 @@ def test_check_postfix_refuses_other_mtas(site):
     assert result.exit_code == 1
     assert result.stderr == ("Error: --check-postfix checks Postfix's configuration; "
                              "--backend=exim is read by another MTA\n")
+
+
+def test_explain_reads_the_journal_and_names_forged_entries(site):
+    from journal_files import DOVECOT, LOGGER, Journal
+    journal = Journal(site.root / "journal")
+    login = ("imap-login: Login: user=<alice>, method=PLAIN, rip=192.0.2.10, lip=192.0.2.1, "
+             "mpid=4242, TLS, session=<AbCdEf012345>")
+    journal.write((NOW - 300, login, DOVECOT), (NOW - 200, login, LOGGER))
+    args = [f"--journal-directory={journal.dir}", f"--dbfile={site.map}",
+            f"--state-dir={site.state}", f"--postfix-config={site.conf}", "--map-type=hash",
+            f"--now={NOW}"]
+    before = snapshot(site)
+    out = ok(invoke(*args, "--explain=192.0.2.10")).stdout.splitlines()
+    assert snapshot(site) == before
+    assert out[2] == "  logins in the journal since 2026-11-23T23:00:00+00:00: 1"
+    assert out[3] == ("    2026-11-24T23:25:00+00:00 user=alice pattern=dovecot: counts: "
+                      "relays until 2026-11-24T23:55:00+00:00")
+    assert out[5] == "  lines naming it that were refused as unsafe: 1"
+    assert out[6].startswith("    refused journal entry from 'dovecot': ")
+    assert out[6].endswith(login)

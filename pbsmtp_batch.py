@@ -4130,12 +4130,12 @@ def explain(opts: Options, ip: str, now: float, echo, warn) -> None:
 
     if grant is not None:
         state = "in force" if now < (grant.until or 0) else "ended"
-        echo(f"  by hand: granted by {grant.by} at {iso_local(grant.at)} until "
+        echo(f"  by hand: granted by {printable(grant.by)} at {iso_local(grant.at)} until "
              f"{iso_local(grant.until)} ({state})")
     if revoke is not None:
         until = ("its next login" if revoke.until is None else iso_local(revoke.until))
         state = "in force" if revoke_holds(revoke, now, grace) else "ended"
-        echo(f"  by hand: revoked by {revoke.by} at {iso_local(revoke.at)}, out until "
+        echo(f"  by hand: revoked by {printable(revoke.by)} at {iso_local(revoke.at)}, out until "
              f"{until} ({state})")
 
     notes: list[str] = []

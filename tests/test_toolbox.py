@@ -4,7 +4,6 @@ against the real postmap and postconf (click's CliRunner, a private site)."""
 import json
 import os
 import pwd
-import shutil
 import stat
 import subprocess
 
@@ -386,7 +385,7 @@ def test_check_postfix_for_the_sqlite_backend(nobody_site):
     os.chmod(cf, 0o644)
     relay_conf(site, f"permit_mynetworks, check_client_access sqlite:{cf}, "
                      f"reject_unauth_destination")
-    args = [f"--backend=sqlite", f"--dbfile={db}", f"--postfix-config={site.conf}",
+    args = ["--backend=sqlite", f"--dbfile={db}", f"--postfix-config={site.conf}",
             f"--state-dir={site.state}", f"--logfile={site.log}"]
     ok(invoke(*args))
     result = invoke(*args, "--check-postfix")

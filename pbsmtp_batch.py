@@ -4984,7 +4984,8 @@ def dump_config(ctx: click.Context, opts: Options, echo, warn) -> None:
                    "daemon did (- is standard output).")
 @click.option("--syslog/--nosyslog", "use_syslog", default=True, show_default=True,
               envvar="PBSMTP_SYSLOG",
-              help="Log one line per run that changed the map, to syslog (facility mail).")
+              help="Log one line per run that changed the map, and each --grant and "
+                   "--revoke, to syslog (facility mail).")
 @click.option("--metrics-file", metavar="PATH",
               help="Write run metrics for node_exporter's textfile collector "
                    "(e.g. /var/lib/prometheus/node-exporter/pbsmtp_batch.prom).")
@@ -5023,7 +5024,8 @@ def dump_config(ctx: click.Context, opts: Options, echo, warn) -> None:
               help="Check that Postfix (postconf, with --postfix-config) asks the map before "
                    "refusing relay and can read it: a line per check; exits 1 if one fails.")
 @click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, metavar="DIR",
-              help="Where the log offset and the lock live.")
+              help="Where the log offset, the lock and the grants and revocations "
+                   "made by hand live.")
 @click.option("--pattern", "patterns", multiple=True, metavar="NAME",
               envvar=["PBSMTP_PATTERN", "PBSMTP_PATTERNS"],
               help="Use only this pattern file (repeatable) [default: all].")

@@ -3785,7 +3785,9 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
         # From here to the end the store is read, merged and written under
         # the map lock, which a run locked out by a stuck one takes to purge.
         held.enter_context(run_lock(opts.state_dir, opts.flock, MAP_LOCK, wait=True))
+        found = len(logins)
         manual, logins = by_hand(opts, now, logins, staged, say, warn)
+        summary.logins -= found - len(logins)       # kept logins only
         mark_file = os.path.splitext(offset_file)[0] + ".map"
         mark = load_mark(mark_file)
         if (saved is not None and not logins and mark is not None

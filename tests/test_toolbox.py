@@ -154,7 +154,10 @@ def test_a_revoked_address_stays_out_until_its_next_login(site):
     assert manual(site)["revokes"] == {"192.0.2.10": {"at": NOW + 10, "until": None,
                                                       "by": "bob"}}
     # Neither the next run nor one that reads the whole window again brings it back.
-    ok(invoke(*site.args(now=NOW + 20)))
+    result = ok(invoke(*site.args("-v", "--debug", now=NOW + 20)))
+    assert "pbsmtp-batch: 1 lines read, 0 logins, 0 added" in result.stdout
+    assert ("debug: skipped 192.0.2.10 (dovecot): revoked by bob at "
+            "2026-11-24T23:30:10+00:00\n") in result.stdout
     ok(invoke(*site.args("--reprocess", now=NOW + 30)))
     assert query(site, "192.0.2.10") is None
     # Its next real login does.

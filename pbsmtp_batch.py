@@ -9,7 +9,9 @@ pbsmtp-batch, started by cron or a systemd path unit, does one pass:
    login's time from its own log line;
 4. merges their client addresses into the Postfix access map (key: the
    address, value: the login time as an all-digit epoch, which access(5)
-   treats as OK) and drops entries older than the grace window;
+   treats as OK), drops entries older than the grace window, and applies
+   the grants and revocations made by hand (--grant, --revoke), which the
+   state directory keeps;
 5. writes the map atomically through postmap and rename, and only then
    commits the new log offset.
 
@@ -52,6 +54,7 @@ DEFAULT_MEMCACHE_PREFIX = "pbsmtp:"
 # directories hold these names: they never change.
 LOCK_NAME = "lock"             # the run's lock: held for the whole run
 MAP_LOCK = "map.lock"          # held only while a run reads, merges and writes the store
+MANUAL_NAME = "manual"         # the grants and revocations made by hand (--grant, --revoke)
 # Per source (a log file, or a journal), files named SOURCE + suffix:
 OFFSET_SUFFIX = ".offset"      # the committed position: a log offset or a journal cursor
 PENDING_SUFFIX = ".pending"    # two-line servers' address lines awaiting their success line
@@ -939,6 +942,9 @@ def shares_ipv6_key(ip: str) -> bool:
     return longer.startswith(ip + ":")
 
 
+IN_MYNETWORKS = "in mynetworks (relays anyway)"
+
+
 def excluded_reason(ip: str, mynetworks: Sequence[tuple[bool, Network]],
                     ignore: Sequence[Network], ipv6_shared_keys: bool = True) -> str | None:
     """Why this address must not be written to the map (None: write it)."""
@@ -954,8 +960,34 @@ def excluded_reason(ip: str, mynetworks: Sequence[tuple[bool, Network]],
     # Postfix's match lists are first match wins, and "!net" stops the search.
     for negated, net in mynetworks:
         if net.version == addr.version and addr in net:
-            return None if negated else "in mynetworks (relays anyway)"
+            return None if negated else IN_MYNETWORKS
     return None
+
+
+def address_argument(text: str) -> str:
+    """The one client address an admin named (--explain, --grant, --revoke),
+    as Postfix looks it up; ValueError saying what else it is.
+
+    Exactly what may be a map key: a network would open every address in
+    it, and a host name is not what smtpd looks up (it asks the map for the
+    client's address)."""
+    text = text.strip()
+    ip = normalise_ip(text[1:-1] if text.startswith("[") and text.endswith("]") else text)
+    if ip is not None:
+        return ip
+    shown = _short(text)
+    if "/" in text:
+        raise ValueError(f"{shown} is a network, not one address: grant each address "
+                         f"(or add the network to Postfix's mynetworks)")
+    if "%" in text:
+        raise ValueError(f"{shown} carries a zone id: Postfix looks clients up without one")
+    if re.fullmatch(r"[0-9.]+", text):
+        raise ValueError(f"{shown} is not a full IPv4 address (four numbers 0-255, no "
+                         f"leading zeros)")
+    if re.fullmatch(r"(?=.*[A-Za-z])[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?", text):
+        raise ValueError(f"{shown} is a host name, not an address: the map is looked up "
+                         f"by the client's address")
+    raise ValueError(f"{shown} is not an IP address")
 
 
 ###############################################################################
@@ -1002,6 +1034,241 @@ def merge(existing: Mapping[str, str] | Mapping[str, int], logins: Iterable[Logi
         else:
             plan.refreshed[login.ip] = when
     return plan
+
+
+###############################################################################
+# Grants and revocations by hand (pure) #######################################
+###############################################################################
+
+@dataclasses.dataclass(frozen=True)
+class ByHand:
+    """One --grant or --revoke: when, until when (None: a revocation that
+    lasts until the address's next login), and who ran it."""
+    at: int
+    until: int | None
+    by: str
+
+
+@dataclasses.dataclass
+class Manual:
+    """The grants and revocations in force, by address. An address is in at
+    most one of the two: the later command replaces the earlier."""
+    grants: dict[str, ByHand] = dataclasses.field(default_factory=dict)
+    revokes: dict[str, ByHand] = dataclasses.field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.grants or self.revokes)
+
+
+def revoke_holds(revoke: ByHand, now: float, grace: int) -> bool:
+    """Whether a revocation still has work to do. With an end, until then.
+    Without one, while a login from before it can still be inside the grace
+    window: after that no such login can bring the address back, and any
+    later login lifts it anyway."""
+    return now < (revoke.until if revoke.until is not None else revoke.at + grace)
+
+
+def live_manual(manual: Manual, now: float, grace: int) -> Manual:
+    """The grants and revocations still in force (expired ones dropped)."""
+    return Manual({ip: g for ip, g in manual.grants.items() if g.until is not None
+                   and now < g.until},
+                  {ip: r for ip, r in manual.revokes.items() if revoke_holds(r, now, grace)})
+
+
+def revoked_login(login: Login, manual: Manual, now: float, grace: int) -> ByHand | None:
+    """The revocation that keeps this login out of the map, if any: a
+    revocation for a time keeps every login out until it ends; one without
+    keeps out the logins made before it (the next real login lifts it)."""
+    revoke = manual.revokes.get(login.ip)
+    if revoke is None or not revoke_holds(revoke, now, grace):
+        return None
+    if revoke.until is not None or login.when <= revoke.at:
+        return revoke
+    return None
+
+
+def apply_manual(plan: Plan, manual: Manual, now: float, grace: int) -> Plan:
+    """The plan with the grants and revocations in force applied on top.
+
+    A grant keeps its address in the map until it ends: its value is the end
+    less the grace window, so that every reader of the map (Postfix's query,
+    --list, memcached's TTL) sees it expire then, exactly like a login, and a
+    login never shortens it (merge keeps the newest value). A revocation
+    removes its address unless a login after it (a revocation without an
+    end) put it back. Call with the logins that revoked_login keeps out
+    already left out of the merge."""
+    for ip, grant in manual.grants.items():
+        if grant.until is None or now >= grant.until:
+            continue
+        value = grant.until - grace
+        old = plan.entries.get(ip)
+        if old is not None and old >= value:
+            continue
+        plan.entries[ip] = value
+        plan.expired.pop(ip, None)
+        if old is None or ip in plan.added:
+            plan.added[ip] = value
+        else:
+            plan.refreshed[ip] = value
+    for ip, revoke in manual.revokes.items():
+        if not revoke_holds(revoke, now, grace) or ip not in plan.entries:
+            continue
+        value = plan.entries[ip]
+        if revoke.until is None and value > revoke.at:
+            continue
+        del plan.entries[ip]
+        was_new = plan.added.pop(ip, None) is not None
+        plan.refreshed.pop(ip, None)
+        if not was_new:
+            plan.expired[ip] = value
+    return plan
+
+
+###############################################################################
+# Postfix's restriction lists: is the map wired in? (pure) ####################
+###############################################################################
+
+# Restrictions that refuse a relay recipient (Postfix's postconf(5), the
+# smtpd_relay_restrictions entry): what must come after the map, never before.
+RELAY_REFUSERS = ("reject_unauth_destination", "defer_unauth_destination", "reject", "defer",
+                  "defer_if_permit")
+# Restrictions besides check_*_access that take the next word as argument.
+_TAKES_ARGUMENT = re.compile(r"check_(?!relay_domains$)\w+|reject_rbl_client|reject_rhsbl_\w+|"
+                             r"permit_dnswl_client|permit_rhswl_client")
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One line of --check-postfix: ok, a failure, or a warning (ok None)."""
+    ok: bool | None
+    text: str
+
+
+def restriction_items(value: str) -> list[tuple[str, str | None]]:
+    """A restriction list (as postconf -x prints it) as (restriction,
+    argument) pairs: ``check_client_access hash:/m`` is one item."""
+    tokens = [t for t in re.split(r"[\s,]+", value) if t]
+    items, i = [], 0
+    while i < len(tokens):
+        if _TAKES_ARGUMENT.fullmatch(tokens[i]) and i + 1 < len(tokens):
+            items.append((tokens[i], tokens[i + 1]))
+            i += 2
+        else:
+            items.append((tokens[i], None))
+            i += 1
+    return items
+
+
+def table_parts(table: str) -> tuple[str, str]:
+    """A lookup table's type and name; ``proxy:`` (proxymap reads it for
+    smtpd) is the same table."""
+    if table.startswith("proxy:"):
+        table = table[len("proxy:"):]
+    kind, _, name = table.partition(":")
+    return kind, name
+
+
+def postfix_version(text: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", text)[:2]) or (0,)
+
+
+def wiring_findings(version: tuple[int, ...], relay: str, recipient: str, map_type: str,
+                    path: str | None) -> list[Finding]:
+    """Whether smtpd consults the map MAP_TYPE:PATH (PATH None: any table of
+    that type) for a relay recipient before anything refuses relay.
+
+    Since Postfix 2.10 smtpd_relay_restrictions is evaluated first and decides
+    relay; smtpd_recipient_restrictions is reached only when it lets the
+    recipient through. A check placed only there is never asked for a
+    client that smtpd_relay_restrictions already refused: the README's
+    "454 4.7.1 Relay access denied" trap (defer_unauth_destination, in the
+    default smtpd_relay_restrictions), or 554 with reject_unauth_destination.
+    """
+    wanted = f"{map_type}:{path}" if path else f"{map_type}:..."
+
+    def ours(table: str | None) -> bool:
+        if table is None:
+            return False
+        kind, name = table_parts(table)
+        return kind == map_type and (path is None or os.path.normpath(name)
+                                     == os.path.normpath(path))
+
+    def near(table: str | None) -> bool:
+        """Our file under another type, or our type with another file."""
+        if table is None or path is None:
+            return False
+        kind, name = table_parts(table)
+        return (kind == map_type) != (os.path.normpath(name) == os.path.normpath(path))
+
+    lists = ([("smtpd_relay_restrictions", relay)] if version >= (2, 10) else [])
+    lists.append(("smtpd_recipient_restrictions", recipient))
+    parsed = {name: restriction_items(value) for name, value in lists}
+    findings: list[Finding] = []
+    for name, items in parsed.items():
+        for r, table in items:
+            if r == "check_client_access" and near(table):
+                findings.append(Finding(False, f"{name} has check_client_access {table}, "
+                                               f"but pbsmtp-batch writes {wanted}"))
+    for index, (name, items) in enumerate(parsed.items()):
+        at = next((i for i, (r, t) in enumerate(items)
+                   if r == "check_client_access" and ours(t)), None)
+        before = items if at is None else items[:at]
+        refuser = next((r for r, _ in before if r in RELAY_REFUSERS), None)
+        if at is not None:
+            table = items[at][1]
+            if refuser:
+                findings.append(Finding(False, f"check_client_access {table} comes after "
+                                               f"{refuser} in {name}: relay is refused "
+                                               f"before the map is asked"))
+            elif any(r == "permit" for r, _ in before):
+                findings.append(Finding(False, f"{name} says permit before the map: every "
+                                               f"client may relay (an open relay)"))
+            else:
+                after = next((r for r, _ in items[at + 1:] if r in RELAY_REFUSERS), None)
+                findings.append(Finding(True, f"check_client_access {table} is in {name}"
+                                              + (f", before {after}" if after else "")))
+                if after is None and index == len(parsed) - 1:
+                    findings.append(Finding(None, f"nothing after the map in {name} refuses "
+                                                  f"relay (reject_unauth_destination)"))
+            return findings
+        if refuser:
+            later = [n for n, its in parsed.items() if n != name and any(
+                r == "check_client_access" and ours(t) for r, t in its)]
+            trap = (f"; it is in {later[0]}, which smtpd never reaches for a relay "
+                    f"recipient that {name} refused: clients get "
+                    f"\"{'454 4.7.1' if refuser.startswith('defer') else '554 5.7.1'} "
+                    f"Relay access denied\" (the README, \"Postfix\": move it to "
+                    f"{name}, before {refuser})" if later else "")
+            findings.append(Finding(False, f"check_client_access {wanted} is not in {name}, "
+                                           f"which refuses relay with {refuser}{trap}"))
+            return findings
+    findings.append(Finding(False, f"check_client_access {wanted} is in none of "
+                                   f"{', '.join(parsed)}"))
+    return findings
+
+
+def unreadable_reason(chain: Sequence[tuple[str, os.stat_result]], uid: int,
+                      gids: Iterable[int], user: str) -> str | None:
+    """Why USER cannot read the last path of CHAIN (the path's directories
+    from / down, then the file, with their stat results), by the mode bits;
+    None when it can. ACLs are not read."""
+    gids = set(gids)
+
+    def allowed(st: os.stat_result, bit: int) -> bool:
+        if uid == 0:
+            return True
+        shift = 6 if st.st_uid == uid else 3 if st.st_gid in gids else 0
+        return bool(st.st_mode & (bit << shift))
+
+    *dirs, (path, st) = chain
+    for directory, dst in dirs:
+        if not allowed(dst, 1):
+            return (f"user {user} cannot enter directory {directory} (mode "
+                    f"{stat.S_IMODE(dst.st_mode):04o}, owner {dst.st_uid}:{dst.st_gid})")
+    if not allowed(st, 4):
+        return (f"user {user} cannot read {path} (mode {stat.S_IMODE(st.st_mode):04o}, "
+                f"owner {st.st_uid}:{st.st_gid})")
+    return None
 
 
 ###############################################################################
@@ -3157,6 +3424,17 @@ def _choice(option: str, choices: Sequence[str]):
     return check
 
 
+def _address(option: str):
+    def check(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return address_argument(str(value))
+        except ValueError as e:
+            raise click.ClickException(f"{option}: {e}") from None
+    return check
+
+
 def _journal_matches(ctx, param, values):
     for value in values or ():
         if not _JOURNAL_MATCH.fullmatch(str(value)):
@@ -3259,7 +3537,8 @@ class Options:
     use_syslog: bool = opt(
         "--syslog/--nosyslog", default=True, show_default=True, envvar="PBSMTP_SYSLOG",
         group="run",
-        help="Log one line per run that changed the map, to syslog (facility mail).")
+        help="Log one line per run that changed the map, and each --grant and "
+             "--revoke, to syslog (facility mail).")
     metrics_file: str | None = opt(
         "--metrics-file", default=None, metavar="PATH", group="run",
         help="Write run metrics for node_exporter's textfile collector "
@@ -3285,10 +3564,40 @@ class Options:
         "--line", default=(), multiple=True, metavar="TEXT", action=True, group="mode",
         help="With --check-patterns: test this log line instead of --logfile "
              "(repeatable).")
+    explain_ip: str | None = opt(
+        "--explain", default=None, metavar="IP", action=True, callback=_address("--explain"),
+        group="mode",
+        help="Say what is known about one address: its map entry, grants and "
+             "revocations, whether it is left out and why, and its last logins in "
+             "the log (or journal). Changes nothing.")
+    grant: str | None = opt(
+        "--grant", default=None, metavar="IP", action=True, callback=_address("--grant"),
+        group="mode",
+        help="Let one address relay now, by hand, for --grant-for seconds; kept "
+             "by the runs that follow and logged to syslog.")
+    grant_for: int | None = opt(
+        "--grant-for", default=None, metavar="SECONDS", callback=_positive_int("--grant-for"),
+        group="mode", help="How long a --grant lasts [default: the grace window].")
+    revoke: str | None = opt(
+        "--revoke", default=None, metavar="IP", action=True, callback=_address("--revoke"),
+        group="mode",
+        help="Take one address out of the map, by hand: it stays out until its next "
+             "login (or for --revoke-for seconds); logged to syslog.")
+    revoke_for: int | None = opt(
+        "--revoke-for", default=None, metavar="SECONDS", callback=_positive_int("--revoke-for"),
+        group="mode",
+        help="Keep a --revoke'd address out this long, whatever it logs in "
+             "[default: until its next login].")
+    postfix_check: bool = opt(
+        "--check-postfix", default=False, is_flag=True, action=True, group="mode",
+        help="Check that Postfix (postconf, with --postfix-config) asks the map before "
+             "refusing relay and can read it: a line per check; exits 1 if one fails.")
     # site: the state, the patterns, Postfix, and what never goes into the map
     state_dir: str = opt(
         "--state-dir", default=DEFAULT_STATE_DIR, show_default=True, metavar="DIR",
-        group="site", help="Where the log offset and the lock live.")
+        group="site",
+        help="Where the log offset, the lock and the grants and revocations "
+             "made by hand live.")
     patterns: tuple[str, ...] = opt(
         "--pattern", default=(), multiple=True, metavar="NAME",
         envvar=["PBSMTP_PATTERN", "PBSMTP_PATTERNS"], group="site",
@@ -3470,6 +3779,12 @@ class StateDir:
     def map_lock(self) -> str:
         return os.path.join(self.path, MAP_LOCK)
 
+    @property
+    def manual(self) -> str:
+        """The grants and revocations made by hand, kept for the runs that
+        follow: one per state directory, like the lock."""
+        return os.path.join(self.path, MANUAL_NAME)
+
     def source(self, name: str) -> SourceFiles:
         base = os.path.join(self.path, name)
         return SourceFiles(base + OFFSET_SUFFIX, base + PENDING_SUFFIX, base + MARK_SUFFIX,
@@ -3492,8 +3807,9 @@ class StateDir:
         suffixes = (OFFSET_SUFFIX, PENDING_SUFFIX, MARK_SUFFIX, ENTRIES_SUFFIX)
         with contextlib.suppress(OSError):
             for name in os.listdir(self.path):
-                if name.startswith(STAGED_PREFIX) and any(f"{suffix}." in name
-                                                          for suffix in suffixes):
+                if name.startswith(STAGED_PREFIX) and (
+                        name.startswith(f"{STAGED_PREFIX}{MANUAL_NAME}.")
+                        or any(f"{suffix}." in name for suffix in suffixes)):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(os.path.join(self.path, name))
 
@@ -3724,6 +4040,44 @@ def publish(store: Store, plan: Plan, warn: Say, staged: Sequence[tuple[str, str
                 os.unlink(tmp)
 
 
+def _by_hand(data: object) -> ByHand:
+    if not isinstance(data, dict):
+        raise TypeError("not an object")
+    until = data.get("until")
+    record = ByHand(int(data["at"]), None if until is None else int(until), str(data["by"]))
+    if record.at < 0 or (record.until is not None and record.until < record.at):
+        raise ValueError("times out of order")
+    return record
+
+
+def load_manual(path: str) -> tuple[Manual, str | None]:
+    """The grants and revocations kept in the state directory, or (empty,
+    why) when the file cannot be trusted. Keys must be addresses as the map
+    holds them."""
+    try:
+        text = read_state_file(path)
+    except OSError as e:
+        return Manual(), f"cannot read {path}: {e.strerror}"
+    if text is None:
+        return Manual(), None
+    try:
+        data = json.loads(text)
+        manual = Manual({k: _by_hand(v) for k, v in data["grants"].items()},
+                        {k: _by_hand(v) for k, v in data["revokes"].items()})
+        if all(normalise_ip(ip) == ip for ip in [*manual.grants, *manual.revokes]):
+            return manual, None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        pass
+    return Manual(), f"{path} (the grants and revocations made by hand) is corrupt"
+
+
+def manual_text(manual: Manual) -> str:
+    return json.dumps({"grants": {ip: dataclasses.asdict(g) for ip, g in
+                                  sorted(manual.grants.items())},
+                       "revokes": {ip: dataclasses.asdict(r) for ip, r in
+                                   sorted(manual.revokes.items())}}, indent=1) + "\n"
+
+
 @dataclasses.dataclass(frozen=True)
 class Setup:
     """What every pass of one invocation shares and none changes: the
@@ -3831,6 +4185,9 @@ def run(opts: Options, now: float | None = None, say: Say = quiet, warn: Say = q
         # From here to the end the store is read, merged and written under
         # the map lock, which a run locked out by a stuck one takes to purge.
         held.enter_context(run_lock(state.map_lock, opts.flock, wait=True))
+        found = len(logins)
+        manual, logins = by_hand(opts, now, logins, staged, say, warn)
+        summary.logins -= found - len(logins)       # kept logins only
         mark = load_mark(files.mark)
         if saved is not None and not logins and map_as_left(mark, store, opts.grace, now):
             # Nothing to add and nothing due to expire, and the map is the
@@ -3845,6 +4202,7 @@ def run(opts: Options, now: float | None = None, say: Say = quiet, warn: Say = q
         cached = load_entries(files.entries, store_stamp(store))
         base = read_store(store, opts, warn) if cached is None else cached
         plan = merge(base or {}, logins, now, opts.grace, checked=cached is not None)
+        apply_manual(plan, manual, now, opts.grace)
         # A map set aside as unreadable is rebuilt whole, never updated.
         plan.base_is_map = base is not None
         if plan.invalid:
@@ -3857,6 +4215,32 @@ def run(opts: Options, now: float | None = None, say: Say = quiet, warn: Say = q
             save_mark(files.mark, store, plan, opts.grace)
             save_entries(files.entries, store, plan)
     return summary, plan
+
+
+def by_hand(opts: Options, now: float, logins: list[Login], staged: list[tuple[str, str]],
+            say: Say, warn: Say) -> tuple[Manual, list[Login]]:
+    """The grants and revocations in force for this run, and the logins that
+    no revocation keeps out. Those that ended are dropped from the state
+    file, staged with the run's other state files (a corrupt file is left
+    for the admin to see, with a warning on every run)."""
+    path = StateDir(opts.state_dir).manual
+    manual, problem = load_manual(path)
+    if problem:
+        warn(f"{problem}; no grant or revocation made by hand applies until it is "
+             f"fixed or removed")
+    live = live_manual(manual, now, opts.grace)
+    if live != manual:
+        staged.append((path, manual_text(live)))
+    kept = []
+    for login in logins:
+        revoke = revoked_login(login, live, now, opts.grace)
+        if revoke is None:
+            kept.append(login)
+        else:
+            say(f"skipped {login.ip} ({login.pattern}): revoked by {revoke.by} at "
+                f"{iso_local(revoke.at)}" + ("" if revoke.until is None else
+                                             f" until {iso_local(revoke.until)}"))
+    return live, kept
 
 
 def read_store(store: Store, opts: Options, warn: Say) -> dict[str, str] | None:
@@ -3959,6 +4343,399 @@ def list_entries(store: Store, now: float, grace: int) -> list[dict]:
                      "age": None if when is None else int(now - when),
                      "left": None if when is None else int(when + grace - now)})
     return rows
+
+
+###############################################################################
+# The support desk: --explain, --grant, --revoke ##############################
+###############################################################################
+
+# --explain reads this much of the log before the grace window too, so that
+# a login that has just aged out is shown as "too old", not as nothing.
+EXPLAIN_LOOKBACK = 86400
+# How many of the address's last login lines, and refused lines, it shows.
+EXPLAIN_LINES = 5
+# How long --grant and --revoke wait for a run that holds the lock.
+MANUAL_LOCK_PATIENCE = 30.0
+
+
+def invoking_user(environ: Mapping[str, str] = os.environ) -> str:
+    """Who ran this, for the record: the user sudo was run by, else the
+    login user, else the name of the real uid; only name characters (the
+    record goes to syslog)."""
+    name = environ.get("SUDO_USER") or ""
+    if not name:
+        with contextlib.suppress(OSError):
+            name = os.getlogin()
+    if not name:
+        try:
+            name = pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:
+            name = f"uid{os.getuid()}"
+    return re.sub(r"[^A-Za-z0-9._@+-]", "?", name)[:64] or "?"
+
+
+@contextlib.contextmanager
+def patient_run_lock(path: str, enabled: bool, patience: float = MANUAL_LOCK_PATIENCE
+                     ) -> Iterator[None]:
+    """The run lock for a command run by hand: wait a while for the run that
+    holds it (a run takes seconds), then give up with an Error."""
+    deadline = time.monotonic() + patience
+    while True:
+        with run_lock(path, enabled) as locked:
+            if locked is True:
+                yield
+                return
+            if time.monotonic() > deadline:
+                raise PbsmtpError(f"another run (PID {locked.pid or 'unknown'}) has held the "
+                                  f"lock for {int(time.time() - locked.since)} s; nothing "
+                                  f"changed, try again")
+        time.sleep(0.2)
+
+
+def change_by_hand(opts: Options, action: str, ip: str, seconds: int | None, now: float,
+                   user: str, warn) -> tuple[Plan, ByHand] | None:
+    """--grant or --revoke: record it in the state directory and apply it to
+    the store, as a run does (state staged, store published, state
+    committed), under the run's locks. None when the address is in
+    mynetworks, which relays anyway (a warning says so)."""
+    if not opts.write:
+        raise PbsmtpError(f"--{action} changes the map: it cannot be a dry run "
+                          f"(--dry-run, --nowrite)")
+    store = open_store(opts)
+    needs_postfix = opts.backend == "postfix"
+    mynetworks = read_mynetworks(opts.postfix_config, warn if needs_postfix else lambda m: None,
+                                 required=needs_postfix)
+    why = excluded_reason(ip, mynetworks, opts.ignore_nets, opts.ipv6_shared_keys)
+    if why == IN_MYNETWORKS:
+        warn(f"{ip} is in Postfix's mynetworks, which relays anyway: nothing to {action}")
+        return None
+    if why and action == "grant":
+        raise PbsmtpError(f"cannot grant {ip}: {why}")
+    store.check()
+    ensure_state_dir(opts.state_dir)
+    state = StateDir(opts.state_dir)
+    path = state.manual
+    # Checked before the lock too, so that a refusal leaves every file as it
+    # was (taking the lock writes the holder into it).
+    if (problem := load_manual(path)[1]) is not None:
+        raise PbsmtpError(f"{problem}: fix or remove it first")
+    with patient_run_lock(state.lock, opts.flock), \
+            run_lock(state.map_lock, opts.flock, wait=True):
+        manual, problem = load_manual(path)
+        if problem:
+            raise PbsmtpError(f"{problem}: fix or remove it first")
+        manual = live_manual(manual, now, opts.grace)
+        if action == "grant":
+            record = ByHand(int(now), int(now) + (seconds or opts.grace), user)
+            manual.grants[ip] = record
+            manual.revokes.pop(ip, None)
+        else:
+            record = ByHand(int(now), None if seconds is None else int(now) + seconds, user)
+            manual.revokes[ip] = record
+            manual.grants.pop(ip, None)
+        base = read_store(store, opts, warn)
+        plan = merge(base or {}, [], now, opts.grace)
+        plan.base_is_map = base is not None
+        if plan.invalid:
+            warn(f"dropped {len(plan.invalid)} map entries that are not an address "
+                 f"with an all-digit time, e.g. {next(iter(plan.invalid))!r}")
+        if action == "revoke" and ip in plan.entries:
+            # Whatever its value (a grant's lies in the future), it goes.
+            plan.expired[ip] = plan.entries.pop(ip)
+        apply_manual(plan, manual, now, opts.grace)
+        publish(store, plan, warn, [(path, manual_text(manual))])
+    return plan, record
+
+
+def shortened_keys(ip: str) -> list[str]:
+    """The keys Postfix also looks an IPv6 client up by in a fixed-key map:
+    its address cut at the last ':', again and again (see shares_ipv6_key),
+    that are themselves full addresses, which only such keys can be."""
+    keys, key = [], ip
+    while ":" in key and "." not in ip:
+        key = key.rsplit(":", 1)[0]
+        if key and normalise_ip(key) == key:
+            keys.append(key)
+    return keys
+
+
+def explain_lines(opts: Options, patterns: Sequence[Pattern], ip: str, now: float, say,
+                  warn) -> tuple[list[tuple[Login, str]], list[str]]:
+    """The logins of this address in the log (or journal), from the day before
+    the grace window on, with their lines, and the lines naming it that were
+    refused as unsafe. Reads like a first run, from no saved position, and
+    writes nothing."""
+    since = now - opts.grace - EXPLAIN_LOOKBACK
+    refused: list[str] = []
+    if opts.journal:
+        source = JournalReader(opts.journal_directory, opts.journal_match, None, since,
+                               patterns, say=refused.append, warn=warn)
+    else:
+        if not os.path.isfile(opts.logfile) or not os.access(opts.logfile, os.R_OK):
+            reason = "does not exist" if not os.path.exists(opts.logfile) else "cannot be read"
+            raise PbsmtpError(f"log {opts.logfile} {reason}")
+        source = FileSource(opts.logfile, None, since, warn, keywords=pattern_anchors(patterns),
+                            now=now, rotated_dirs=opts.rotated_dirs)
+    logins: list[tuple[Login, str]] = []
+    pending: Pending = {}
+    try:
+        for raw in source:
+            line = decode(raw)
+            login, reason = match_login(line, patterns, now, pending)
+            if login is not None and login.ip == ip:
+                logins.append((login, line))
+            elif reason and ip in line:
+                refused.append(f"{reason}: {line}")
+    except OSError as e:
+        raise PbsmtpError(f"cannot read {e.filename or opts.logfile}: {e.strerror}") from None
+    except DECOMPRESS_ERRORS as e:
+        raise PbsmtpError(f"cannot read a rotated log of {opts.logfile}: {e}") from None
+    return logins, [r for r in refused if ip in r]
+
+
+def explain(opts: Options, ip: str, now: float, echo, warn) -> None:
+    """--explain=IP: what pbsmtp-batch knows about one address, for support:
+    the store's entry, grants and revocations by hand, whether the policy
+    leaves it out and why, and its last logins in the log. Reads only."""
+    grace = opts.grace
+    echo(f"address {ip}")
+    store = open_store(opts)
+    entries: dict[str, str] = {}
+    try:
+        entries = store.read()
+    except PbsmtpError as e:
+        echo(f"  map: cannot be read: {e}")
+    manual, problem = load_manual(StateDir(opts.state_dir).manual)
+    if problem:
+        warn(problem)
+    grant, revoke = manual.grants.get(ip), manual.revokes.get(ip)
+    value = entries.get(ip)
+    if value is not None and value.isdigit():
+        when = int(value)
+        state = ("relays" if when + grace > now else
+                 "expired: the next run removes it")
+        if grant is not None and grant.until == when + grace:
+            echo(f"  map: in the map by the grant below: {state} until "
+                 f"{iso_local(when + grace)} (left {_age(int(when + grace - now))})")
+        else:
+            echo(f"  map: in the map, login {human_time(when, now, grace)}: {state} until "
+                 f"{iso_local(when + grace)}")
+    elif value is not None:
+        echo(f"  map: in the map with {_short(value)}, which is not a time: the next run "
+             f"drops it")
+    else:
+        echo("  map: not in the map")
+    for key in shortened_keys(ip):
+        if entries.get(key, "").isdigit():
+            echo(f"  map: Postfix's shortened lookup of this client also hits the key {key}, "
+                 f"which relays until {iso_local(int(entries[key]) + grace)}")
+
+    if grant is not None:
+        state = "in force" if now < (grant.until or 0) else "ended"
+        echo(f"  by hand: granted by {printable(grant.by)} at {iso_local(grant.at)} until "
+             f"{iso_local(grant.until)} ({state})")
+    if revoke is not None:
+        until = ("its next login" if revoke.until is None else iso_local(revoke.until))
+        state = "in force" if revoke_holds(revoke, now, grace) else "ended"
+        echo(f"  by hand: revoked by {printable(revoke.by)} at {iso_local(revoke.at)}, out until "
+             f"{until} ({state})")
+
+    notes: list[str] = []
+    mynetworks = read_mynetworks(opts.postfix_config, notes.append, required=False)
+    why = excluded_reason(ip, mynetworks, opts.ignore_nets, opts.ipv6_shared_keys)
+    if why:
+        echo(f"  left out: {why}")
+    elif shares_ipv6_key(ip):
+        echo("  note: its key is also hit by Postfix's shortened lookups for other clients "
+             "of its /64 (--ipv6-shared-keys=skip leaves such keys out)")
+    for note in notes:
+        echo(f"  note: {note}")
+
+    patterns = load_patterns(opts.patterns_dir, opts.patterns)
+    logins, refused = explain_lines(opts, patterns, ip, now, lambda msg: None, warn)
+    where = "the journal" if opts.journal else opts.logfile
+    echo(f"  logins in {where} since {iso_local(now - grace - EXPLAIN_LOOKBACK)}: "
+         f"{len(logins) or 'none'}" + (f", the last {EXPLAIN_LINES}:" if len(logins) >
+                                       EXPLAIN_LINES else ""))
+    live = live_manual(manual, now, grace)
+    for login, line in logins[-EXPLAIN_LINES:]:
+        if login.when < now - grace:
+            verdict = f"too old: the grace window ended at {iso_local(login.when + grace)}"
+        elif why:
+            verdict = f"left out: {why}"
+        elif (r := revoked_login(login, live, now, grace)) is not None:
+            verdict = f"left out: revoked by {r.by} at {iso_local(r.at)}"
+        else:
+            verdict = f"counts: relays until {iso_local(min(login.when, now) + grace)}"
+        echo(f"    {iso_local(login.when)} user={printable(str(login.user))} "
+             f"pattern={login.pattern}: {verdict}")
+        echo(f"      {printable(line)}")
+    if refused:
+        echo(f"  lines naming it that were refused as unsafe: {len(refused)}")
+        for item in refused[-EXPLAIN_LINES:]:
+            echo(f"    {printable(item)}")
+
+
+def postconf_values(names: Sequence[str], config_dir: str | None) -> dict[str, str]:
+    """Postfix parameters, expanded (postconf -x), in one call."""
+    out = run_tool(postfix_cmd("postconf", config_dir, "-x", *names), "postconf")
+    values = {}
+    for line in out.splitlines():
+        name, sep, value = line.partition(" = ")
+        if sep:
+            values[name.strip()] = value.strip()
+        elif line.endswith(" ="):
+            values[line[:-2].strip()] = ""
+    return values
+
+
+def _path_chain(path: str) -> list[tuple[str, os.stat_result]]:
+    path = os.path.abspath(path)
+    parts = [path]
+    while os.path.dirname(parts[-1]) != parts[-1]:
+        parts.append(os.path.dirname(parts[-1]))
+    return [(p, os.stat(p)) for p in reversed(parts)]
+
+
+def readable_by(path: str, user: str, needed: bool) -> Finding:
+    """Whether USER (mail_owner) can read PATH by its mode bits and those of
+    its directories. smtpd opens its tables as root, before it drops
+    privileges and enters its chroot (Postfix's single_server/multi_server
+    run pre_init first), so only what reads them as the user needs it:
+    proxymap for a ``proxy:`` table (``needed``), or a tool run as postfix."""
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        return Finding(False, f"user {user} (mail_owner) does not exist")
+    try:
+        chain = _path_chain(path)
+    except OSError as e:
+        return Finding(False, f"cannot check {path}: {e.strerror}")
+    why = unreadable_reason(chain, account.pw_uid, os.getgrouplist(user, account.pw_gid), user)
+    if why is None:
+        return Finding(True, f"user {user} (mail_owner) can read {path}")
+    if needed:
+        return Finding(False, f"{why}: proxymap, which reads proxy: tables as {user}, cannot")
+    return Finding(None, f"{why}: smtpd opens the map as root, so it works, but "
+                         f"nothing running as {user} can read it (proxy:, postmap -q)")
+
+
+def postmap_query(table: str, config_dir: str | None) -> Finding:
+    """Whether postmap -q reads the table (a lookup of an address that is
+    never stored: found or not found are both a working table)."""
+    cmd = postfix_cmd("postmap", config_dir, "-q", "0.0.0.0", table)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return Finding(False, f"cannot run postmap -q on {table}: {e}")
+    detail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+    # Not found is exit 1 too, but with nothing on stderr; a table it cannot
+    # open is exit 1 with a "fatal:" line.
+    if done.returncode not in (0, 1) or "fatal:" in done.stderr:
+        return Finding(False, f"postmap -q cannot read {table}: {detail}")
+    if done.stderr.strip():
+        return Finding(None, f"postmap -q reads {table}, but says: {detail}")
+    return Finding(True, f"postmap -q reads {table}")
+
+
+def cf_settings(path: str) -> dict[str, str]:
+    """A Postfix *_table(5) file's name = value settings (continuation
+    lines start with white space)."""
+    settings, last = {}, None
+    for line in Path(path).read_text(errors="replace").splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0].isspace() and last:
+            settings[last] += " " + line.strip()
+            continue
+        name, _, value = line.partition("=")
+        last = name.strip()
+        settings[last] = value.strip()
+    return settings
+
+
+def check_postfix(opts: Options) -> list[Finding]:
+    """--check-postfix: is the store wired into this Postfix instance so that
+    smtpd asks it before refusing relay, and can Postfix read it?"""
+    if opts.backend in ("sendmail", "qmail", "exim"):
+        raise PbsmtpError(f"--check-postfix checks Postfix's configuration; "
+                          f"--backend={opts.backend} is read by another MTA")
+    find_tool("postconf")
+    problem = postfix_not_configured(opts.postfix_config)
+    if problem:
+        raise PbsmtpError(problem)
+    values = postconf_values(["mail_version", "mail_owner", "config_directory",
+                              "smtpd_relay_restrictions", "smtpd_recipient_restrictions"],
+                             opts.postfix_config)
+    version = postfix_version(values.get("mail_version", ""))
+    owner = values.get("mail_owner") or "postfix"
+    findings = [Finding(True, f"Postfix {values.get('mail_version', '?')} "
+                              f"({values.get('config_directory', '?')})")]
+    if opts.backend == "postfix":
+        map_type = opts.map_type or default_map_type(opts.postfix_config)
+        findings += wiring_findings(version, values.get("smtpd_relay_restrictions", ""),
+                                    values.get("smtpd_recipient_restrictions", ""),
+                                    map_type, opts.dbfile)
+        path = map_file(opts.dbfile, map_type)
+        if not os.path.exists(path):
+            findings.append(Finding(False, f"map file {path} does not exist (smtpd answers "
+                                           f"\"451 temporary lookup failure\"): run "
+                                           f"pbsmtp-batch once"))
+            return findings
+        findings.append(Finding(True, f"map file {path} exists"))
+        findings.append(postmap_query(f"{map_type}:{opts.dbfile}", opts.postfix_config))
+        proxied = any(r == "check_client_access" and t and t.startswith("proxy:")
+                      and table_parts(t) == (map_type, opts.dbfile)
+                      for v in (values.get("smtpd_relay_restrictions", ""),
+                                values.get("smtpd_recipient_restrictions", ""))
+                      for r, t in restriction_items(v))
+        findings.append(readable_by(path, owner, proxied))
+        return findings
+    # The shared stores: their Postfix tables are *.cf files named in the
+    # restriction lists; find those of the backend's type.
+    findings += wiring_findings(version, values.get("smtpd_relay_restrictions", ""),
+                                values.get("smtpd_recipient_restrictions", ""),
+                                opts.backend, None)
+    tables = sorted({t for v in (values.get("smtpd_relay_restrictions", ""),
+                                 values.get("smtpd_recipient_restrictions", ""))
+                     for r, t in restriction_items(v) if r == "check_client_access" and t
+                     and table_parts(t)[0] == opts.backend})
+    for table in tables:
+        cf = table_parts(table)[1]
+        if not os.path.isfile(cf):
+            findings.append(Finding(False, f"{table}: {cf} does not exist"))
+            continue
+        proxied = table.startswith("proxy:")
+        findings.append(readable_by(cf, owner, proxied))
+        try:
+            settings = cf_settings(cf)
+        except OSError as e:
+            findings.append(Finding(False, f"cannot read {cf}: {e.strerror}"))
+            continue
+        if opts.backend == "sqlite":
+            dbpath = settings.get("dbpath", "")
+            if os.path.abspath(dbpath) != os.path.abspath(opts.dbfile):
+                findings.append(Finding(False, f"{cf}: dbpath = {dbpath or '(none)'}, but "
+                                               f"pbsmtp-batch writes {opts.dbfile}"))
+            elif os.path.exists(dbpath):
+                findings.append(readable_by(dbpath, owner, proxied))
+        if opts.backend == "memcache":
+            key_format = settings.get("key_format", "%s")
+            if key_format != opts.memcache_prefix + "%s":
+                findings.append(Finding(False, f"{cf}: key_format = {key_format}, but "
+                                               f"--memcache-prefix is {opts.memcache_prefix} "
+                                               f"(key_format must be {opts.memcache_prefix}%s)"))
+        if opts.backend in ("pgsql", "mysql", "sqlite"):
+            table_name = opts.pg_table if opts.backend == "pgsql" else (
+                opts.mysql_table if opts.backend == "mysql" else "pbsmtp_relay")
+            if table_name not in settings.get("query", ""):
+                findings.append(Finding(False, f"{cf}: the query does not read the table "
+                                               f"{table_name}"))
+            if str(opts.grace) not in settings.get("query", ""):
+                findings.append(Finding(None, f"{cf}: the query's grace window does not "
+                                              f"look like --grace={opts.grace}"))
+        findings.append(postmap_query(table, opts.postfix_config))
+    return findings
 
 
 ###############################################################################
@@ -4139,7 +4916,8 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: str | No
     # Keys are the long option names; "nowrite = true" works like --nowrite.
     names, params = {}, {}
     for param in ctx.command.params:
-        if isinstance(param, click.Option) and param.name not in ("config", "now", "version"):
+        if isinstance(param, click.Option) and param.name not in (
+                "config", "now", "version", *BY_HAND_ACTIONS):
             names.update({o.lstrip("-"): (param.name, True) for o in param.opts if o[:2] == "--"})
             names.update({o.lstrip("-"): (param.name, False) for o in param.secondary_opts})
             params[param.name] = param
@@ -4164,7 +4942,7 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: str | No
 
 
 # Settings whose value is a number of seconds.
-_SECONDS = ("grace", "lock_timeout")
+_SECONDS = ("grace", "lock_timeout", "grant_for", "revoke_for")
 
 
 def _config_type(param: click.Parameter) -> tuple[type, str]:
@@ -4221,6 +4999,9 @@ def human_time(epoch: float, now: float, grace: int | None = None) -> str:
 # opt): not read from PBSMTP_* variables, not listed by --dumpconfig.
 ACTIONS = (*(f.name for f in dataclasses.fields(Options) if f.metadata["action"]),
            "daemon", "now", "version", "help")
+# Those that look at or change one address, or check Postfix, are not keys of
+# the config file either: a grant there would be made again by every run.
+BY_HAND_ACTIONS = ("explain_ip", "grant", "revoke", "postfix_check")
 
 
 def option_envvars(param: click.Parameter, prefix: str = "PBSMTP") -> list[str]:
@@ -4280,13 +5061,25 @@ SYSLOG_MAIL_INFO = 2 * 8 + 6     # facility mail, severity info (RFC 5424 number
 def log_run(summary: Summary, now: float) -> None:
     """One line through syslog, facility mail, for a run that changed the
     map, in Postfix's style: ``pbsmtp-batch[PID]: added=3 refreshed=5
-    expired=2 active=120 lines=5000``. Like syslog(3), a missing or full
-    log socket loses the line silently: the run itself has succeeded."""
+    expired=2 active=120 lines=5000``."""
+    syslog_line(f"added={summary.added} refreshed={summary.refreshed} "
+                f"expired={summary.expired} active={summary.active} lines={summary.lines}", now)
+
+
+def log_by_hand(action: str, ip: str, record: ByHand) -> None:
+    """The syslog record of a --grant or --revoke: ``pbsmtp-batch[PID]:
+    grant=192.0.2.10 until=2026-11-25T00:00:00+00:00 by=alice``."""
+    until = "next-login" if record.until is None else iso_local(record.until)
+    syslog_line(f"{action}={ip} until={until} by={record.by}", record.at)
+
+
+def syslog_line(text: str, now: float) -> None:
+    """One line through syslog, facility mail, severity info. Like
+    syslog(3), a missing or full log socket loses the line silently: what
+    it reports has succeeded."""
     t = time.localtime(now)
     stamp = time.strftime("%b ", t) + f"{t.tm_mday:2d}" + time.strftime(" %H:%M:%S", t)
-    message = (f"<{SYSLOG_MAIL_INFO}>{stamp} pbsmtp-batch[{os.getpid()}]: "
-               f"added={summary.added} refreshed={summary.refreshed} "
-               f"expired={summary.expired} active={summary.active} lines={summary.lines}")
+    message = f"<{SYSLOG_MAIL_INFO}>{stamp} pbsmtp-batch[{os.getpid()}]: {text}"
     with contextlib.suppress(OSError):
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.settimeout(1.0)
@@ -4485,6 +5278,11 @@ def check_usage(ctx: click.Context, params: Mapping[str, object]) -> None:
         raise click.UsageError("--json goes with --list or --check-patterns", ctx)
     if params["line"] and not params["check_patterns"]:
         raise click.UsageError("--line goes with --check-patterns", ctx)
+    chosen = [option for option, name in (("--explain", "explain_ip"), ("--grant", "grant"),
+                                          ("--revoke", "revoke"),
+                                          ("--check-postfix", "postfix_check")) if params[name]]
+    if len(chosen) > 1:
+        raise click.UsageError(f"{' and '.join(chosen)}: one at a time", ctx)
     if params["logfile"] == "-" and not params["check_patterns"]:
         raise click.UsageError("--logfile=- (standard input) works only with "
                                "--check-patterns: a run must keep an offset in a file", ctx)
@@ -4519,6 +5317,40 @@ def run_mode(opts: Options, now: float, warn: Say) -> None:
         dry_run_report(plan, now, opts.grace, click.echo)
     if opts.verbose or opts.debug or (opts.dry_run and not summary.locked_out):
         click.echo(summary.line())
+
+
+def check_postfix_mode(opts: Options) -> None:
+    """--check-postfix: a line per check; a failed check makes the Error."""
+    findings = check_postfix(opts)
+    for finding in findings:
+        label = {True: "ok", False: "FAIL", None: "warning"}[finding.ok]
+        click.echo(f"{label}: {printable(finding.text)}")
+    failed = sum(f.ok is False for f in findings)
+    if failed:
+        raise PbsmtpError(f"{failed} of the checks failed")
+
+
+def by_hand_mode(opts: Options, now: float, warn: Say) -> None:
+    """--grant or --revoke: change one entry now, record it for the runs
+    that follow, and log it (syslog, --logto)."""
+    action, ip = ("grant", opts.grant) if opts.grant else ("revoke", opts.revoke)
+    changes = ChangeLog(opts.logto) if opts.logto and opts.write else None
+    try:
+        done = change_by_hand(opts, action, ip, opts.grant_for if opts.grant else opts.revoke_for,
+                              now, invoking_user(), warn)
+        if done is None:
+            return
+        plan, record = done
+        if opts.use_syslog:
+            log_by_hand(action, ip, record)
+        if changes is not None:
+            changes.record(plan, now)
+    finally:
+        if changes is not None:
+            changes.close()
+    until = ("until its next login" if record.until is None
+             else f"until {iso_local(record.until)}")
+    click.echo(f"{action}{'ed' if action == 'grant' else 'd'} {ip} {until}")
 
 
 def dry_run_report(plan: Plan, now: float, grace: int, echo: Say) -> None:
@@ -4604,6 +5436,8 @@ def cli(ctx: click.Context, now: float | None, **params) -> None:
         pbsmtp-batch --dry-run --debug      # what would change, and why
         pbsmtp-batch --list                 # who may relay now
         pbsmtp-batch --dumpconfig           # every setting, and where it came from
+        pbsmtp-batch --explain=192.0.2.10   # why this address may relay, or not
+        pbsmtp-batch --check-postfix        # is the map wired into Postfix
         pbsmtp-batch --reprocess            # rebuild after losing the map
     """
     check_usage(ctx, params)
@@ -4618,6 +5452,12 @@ def cli(ctx: click.Context, now: float | None, **params) -> None:
             check_patterns_mode(opts, now)
         elif opts.list_:
             list_mode(opts, now)
+        elif opts.explain_ip:
+            explain(opts, opts.explain_ip, now, click.echo, warn)
+        elif opts.postfix_check:
+            check_postfix_mode(opts)
+        elif opts.grant or opts.revoke:
+            by_hand_mode(opts, now, warn)
         else:
             run_mode(opts, now, warn)
     except PbsmtpError as e:

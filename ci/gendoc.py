@@ -25,7 +25,7 @@ import pbsmtp_batch as pb  # noqa: E402
 # the config file (the loader accepts them there too).
 ACTIONS = set(pb.ACTIONS) | {"reprocess"}
 # Options that are not settings at all.
-NOT_SETTINGS = {"config", "now", "version"}
+NOT_SETTINGS = {"config", "now", "version", *pb.BY_HAND_ACTIONS}
 # What to show, commented out, for settings whose default is worked out at run time.
 EXAMPLES = {"logfile": "/var/log/mail.log", "map_type": "hash",
             "patterns_dir": "/etc/pbsmtp-batch/patterns", "postfix_config": "/etc/postfix",
@@ -35,7 +35,8 @@ EXAMPLES = {"logfile": "/var/log/mail.log", "map_type": "hash",
             "journal_match": ["_SYSTEMD_UNIT=dovecot.service"],
             "logto": "/var/log/pbsmtp-batch.log",
             "metrics_file": "/var/lib/prometheus/node-exporter/pbsmtp_batch.prom",
-            "mysql_url": "mysql://pbsmtp@db.example.org/mail"}
+            "mysql_url": "mysql://pbsmtp@db.example.org/mail",
+            "grant_for": 7200, "revoke_for": 86400}
 
 
 def context() -> click.Context:
@@ -230,7 +231,9 @@ name plus the suffix postmap gives the
 .B \-\-map\-type).
 .TP
 .I /var/lib/pbsmtp\-batch/
-The state directory: the saved log offset and the lock.
+The state directory: the saved log offset, the lock, and the grants and
+revocations made by hand
+.RI ( manual ).
 .TP
 .I /etc/pbsmtp\-batch/patterns/
 The administrator's pattern files; when this directory exists, it is used
@@ -287,6 +290,27 @@ Who may relay now:
 .PP
 .RS 4
 .B pbsmtp\-batch \-\-list
+.RE
+.PP
+Why may this address relay, or not (its map entry, grants and revocations,
+why it is left out, its last logins):
+.PP
+.RS 4
+.B pbsmtp\-batch \-\-explain=192.0.2.10
+.RE
+.PP
+Let it relay now for two hours, by hand; take it out again:
+.PP
+.RS 4
+.B pbsmtp\-batch \-\-grant=192.0.2.10 \-\-grant\-for=7200
+.br
+.B pbsmtp\-batch \-\-revoke=192.0.2.10
+.RE
+.PP
+Is the map wired into Postfix before reject_unauth_destination, and readable?
+.PP
+.RS 4
+.B pbsmtp\-batch \-\-check\-postfix
 .RE
 .PP
 Is an address allowed to relay? (prints its login time, or nothing):

@@ -46,7 +46,8 @@ def test_the_defaults_are_the_fields_defaults(clean_env):
 def test_actions_are_the_fields_marked_action_and_never_come_from_the_environment():
     actions = {f.name for f in dataclasses.fields(pb.Options) if f.metadata["action"]}
     assert actions == {"dry_run", "verbose", "list_", "as_json", "dumpconfig",
-                       "check_patterns", "line"}
+                       "check_patterns", "line", "explain_ip", "grant", "revoke",
+                       "postfix_check"}
     for param in pb.cli.params:
         if param.name in actions:
             assert pb.option_envvars(param) == [] and not param.allow_from_autoenv

@@ -9,7 +9,10 @@ pbsmtp-batch, started by cron or a systemd path unit, does one pass:
    login's time from its own log line;
 4. merges their client addresses into the Postfix access map (key: the
    address, value: the login time as an all-digit epoch, which access(5)
-   treats as OK) and drops entries older than the grace window;
+   treats as OK) and drops entries older than the grace window; a login
+   that names its session (Dovecot's session=<ID>) keeps its address until
+   the line that ends that session, or --max-session, and the grace window
+   runs from that end (pair_sessions);
 5. writes the map atomically through postmap and rename, and only then
    commits the new log offset.
 

@@ -11,7 +11,10 @@ pbsmtp-batch, started by cron or a systemd path unit, does one pass:
    address, value: the login time as an all-digit epoch, which access(5)
    treats as OK), drops entries older than the grace window, and applies
    the grants and revocations made by hand (--grant, --revoke), which the
-   state directory keeps;
+   state directory keeps; a login that names its session (Dovecot's
+   session=<ID>) keeps its address until the line that ends that session,
+   or --max-session, and the grace window runs from that end
+   (pair_sessions);
 5. writes the map atomically through postmap and rename, and only then
    commits the new log offset.
 
@@ -38,6 +41,9 @@ DEFAULT_STATE_DIR = "/var/lib/pbsmtp-batch"
 # A run writes "PID START" into the lock it holds; a later run that finds the
 # lock held longer than this (--lock-timeout) reports the holder.
 DEFAULT_LOCK_TIMEOUT = 300
+# A session (a login whose end the log will tell) keeps its address in the
+# map until it ends, and no longer than this after its login (--max-session).
+DEFAULT_MAX_SESSION = 43200
 DEFAULT_CONFIG = "/etc/pbsmtp-batch.conf"
 # The classic daemon's default, then where Debian, some BSDs and RHEL put it.
 DEFAULT_LOGFILES = ("/var/log/maillog", "/var/log/mail.log", "/var/log/mail/info",
@@ -58,6 +64,7 @@ MANUAL_NAME = "manual"         # the grants and revocations made by hand (--gran
 # Per source (a log file, or a journal), files named SOURCE + suffix:
 OFFSET_SUFFIX = ".offset"      # the committed position: a log offset or a journal cursor
 PENDING_SUFFIX = ".pending"    # two-line servers' address lines awaiting their success line
+SESSIONS_SUFFIX = ".sessions"  # the sessions still open (pair_sessions)
 MARK_SUFFIX = ".map"           # the map cache: which map version the last run left
 ENTRIES_SUFFIX = ".entries"    # that map version's entries
 # Staged state files are named ".NAME.XXXXXXXX" beside NAME.
@@ -245,6 +252,7 @@ class Sample:
     injection: bool = False      # a crafted line that imitates a success
     desc: str = ""
     before: tuple[str, ...] = () # earlier lines of the same session (two-line servers)
+    session: str | None = None   # the session id a login opens or a logout ends
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -271,6 +279,25 @@ class Pattern:
     journal_exe: tuple[str, ...] = ()
     journal_users: tuple[str, ...] = ("root",)
     journal_units: tuple[str, ...] = ()
+    # How this server's sessions end (the file's [logout] table), or None.
+    logout: LogoutRules | None = None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LogoutRules:
+    """A pattern file's [logout] table: how a login names its session, and
+    the lines that end that session.
+
+    ``session`` is searched in a login line's message with the user name
+    cut out (the client chooses every byte of it), and must occur exactly
+    once; its ``session`` group is the id. A logout regex must match from
+    the start of a line of the same program and give the same id; no token
+    of ``unique`` may occur twice in it."""
+    session: re.Pattern[str]
+    contains: tuple[str, ...]
+    unique: tuple[str, ...]
+    regexes: tuple[re.Pattern[str], ...]
+    samples: tuple[Sample, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,6 +335,39 @@ class Login:
     when: int
     user: str | None
     pattern: str
+    # (pattern, host, program, session id) when the line names its session.
+    session: SessionKey | None = None
+
+
+SessionKey = tuple[str, str, str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionEnd:
+    """A line that ends a session: only the session with this exact key."""
+    key: SessionKey
+    when: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Session:
+    """An open session: its address stays in the map while it lasts."""
+    key: SessionKey
+    ip: str
+    user: str | None
+    start: int                   # the login's time
+    seen: int                    # the newest time written to the map for it
+
+
+@dataclasses.dataclass
+class SessionPlan:
+    """What pairing the logins with their ends did, before anything is written."""
+    sessions: dict[SessionKey, Session]
+    logins: list[Login] = dataclasses.field(default_factory=list)   # to merge
+    opened: list[Session] = dataclasses.field(default_factory=list)
+    ended: list[tuple[Session, int, str]] = dataclasses.field(default_factory=list)
+    kept: list[Session] = dataclasses.field(default_factory=list)   # refreshed in the map
+    dropped: int = 0             # oldest sessions forgotten past SESSIONS_MAX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,6 +397,8 @@ class Plan:
     # The entries merged into were read from the store as it is now, so
     # entries == what is stored + added + refreshed - expired - invalid.
     base_is_map: bool = False
+    # What the open sessions did in this run (for --dry-run and --debug).
+    sessions: SessionPlan | None = None
 
     @property
     def changed(self) -> bool:
@@ -474,9 +536,28 @@ def _sample(raw: object, where: str) -> Sample:
     before = raw.get("before", [])
     if not isinstance(before, list) or not all(isinstance(b, str) for b in before):
         raise PbsmtpError(f"{where}: a sample's before = [...] holds lines")
+    session = raw.get("session")
+    if session is not None and not (isinstance(session, str) and session):
+        raise PbsmtpError(f"{where}: a sample's session = '...' names an id")
     return Sample(line=raw["line"], ip=ip if matches else None, user=raw.get("user"),
                   injection=bool(raw.get("injection", False)), desc=raw.get("desc", ""),
-                  before=tuple(before))
+                  before=tuple(before), session=session)
+
+
+def _logout_sample(raw: object, where: str) -> Sample:
+    """A [[logout.sample]]: session = 'ID' that the line ends (after the
+    login lines in before = [...]), or match = false."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("line"), str):
+        raise PbsmtpError(f"{where}: every [[logout.sample]] needs a line = '...'")
+    unknown = sorted(set(raw) - {"line", "session", "match", "injection", "desc", "before"})
+    if unknown:
+        raise PbsmtpError(f"{where}: unknown key '{unknown[0]}' in a [[logout.sample]]")
+    matches = raw.get("match", True)
+    if matches and not raw.get("session"):
+        raise PbsmtpError(f"{where}: a logout sample needs session = '...' or match = false")
+    if not matches and raw.get("session"):
+        raise PbsmtpError(f"{where}: a logout sample with match = false cannot name a session")
+    return _sample({k: v for k, v in raw.items() if k != "match"} | {"match": False}, where)
 
 
 _LITERAL_TAG = re.compile(r"[A-Za-z0-9_/-]+")
@@ -518,7 +599,7 @@ def load_pattern(path: str) -> Pattern:
 
     known = {"description", "version", "program", "pid", "contains", "unique", "regex",
              "address", "sample", "disabled", "journal_exe", "journal_users",
-             "journal_units"}
+             "journal_units", "logout"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise PbsmtpError(f"pattern file {path}: unknown key '{unknown[0]}'")
@@ -560,12 +641,60 @@ def load_pattern(path: str) -> Pattern:
         regexes=regexes,
         samples=tuple(_sample(s, path) for s in data.get("sample", [])),
         address=address,
+        logout=_logout_rules(data.get("logout"), path, compile_) if "logout" in data else None,
         **journal,
     )
     if address and not session_tags(pattern):
         raise PbsmtpError(f"pattern file {path}: a pattern with address lines needs a "
                           f"program of plain names joined by '|'")
     return pattern
+
+
+def logout_problems(source: str) -> list[str]:
+    """Why a logout regex cannot be trusted to end a session (empty: fine):
+    it must start at the beginning of the message, capture ``session``, and
+    skip nothing greedily before it (a user name could carry a second id)."""
+    problems = []
+    if not source.startswith("^"):
+        problems.append("does not start with ^ (anchor it right after the program tag)")
+    head, sep, _ = source.partition("(?P<session>")
+    if not sep:
+        problems.append("has no (?P<session>...) group")
+    elif _GREEDY.search(head):
+        problems.append("has a greedy .* or .+ before the session group")
+    return problems
+
+
+def _logout_rules(data: object, path: str, compile_) -> LogoutRules:
+    """A pattern file's [logout] table, checked; any problem names the file."""
+    where = f"pattern file {path}: [logout]"
+    if not isinstance(data, dict):
+        raise PbsmtpError(f"{where} must be a table")
+    unknown = sorted(set(data) - {"session", "contains", "unique", "regex", "sample"})
+    if unknown:
+        raise PbsmtpError(f"{where}: unknown key '{unknown[0]}'")
+    for key in ("contains", "regex"):
+        value = data.get(key)
+        if (not isinstance(value, list) or not value
+                or not all(isinstance(x, str) and x.strip() for x in value)):
+            raise PbsmtpError(f"{where}: '{key}' must be a list of strings")
+    unique = data.get("unique", [])
+    if not isinstance(unique, list) or not all(isinstance(x, str) and x for x in unique):
+        raise PbsmtpError(f"{where}: 'unique' must be a list of strings")
+    session = data.get("session")
+    if not isinstance(session, str) or "(?P<session>" not in session:
+        raise PbsmtpError(f"{where}: 'session' must be a regex with a (?P<session>...) group")
+    for source in data["regex"]:
+        problems = logout_problems(source)
+        if problems:
+            raise PbsmtpError(f"{where}: regex {source!r} {problems[0]}")
+    samples = data.get("sample", [])
+    if not isinstance(samples, list):
+        raise PbsmtpError(f"{where}: 'sample' must be [[logout.sample]] tables")
+    return LogoutRules(session=compile_(session, "session"),
+                       contains=tuple(data["contains"]), unique=tuple(unique),
+                       regexes=tuple(compile_(r, "logout") for r in data["regex"]),
+                       samples=tuple(_logout_sample(x, path) for x in samples))
 
 
 def load_patterns(directory: str | None, names: Sequence[str] = ()) -> list[Pattern]:
@@ -754,6 +883,23 @@ def match_sample(sample: Sample, patterns: Sequence[Pattern], now: float
     return match_login(sample.line, patterns, now, pending)
 
 
+def match_logout_sample(sample: Sample, patterns: Sequence[Pattern], now: float) -> str | None:
+    """The session id a [[logout.sample]] ends: after the login lines in its
+    ``before``, the id of the session that pairing really ended (so the
+    whole key counts); without them, the id the line names."""
+    end, _ = match_logout(sample.line, patterns, now)
+    if end is None or not sample.before:
+        return end and end.key[3]
+    logins = [login for login, _ in (match_login(b, patterns, now) for b in sample.before)
+              if login is not None and login.session is not None]
+    plan = pair_sessions({}, [*logins, end], end.when, 1, MAX_SESSION_SAMPLES)
+    return next((s.key[3] for s, _, why in plan.ended if why == "logout"), None)
+
+
+# Sample lines may be years old: their sessions may last that long.
+MAX_SESSION_SAMPLES = 100 * 366 * 86400
+
+
 # A run sees few distinct program tags, so which patterns can read a tag is
 # worked out once per tag. (Pattern compares by identity: cheap to hash.)
 @functools.lru_cache(maxsize=4096)
@@ -854,7 +1000,65 @@ def match_login(line: str, patterns: Sequence[Pattern], now: float,
             if prefix.when is None:
                 return None, f"{pattern.name}: the line carries no usable time"
             user = m.groupdict().get("user")
-            return Login(ip, int(prefix.when), user, pattern.name), None
+            session = None
+            if pattern.logout is not None:
+                sid = login_session(pattern.logout, prefix.message, m)
+                if sid is not None:
+                    session = (pattern.name, prefix.host or "", prefix.program, sid)
+            return Login(ip, int(prefix.when), user, pattern.name, session), None
+    return None, None
+
+
+def login_session(rules: LogoutRules, message: str, login: re.Match[str]) -> str | None:
+    """The session id a login line names, read with the user name cut out
+    (it is the client's own text, and may imitate the session element); an
+    id that occurs more than once, or not at all, is none."""
+    if "user" in login.re.groupindex and login.start("user") >= 0:
+        message = message[:login.start("user")] + message[login.end("user"):]
+    if any(message.count(token) > 1 for token in rules.unique):
+        return None
+    found = [m["session"] for m in rules.session.finditer(message)]
+    return found[0] if len(found) == 1 and found[0] else None
+
+
+@functools.lru_cache(maxsize=64)
+def logout_literals(patterns: tuple[Pattern, ...]) -> tuple[str, ...]:
+    return tuple(sorted({k for p in patterns if p.logout for k in p.logout.contains}))
+
+
+def match_logout(line: str, patterns: Sequence[Pattern], now: float
+                 ) -> tuple[SessionEnd | None, str | None]:
+    """The session end this line records, if any: (end, None), (None,
+    reason) for a line a logout regex read but that must not be trusted,
+    (None, None) for anything else. The end names its pattern, host,
+    program and session id: it can end only the session with that key."""
+    patterns = tuple(patterns)
+    literals = logout_literals(patterns)
+    if not literals or len(line) > LINE_MAX or not any(k in line for k in literals):
+        return None, None
+    prefix = parse_prefix(line, now)
+    if prefix is None:
+        return None, None
+    for pattern in patterns_for_program(patterns, prefix.program):
+        rules = pattern.logout
+        if rules is None or (pattern.pid and prefix.pid is None):
+            continue
+        if not any(k in line for k in rules.contains):
+            continue
+        for regex in rules.regexes:
+            m = regex.match(prefix.message)
+            if not m:
+                continue
+            if len(prefix.message) > LOGIN_MESSAGE_MAX:
+                return None, f"{pattern.name}: logout line longer than any real one"
+            for token in rules.unique:
+                if prefix.message.count(token) > 1:
+                    return None, (f"{pattern.name}: logout line with '{token}' more than "
+                                  f"once (a crafted user name?)")
+            if prefix.when is None or not m["session"]:
+                return None, f"{pattern.name}: logout line without a usable time or id"
+            key = (pattern.name, prefix.host or "", prefix.program, m["session"])
+            return SessionEnd(key, int(prefix.when)), None
     return None, None
 
 
@@ -868,6 +1072,71 @@ def trim_pending(pending: Pending, now: float) -> Pending:
     fresh = sorted(((when, key, ip) for key, (ip, when) in pending.items()
                     if when >= now - PENDING_SECONDS), reverse=True)[:PENDING_MAX]
     return {key: (ip, when) for when, key, ip in fresh}
+
+
+###############################################################################
+# Sessions: pair each login with its end (pure) ###############################
+###############################################################################
+
+# No more open sessions than this are kept (the state file stays small);
+# past it the oldest are forgotten, and their addresses expire a grace
+# window after their last refresh.
+SESSIONS_MAX = 20000
+
+
+def pair_sessions(sessions: Mapping[SessionKey, Session], events: Iterable[Login | SessionEnd],
+                  now: float, grace: int, max_session: int) -> SessionPlan:
+    """The open sessions after these events (in log order), and the logins
+    that keep their addresses in the map.
+
+    A login with a session key opens (or reopens) that session; a
+    SessionEnd ends only the open session with exactly its key, and never
+    opens or extends one. An ended session gives a login at its end time,
+    so the grace window runs from there. A session still open is written
+    to the map again as a login at ``now`` once its last such time is half
+    a grace window old (so a map read by a query that checks the grace
+    window itself never lapses, and a quiet map is not rewritten every
+    run). Every session ends at most ``max_session`` seconds after its
+    login, with or without an end line.
+    """
+    plan = SessionPlan(sessions=dict(sessions))
+    open_ = plan.sessions
+    opened: dict[SessionKey, Session] = {}
+    for event in events:
+        if isinstance(event, Login):
+            if event.session is None or event.when + max_session <= now:
+                continue
+            old = open_.get(event.session)
+            when = min(event.when, int(now))
+            seen = max(when, old.seen) if old is not None and old.ip == event.ip else when
+            session = Session(event.session, event.ip, event.user, when, seen)
+            open_[event.session] = opened[event.session] = session
+            continue
+        session = open_.get(event.key)
+        if session is None or event.when < session.start:
+            continue          # not open, or an end older than its login: ends nothing
+        del open_[event.key]
+        opened.pop(event.key, None)
+        end = min(event.when, session.start + max_session, int(now))
+        plan.ended.append((session, end, "logout"))
+    for key, session in list(open_.items()):
+        if session.start + max_session <= now:
+            del open_[key]
+            opened.pop(key, None)
+            plan.ended.append((session, session.start + max_session, "--max-session"))
+        elif session.seen <= now - grace // 2:
+            open_[key] = dataclasses.replace(session, seen=int(now))
+            plan.kept.append(open_[key])
+    if len(open_) > SESSIONS_MAX:
+        newest = sorted(open_.values(), key=lambda x: (x.start, x.key), reverse=True)
+        plan.dropped = len(open_) - SESSIONS_MAX
+        plan.sessions = open_ = {x.key: x for x in newest[:SESSIONS_MAX]}
+        opened = {k: v for k, v in opened.items() if k in open_}
+    plan.opened = list(opened.values())
+    plan.logins = ([Login(s.ip, end, s.user, s.key[0]) for s, end, _ in plan.ended]
+                   + [Login(s.ip, s.seen, s.user, s.key[0]) for s in plan.kept
+                      if s.key in open_])
+    return plan
 
 
 ###############################################################################
@@ -2422,6 +2691,34 @@ def pending_text(pending: Pending) -> str:
     return json.dumps([[*key, ip, when] for key, (ip, when) in sorted(pending.items())]) + "\n"
 
 
+def load_sessions(path: str) -> tuple[dict[SessionKey, Session], str | None]:
+    """The open sessions the last run left, and a warning if the file was
+    there but unusable (then none are open: their addresses expire a grace
+    window after their last refresh, as without sessions)."""
+    try:
+        text = read_state_file(path)
+    except OSError as e:
+        return {}, f"cannot read {path}: {e.strerror}; open sessions forgotten"
+    if text is None:
+        return {}, None
+    try:
+        sessions = {}
+        for row in json.loads(text):
+            key = tuple(str(k) for k in row["key"])
+            ip, user = str(row["ip"]), row["user"]
+            if len(key) != 4 or normalise_ip(ip) != ip or not isinstance(user, (str, type(None))):
+                raise ValueError(row)
+            sessions[key] = Session(key, ip, user, int(row["start"]), int(row["seen"]))
+    except (ValueError, TypeError, KeyError):
+        return {}, f"{path} is damaged; open sessions forgotten"
+    return sessions, None
+
+
+def sessions_text(sessions: Mapping[SessionKey, Session]) -> str:
+    return json.dumps([{"key": list(s.key), "ip": s.ip, "user": s.user, "start": s.start,
+                        "seen": s.seen} for _, s in sorted(sessions.items())]) + "\n"
+
+
 # Blocks are read this big: large enough that the per-block Python work is
 # lost in the I/O, small enough to keep the reader's memory flat.
 BLOCK_BYTES = 1 << 20
@@ -2582,6 +2879,8 @@ def pattern_anchors(patterns: Sequence[Pattern]) -> tuple[bytes, ...]:
                          [t.lower().encode() for t in tags] if tags else [literal])
         # Every line of a two-line server's session must reach match_login.
         words.update(t.lower().encode() for t in session_tags(p))
+        # The lines that end a session must reach match_logout.
+        words.update(k.lower().encode() for k in (p.logout.contains if p.logout else ()))
     kept: list[bytes] = []
     for word in sorted(words, key=len):
         if not any(k in word for k in kept):
@@ -3374,14 +3673,15 @@ def _source(ctx: click.Context, param: click.Parameter) -> str:
     return ""
 
 
-def _positive_int(what: str):
+def _positive_int(what: str, zero: str | None = None):
+    """A number of seconds, above 0; with ``zero`` (what 0 means), 0 too."""
     def check(ctx, param, value):
         if value is None:
             return None
         text = str(value).strip()
-        if not text.isdigit() or not text.strip("0"):
+        if not text.isdigit() or not (text.strip("0") or zero):
             raise click.ClickException(f"{_source(ctx, param)}{what} must be a whole number "
-                                       f"of seconds above 0, "
+                                       f"of seconds {f'(0: {zero})' if zero else 'above 0'}, "
                                        f"not {_short(value)}")
         if len(text) > 12 or int(text) > MAX_SECONDS:
             raise click.ClickException(f"{_source(ctx, param)}{what} must be at most "
@@ -3505,6 +3805,13 @@ class Options:
         "--grace", default=DEFAULT_GRACE, type=str, show_default=True, metavar="SECONDS",
         callback=_positive_int("--grace"), group="map",
         help="How long a login allows relaying.")
+    max_session: int = opt(
+        "--max-session", default=DEFAULT_MAX_SESSION, type=str, show_default=True,
+        metavar="SECONDS", callback=_positive_int("--max-session", "no sessions"), group="map",
+        help="A login whose end the log tells (a Dovecot IMAP session) keeps its "
+             "address in the map until that end, then for --grace; a session with no "
+             "end line ends this long after its login. 0: every login counts only "
+             "for --grace.")
     # run: how a run behaves and what it tells
     write: bool = opt(
         "--write/--nowrite", default=True, show_default=True, group="run",
@@ -3701,6 +4008,7 @@ class Summary:
     refreshed: int = 0
     expired: int = 0
     active: int = 0
+    sessions: int = 0            # sessions open after the run
     locked_out: bool = False     # another run held the lock
 
     def line(self) -> str:
@@ -3761,6 +4069,7 @@ class SourceFiles:
     """The state files of one source: a log, or a journal."""
     offset: str          # the committed offset (a log) or cursor (a journal)
     pending: str         # two-line servers' address lines awaiting their success line
+    sessions: str        # the sessions still open (load_sessions, sessions_text)
     mark: str            # the map cache (load_mark, save_mark)
     entries: str         # the entries cache (load_entries, save_entries)
 
@@ -3787,8 +4096,8 @@ class StateDir:
 
     def source(self, name: str) -> SourceFiles:
         base = os.path.join(self.path, name)
-        return SourceFiles(base + OFFSET_SUFFIX, base + PENDING_SUFFIX, base + MARK_SUFFIX,
-                           base + ENTRIES_SUFFIX)
+        return SourceFiles(base + OFFSET_SUFFIX, base + PENDING_SUFFIX, base + SESSIONS_SUFFIX,
+                           base + MARK_SUFFIX, base + ENTRIES_SUFFIX)
 
     def log(self, logfile: str) -> SourceFiles:
         return self.source(log_source_name(logfile))
@@ -3804,7 +4113,7 @@ class StateDir:
         """Staged state files of runs killed before their rename (see
         stage_file; call only while holding the lock: then no other run is
         staging)."""
-        suffixes = (OFFSET_SUFFIX, PENDING_SUFFIX, MARK_SUFFIX, ENTRIES_SUFFIX)
+        suffixes = (OFFSET_SUFFIX, PENDING_SUFFIX, SESSIONS_SUFFIX, MARK_SUFFIX, ENTRIES_SUFFIX)
         with contextlib.suppress(OSError):
             for name in os.listdir(self.path):
                 if name.startswith(STAGED_PREFIX) and (
@@ -3915,8 +4224,12 @@ def read_mynetworks(config_dir: str | None, say: Say, required: bool = True
 
 def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
                    mynetworks: Sequence[tuple[bool, Network]], opts: Options, now: float,
-                   summary: Summary, say: Say, pending: Pending | None = None) -> list[Login]:
-    """The logins in these lines that may go into the map."""
+                   summary: Summary, say: Say, pending: Pending | None = None,
+                   events: list[Login | SessionEnd] | None = None) -> list[Login]:
+    """The logins in these lines that may go into the map. With ``events``,
+    also the logins that open a session (even if older than the grace
+    window, while younger than --max-session) and the session ends, in log
+    order, for pair_sessions."""
     logins, exclusions = [], {}
     for raw in lines:
         line = decode(raw)
@@ -3924,10 +4237,18 @@ def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
         if reason:
             say(f"ignored: {reason}: {line}")
         if login is None:
+            if events is not None and reason is None:
+                end, reason = match_logout(line, patterns, now)
+                if reason:
+                    say(f"ignored: {reason}: {line}")
+                if end is not None:
+                    events.append(end)
             continue
+        opens = events is not None and login.session is not None
         # The cheap check first: in a first run or --reprocess most logins
         # found are older than the window, and need no network lookup.
-        if login.when < now - opts.grace:
+        old = login.when < now - opts.grace
+        if old and not (opens and login.when > now - opts.max_session):
             say(f"skipped {login.ip} ({login.pattern}): login at {human_time(login.when, now)} "
                 f"is older than the grace window")
             continue
@@ -3937,6 +4258,12 @@ def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
         why = exclusions[login.ip]
         if why:
             say(f"skipped {login.ip} ({login.pattern}): {why}")
+            continue
+        if opens:
+            events.append(login)
+        if old:
+            say(f"session of {login.ip} ({login.pattern}) opened at "
+                f"{human_time(login.when, now)}: older than the grace window")
             continue
         say(f"login {login.ip} user={login.user} at {human_time(login.when, now, opts.grace)} "
             f"({login.pattern})")
@@ -4173,15 +4500,32 @@ def run(opts: Options, now: float | None = None, say: Say = quiet, warn: Say = q
                                     keywords=pattern_anchors(patterns), now=now,
                                     rotated_dirs=opts.rotated_dirs)
             pending = load_pending(files.pending, now) if saved else {}
+            events: list[Login | SessionEnd] | None = [] if opts.max_session else None
             logins = collect_logins(source, patterns, setup.mynetworks, opts, now, summary, say,
-                                    pending)
+                                    pending, events)
             summary.lines = source.lines_read
             position = source.state()
+        was_open, problem = load_sessions(files.sessions)
+        if problem:
+            warn(problem)
+        sessions = None
+        if events is not None:
+            sessions = pair_sessions(was_open, events, now, opts.grace, opts.max_session)
+            report_sessions(sessions, now, opts, say, warn)
+            logins = logins + sessions.logins
+            summary.sessions = len(sessions.sessions)
 
         staged = [] if position == saved else [
             (files.pending, pending_text(trim_pending(pending, now))),
             (files.offset, cursor_text(opts.journal_directory, position) if opts.journal
              else offset_text(opts.logfile, position))]
+        # The sessions go before the offset, as the pending addresses do: a
+        # crash between the two re-reads lines that open and end the same
+        # sessions again.
+        now_open = sessions.sessions if sessions is not None else {}
+        if now_open != was_open:
+            staged.insert(len(staged) - 1 if staged else 0,
+                          (files.sessions, sessions_text(now_open)))
         # From here to the end the store is read, merged and written under
         # the map lock, which a run locked out by a stuck one takes to purge.
         held.enter_context(run_lock(state.map_lock, opts.flock, wait=True))
@@ -4197,7 +4541,7 @@ def run(opts: Options, now: float | None = None, say: Say = quiet, warn: Say = q
             summary.active = mark.get("active", 0)
             if opts.write:
                 publish(store, Plan(entries={}), warn, staged)
-            return summary, Plan(entries={})
+            return summary, Plan(entries={}, sessions=sessions)
 
         cached = load_entries(files.entries, store_stamp(store))
         base = read_store(store, opts, warn) if cached is None else cached
@@ -4205,6 +4549,7 @@ def run(opts: Options, now: float | None = None, say: Say = quiet, warn: Say = q
         apply_manual(plan, manual, now, opts.grace)
         # A map set aside as unreadable is rebuilt whole, never updated.
         plan.base_is_map = base is not None
+        plan.sessions = sessions
         if plan.invalid:
             warn(f"dropped {len(plan.invalid)} map entries that are not an address "
                  f"with an all-digit time, e.g. {next(iter(plan.invalid))!r}")
@@ -4241,6 +4586,23 @@ def by_hand(opts: Options, now: float, logins: list[Login], staged: list[tuple[s
                 f"{iso_local(revoke.at)}" + ("" if revoke.until is None else
                                              f" until {iso_local(revoke.until)}"))
     return live, kept
+
+
+def report_sessions(plan: SessionPlan, now: float, opts: Options, say: Say, warn: Say
+                    ) -> None:
+    """--debug lines for what the sessions did; a warning when some were
+    forgotten past SESSIONS_MAX."""
+    for s in plan.opened:
+        say(f"session {s.key[3]} of {s.ip} user={s.user} ({s.key[0]}) open since "
+            f"{human_time(s.start, now)}")
+    for s, end, why in plan.ended:
+        say(f"session {s.key[3]} of {s.ip} ({s.key[0]}) ended by {why} at "
+            f"{human_time(end, now, opts.grace)}")
+    for s in plan.kept:
+        say(f"session {s.key[3]} of {s.ip} ({s.key[0]}) still open: {s.ip} refreshed")
+    if plan.dropped:
+        warn(f"more than {SESSIONS_MAX} open sessions: forgot the {plan.dropped} oldest "
+             f"(their addresses expire a grace window after their last refresh)")
 
 
 def read_store(store: Store, opts: Options, warn: Say) -> dict[str, str] | None:
@@ -4330,19 +4692,58 @@ def run_caught_up(opts: Options, now: float | None = None, say: Say = quiet,
         for field in ("lines", "logins", "added", "refreshed", "expired"):
             setattr(total, field, getattr(total, field) + getattr(summary, field))
         total.active, total.locked_out = summary.active, summary.locked_out
+        total.sessions = summary.sessions
         if summary.locked_out or not opts.write or not unread_lines(opts):
             break
     return total, plan
 
 
-def list_entries(store: Store, now: float, grace: int) -> list[dict]:
+def list_entries(store: Store, now: float, grace: int,
+                 sessions: Sequence[Session] = (), max_session: int = 0) -> list[dict]:
+    """The map's entries, each with the open sessions that keep it (a
+    session whose address is not in the map gets a row with no login)."""
+    by_ip: dict[str, list[dict]] = {}
+    for s in sorted(sessions, key=lambda x: (x.start, x.key)):
+        by_ip.setdefault(s.ip, []).append({
+            "id": s.key[3], "pattern": s.key[0], "host": s.key[1], "program": s.key[2],
+            "user": s.user, "start": s.start, "age": int(now - s.start),
+            "ends_by": s.start + max_session})
     rows = []
-    for ip, value in sorted(store.read().items()):
+    entries = store.read()
+    for ip in sorted(set(entries) | set(by_ip)):
+        value = entries.get(ip, "")
         when = int(value) if value.isdigit() else None
         rows.append({"ip": ip, "login": when,
                      "age": None if when is None else int(now - when),
-                     "left": None if when is None else int(when + grace - now)})
+                     "left": None if when is None else int(when + grace - now),
+                     "sessions": by_ip.get(ip, [])})
     return rows
+
+
+def session_effects(plan: SessionPlan | None, now: float, grace: int) -> list[str]:
+    """What a run did (or, dry, would do) to the open sessions, one line each."""
+    if plan is None:
+        return []
+    lines = [f"would open session {s.key[3]} of {s.ip} user={s.user} ({s.key[0]}) "
+             f"login {human_time(s.start, now)}" for s in plan.opened]
+    lines += [f"would end session {s.key[3]} of {s.ip} ({s.key[0]}) by {why}: "
+              f"{human_time(end, now, grace)}" for s, end, why in plan.ended]
+    lines += [f"would keep session {s.key[3]} of {s.ip} ({s.key[0]}) open: refresh {s.ip}"
+              for s in plan.kept]
+    if plan.dropped:
+        lines.append(f"would forget the {plan.dropped} oldest open sessions "
+                     f"(more than {SESSIONS_MAX})")
+    if lines or plan.sessions:
+        lines.append(f"open sessions: {len(plan.sessions)}")
+    return [printable(line) for line in lines]
+
+
+def open_sessions(opts: Options) -> list[Session]:
+    """The open sessions the last run left for this log (or journal)."""
+    sessions, problem = load_sessions(StateDir(opts.state_dir).files_for(opts).sessions)
+    if problem:
+        raise PbsmtpError(problem)
+    return list(sessions.values()) if opts.max_session else []
 
 
 ###############################################################################
@@ -4768,6 +5169,14 @@ def sample_failures(patterns: Sequence[Pattern], now: float) -> list[str]:
             if got != want:
                 failures.append(f"{pattern.path}: sample {sample.desc!r}: "
                                 f"expected {want or 'no match'}, got {got or 'no match'}")
+            elif sample.session and (login.session or "-")[-1] != sample.session:
+                failures.append(f"{pattern.path}: sample {sample.desc!r}: expected session "
+                                f"{sample.session}, got {login.session and login.session[3]}")
+        for sample in pattern.logout.samples if pattern.logout else ():
+            got = match_logout_sample(sample, patterns, now)
+            if got != sample.session:
+                failures.append(f"{pattern.path}: logout sample {sample.desc!r}: expected "
+                                f"{sample.session or 'no end'}, got {got or 'no end'}")
     return failures
 
 
@@ -4942,7 +5351,7 @@ def _config_callback(ctx: click.Context, param: click.Parameter, value: str | No
 
 
 # Settings whose value is a number of seconds.
-_SECONDS = ("grace", "lock_timeout", "grant_for", "revoke_for")
+_SECONDS = ("grace", "lock_timeout", "grant_for", "revoke_for", "max_session")
 
 
 def _config_type(param: click.Parameter) -> tuple[type, str]:
@@ -5098,6 +5507,8 @@ METRICS = {
     "pbsmtp_batch_last_run_expired": ("gauge", "Addresses the last run expired."),
     "pbsmtp_batch_active_entries": ("gauge", "Addresses allowed to relay after the last "
                                              "successful run."),
+    "pbsmtp_batch_open_sessions": ("gauge", "Sessions (logins whose end the log will tell) "
+                                            "open after the last successful run."),
     "pbsmtp_batch_errors_total": ("counter", "Runs that failed."),
 }
 
@@ -5137,7 +5548,8 @@ class MetricsFile:
                            "pbsmtp_batch_last_run_added": summary.added,
                            "pbsmtp_batch_last_run_refreshed": summary.refreshed,
                            "pbsmtp_batch_last_run_expired": summary.expired,
-                           "pbsmtp_batch_active_entries": summary.active})
+                           "pbsmtp_batch_active_entries": summary.active,
+                           "pbsmtp_batch_open_sessions": summary.sessions})
             values.setdefault("pbsmtp_batch_errors_total", 0)
         lines = []
         for name, (kind, text) in METRICS.items():
@@ -5361,22 +5773,34 @@ def dry_run_report(plan: Plan, now: float, grace: int, echo: Say) -> None:
             echo(f"would {title} {ip} {value} login {human_time(value, now, grace)}")
     for ip, value in sorted(plan.invalid.items()):
         echo(f"would drop invalid {ip} {value}")
+    for line in session_effects(plan.sessions, now, grace):
+        echo(line)
 
 
 def list_mode(opts: Options, now: float) -> None:
     """--list [--json]: the store's entries, their ages and time left."""
-    rows = list_entries(open_store(opts), now, opts.grace)
+    rows = list_entries(open_store(opts), now, opts.grace, open_sessions(opts), opts.max_session)
     if opts.as_json:
         for row in rows:
             row["login_iso"] = None if row["login"] is None else iso_local(row["login"])
             row["expires_iso"] = (None if row["login"] is None
                                   else iso_local(row["login"] + opts.grace))
+            for session in row["sessions"]:
+                session["start_iso"] = iso_local(session["start"])
+                session["ends_by_iso"] = iso_local(session["ends_by"])
         click.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
         stamp = "-" if row["login"] is None else iso_local(row["login"])
         click.echo(f"{row['ip']:<40} {stamp:<25}  age {_age(row['age']):>9}  "
                    f"left {_age(row['left']):>9}")
+        for session in row["sessions"]:
+            click.echo(printable(
+                f"  session {session['id']} ({session['pattern']}, "
+                f"{session['host'] or '-'} {session['program']}) user="
+                f"{session['user']} open since {iso_local(session['start'])} "
+                f"(age {_age(session['age'])}), ends by "
+                f"{iso_local(session['ends_by'])} at the latest"))
 
 
 def check_patterns_mode(opts: Options, now: float) -> None:

@@ -72,7 +72,7 @@ def syslog_time(epoch: float) -> str:
 
 def dovecot_login(epoch: float, ip: str, user: str = "alice", proto: str = "imap") -> str:
     return (f"{syslog_time(epoch)} mail dovecot: {proto}-login: Login: user=<{user}>, "
-            f"method=PLAIN, rip={ip}, lip=192.0.2.1, mpid=4242, TLS, session=<AbCdEf012345>\n")
+            f"method=PLAIN, rip={ip}, lip=192.0.2.1, mpid=4242, TLS\n")
 
 
 def dovecot_failure(epoch: float, ip: str, user: str = "mallory") -> str:

@@ -251,10 +251,10 @@ def test_list_and_json(site):
     data = json.loads(invoke(*args, "--json").output)
     assert data == [{"ip": "192.0.2.10", "login": NOW - 60, "age": 60, "left": 1740,
                      "login_iso": "2026-11-24T23:29:00+00:00",
-                     "expires_iso": "2026-11-24T23:59:00+00:00"},
+                     "expires_iso": "2026-11-24T23:59:00+00:00", "sessions": []},
                     {"ip": "2001:db8::10", "login": NOW - 30, "age": 30, "left": 1770,
                      "login_iso": "2026-11-24T23:29:30+00:00",
-                     "expires_iso": "2026-11-24T23:59:30+00:00"}]
+                     "expires_iso": "2026-11-24T23:59:30+00:00", "sessions": []}]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -65,10 +65,11 @@ def test_what_follows_from_the_values(clean_env):
 def test_state_files_keep_their_names():
     """Existing state directories hold these names (idle_run reads them too)."""
     state = pb.StateDir("/s")
-    assert (state.lock, state.map_lock) == ("/s/lock", "/s/map.lock")
+    assert (state.lock, state.map_lock, state.manual) == ("/s/lock", "/s/map.lock", "/s/manual")
     assert state.log("/var/log/mail.log") == pb.SourceFiles(
         "/s/var_log_mail.log.offset", "/s/var_log_mail.log.pending",
-        "/s/var_log_mail.log.map", "/s/var_log_mail.log.entries")
+        "/s/var_log_mail.log.sessions", "/s/var_log_mail.log.map",
+        "/s/var_log_mail.log.entries")
     assert state.journal(None).offset == "/s/journal.offset"
     assert state.journal("/var/log/journal/remote/").pending == \
         "/s/journal_var_log_journal_remote.pending"
@@ -77,9 +78,10 @@ def test_state_files_keep_their_names():
 
 def test_only_staged_state_files_are_swept(tmp_path):
     names = [".var_log_mail.log.offset.k2j3h4", ".journal.pending.x1", ".m.map.abc",
-             ".m.entries.q", "var_log_mail.log.offset", "lock", ".other.tmp", ".m.offsetx"]
+             ".m.entries.q", ".m.sessions.z9", ".manual.y7", "manual",
+             "var_log_mail.log.offset", "lock", ".other.tmp", ".m.offsetx"]
     for name in names:
         (tmp_path / name).write_text("")
     pb.StateDir(str(tmp_path)).remove_staged_leftovers()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["var_log_mail.log.offset", "lock", ".other.tmp", ".m.offsetx"])
+        ["var_log_mail.log.offset", "lock", "manual", ".other.tmp", ".m.offsetx"])

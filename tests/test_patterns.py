@@ -122,6 +122,9 @@ def test_sample(pattern, sample):
     assert login is not None, f"no login ({reason})"
     assert (login.pattern, login.ip, login.user) == (pattern.name, sample.ip, sample.user)
     assert login.when <= NOW, "sample dates must lie before the fixed now"
+    if sample.session is not None:
+        assert login.session == (pattern.name, pb.parse_prefix(sample.line, NOW).host or "",
+                                 pb.parse_prefix(sample.line, NOW).program, sample.session)
 
 
 @pytest.mark.parametrize("pattern, sample", samples(positive=True))
@@ -273,3 +276,58 @@ def test_more_prefix_forms(form):
         if login is None or login.ip != sample.ip:
             missed.append(line)
     assert not missed, f"{len(missed)} lines not read, e.g. {missed[0]!r}"
+
+
+# Logout patterns: the [logout] table of a file ###############################
+
+LOGOUT_PATTERNS = [p for p in PATTERNS if p.logout is not None]
+
+
+def logout_samples():
+    return [pytest.param(pattern, sample, id=f"{pattern.name}:logout:{sample.desc}")
+            for pattern in LOGOUT_PATTERNS for sample in pattern.logout.samples]
+
+
+def test_dovecot_has_logout_patterns():
+    assert "dovecot" in [p.name for p in LOGOUT_PATTERNS]
+
+
+@pytest.mark.parametrize("pattern", LOGOUT_PATTERNS, ids=lambda p: p.name)
+def test_logout_positive_negative_and_injection_samples(pattern):
+    samples_ = pattern.logout.samples
+    assert any(s.session for s in samples_), f"{pattern.path}: no logout sample that ends"
+    assert any(not s.session and not s.injection for s in samples_), "no negative sample"
+    assert any(s.injection for s in samples_), f"{pattern.path}: no logout injection sample"
+    assert not any(s.injection and s.session for s in samples_)
+    descs = [s.desc for s in samples_]
+    assert all(descs) and len(descs) == len(set(descs))
+    # Every session a positive login sample opens is one that a logout regex can name.
+    for regex in pattern.logout.regexes:
+        assert pb.logout_problems(regex.pattern) == []
+        hits = [s for s in samples_ if s.session and regex.match(
+            pb.parse_prefix(s.line, NOW).message)]
+        assert hits, f"{pattern.path}: no logout sample for {regex.pattern}"
+
+
+@pytest.mark.parametrize("pattern, sample", logout_samples())
+def test_logout_sample(pattern, sample):
+    assert pb.match_logout_sample(sample, PATTERNS, NOW) == sample.session
+    end, _ = pb.match_logout(sample.line, PATTERNS, NOW)
+    if sample.session:
+        assert end.key[0] == pattern.name and end.when <= NOW
+    # A logout line is never a login.
+    assert pb.match_login(sample.line, PATTERNS, NOW) == (None, None)
+
+
+@pytest.mark.parametrize("pattern, sample", [p for p in logout_samples()
+                                             if p.values[1].session])
+def test_logout_smuggled_into_another_daemon_ends_nothing(pattern, sample):
+    """An end line inside a Postfix reject (a MAIL FROM the client chose)."""
+    prefix = pb.parse_prefix(sample.line, NOW)
+    smuggled = (f"Nov 24 23:20:00 mail postfix/smtpd[999]: NOQUEUE: reject: from=<"
+                f"{prefix.message}>")
+    assert pb.match_logout(smuggled, PATTERNS, NOW) == (None, None)
+
+
+def test_sample_failures_covers_logout_samples():
+    assert pb.sample_failures(PATTERNS, NOW) == []

@@ -483,6 +483,7 @@ def test_metrics_file_in_node_exporter_format(site, tmp_path):
         "pbsmtp_batch_last_run_lines_read": 2, "pbsmtp_batch_last_run_logins": 2,
         "pbsmtp_batch_last_run_added": 2, "pbsmtp_batch_last_run_refreshed": 0,
         "pbsmtp_batch_last_run_expired": 0, "pbsmtp_batch_active_entries": 2,
+        "pbsmtp_batch_open_sessions": 0,
         "pbsmtp_batch_errors_total": 0}
     assert 0 <= got["pbsmtp_batch_last_run_duration_seconds"] < 3600
     text = prom.read_text()

@@ -50,6 +50,24 @@ def require_map_type(map_type: str) -> None:
         pytest.skip(message)
 
 
+# What a test needs to run: each test has exactly one of these markers
+# (module-level pytestmark where a file's tests agree), so `-m unit` runs on a
+# machine with nothing but Python, and a new test cannot leave it unsaid.
+KINDS = ("unit", "tools", "live")
+
+
+@pytest.hookimpl(tryfirst=True)          # before -m deselects anything
+def pytest_collection_modifyitems(config, items):
+    wrong = []
+    for item in items:
+        kinds = sorted({m.name for m in item.iter_markers() if m.name in KINDS})
+        if len(kinds) != 1:
+            wrong.append(f"  {item.nodeid}: {', '.join(kinds) or 'none'}")
+    if wrong:
+        raise pytest.UsageError(f"each test needs exactly one of the markers {', '.join(KINDS)} "
+                                f"(e.g. pytestmark = pytest.mark.unit):\n" + "\n".join(wrong))
+
+
 # A fixed "now" for every test: 2026-11-24 23:30:00 UTC.
 NOW = 1795563000
 

@@ -137,6 +137,7 @@ def dump(makemap, dbfile):
     return sorted(done.stdout.splitlines())
 
 
+@pytest.mark.tools
 def test_sendmail_access_db(site, makemap, monkeypatch):
     monkeypatch.setenv("PATH", os.path.dirname(makemap) + os.pathsep + os.environ["PATH"])
     site.append(noise(NOW - 70), dovecot_login(NOW - 60, "192.0.2.10"),
@@ -205,6 +206,7 @@ def sendmail_relay(workdir, access, clients):
     return results
 
 
+@pytest.mark.tools
 def test_sendmail_relays_for_the_access_db(site, makemap, monkeypatch, tmp_path):
     if os.geteuid() != 0:
         missing("unshare --uts needs root here")
@@ -219,6 +221,7 @@ def test_sendmail_relays_for_the_access_db(site, makemap, monkeypatch, tmp_path)
     assert "Relaying denied" in results[1] and "Relaying denied" in results[3], results
 
 
+@pytest.mark.tools
 def test_sendmail_without_makemap_names_the_package(site, monkeypatch, tmp_path):
     monkeypatch.setattr(pb, "SBIN_DIRS", ())
     monkeypatch.setattr(pb, "EXTRA_TOOL_DIRS", ())
@@ -236,6 +239,7 @@ def test_sendmail_without_makemap_names_the_package(site, monkeypatch, tmp_path)
 RULES_HEAD = '# site rules\n127.:allow,RELAYCLIENT=""\n192.0.2.11:deny\n:allow\n'
 
 
+@pytest.mark.tools
 def test_qmail_rules_keep_the_site_rules(site):
     program("tcprules", "ucspi-tcp")
     check = program("tcprulescheck", "ucspi-tcp")
@@ -266,7 +270,7 @@ def test_qmail_rules_keep_the_site_rules(site):
     assert "RELAYCLIENT" not in rule("192.0.2.10")
 
 
-@pytest.mark.daemons
+@pytest.mark.live
 def test_qmail_tcpserver_sets_relayclient(site):
     """A real tcpserver reads the compiled rules for each connection."""
     tcpserver = program("tcpserver", "ucspi-tcp")
@@ -348,6 +352,7 @@ def exim_session(exim, workdir, listfile, client):
     return replies[-2]          # the RCPT reply; the last is QUIT's 221
 
 
+@pytest.mark.tools
 def test_exim_acl_relays_listed_clients(site, exim, tmp_path):
     if os.geteuid() != 0:
         missing("exim -bh with a private config needs root here")
@@ -465,7 +470,7 @@ def pg_clear(server):
         db.execute("DELETE FROM pbsmtp_relay")
 
 
-@pytest.mark.daemons
+@pytest.mark.live
 def test_pgsql_hosts_share_one_table(pg, site, tmp_path):
     from conftest import Site
     pg_clear(pg)
@@ -494,7 +499,7 @@ def test_pgsql_hosts_share_one_table(pg, site, tmp_path):
     assert pg_rows(pg) == {"192.0.2.10": NOW + 100, "192.0.2.20": NOW - 10}
 
 
-@pytest.mark.daemons
+@pytest.mark.live
 def test_pgsql_drops_rows_that_are_not_addresses(pg, site):
     """A key like 192.0.2 would open a whole /24 to Postfix's shortened lookups."""
     import psycopg
@@ -509,7 +514,7 @@ def test_pgsql_drops_rows_that_are_not_addresses(pg, site):
     assert pg_rows(pg) == {"192.0.2.10": NOW - 60}
 
 
-@pytest.mark.daemons
+@pytest.mark.live
 def test_pgsql_errors_are_one_line(pg, site):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     result = invoke(*site.args("--backend=pgsql"))
@@ -523,6 +528,7 @@ def test_pgsql_errors_are_one_line(pg, site):
     assert result.exit_code == 1 and "cannot connect to PostgreSQL" in result.output
 
 
+@pytest.mark.unit
 def test_pgsql_without_psycopg_names_the_package_and_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "psycopg", None)
     with pytest.raises(pb.PbsmtpError, match=r"Debian: python3-psycopg; in a venv: "
@@ -539,7 +545,7 @@ query = SELECT extract(epoch FROM last_login)::bigint FROM pbsmtp_relay
 """
 
 
-@pytest.mark.daemons
+@pytest.mark.live
 def test_pgsql_map_grants_relay_through_postfix(pg, site):
     """Host A logs the login and runs pbsmtp-batch; a Postfix relay reads the
     same table through the README's pgsql: map."""
@@ -600,7 +606,7 @@ def mc_get(server, key):
     return lines[1] if lines[0].startswith("VALUE") else None
 
 
-@pytest.mark.daemons
+@pytest.mark.live
 def test_memcache_entries_expire_by_ttl(memcached, site):
     prefix = f"t{os.getpid()}:"
     args = ["--backend=memcache", f"--memcache-server={memcached}",
@@ -619,7 +625,7 @@ def test_memcache_entries_expire_by_ttl(memcached, site):
     assert listed(site, *args, "--grace=3") == {}
 
 
-@pytest.mark.daemons
+@pytest.mark.live
 def test_memcache_index_is_merged_between_hosts(memcached):
     prefix = f"m{os.getpid()}:"
     now = int(time.time())
@@ -633,6 +639,7 @@ def test_memcache_index_is_merged_between_hosts(memcached):
                         "192.0.2.3": str(now - 3)}
 
 
+@pytest.mark.tools
 def test_memcache_down_is_one_line(site):
     port = daemons.free_port()
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
@@ -647,7 +654,7 @@ key_format = {prefix}%s
 """
 
 
-@pytest.mark.daemons
+@pytest.mark.live
 def test_memcache_map_grants_relay_through_postfix(memcached, site):
     prefix = f"pf{os.getpid()}:"
     grace = 4
@@ -676,6 +683,7 @@ def test_memcache_map_grants_relay_through_postfix(memcached, site):
 # Switching backends ##########################################################
 ###############################################################################
 
+@pytest.mark.tools
 def test_switch_backend_with_reprocess(site, tmp_path):
     """README: --reprocess into the new store (its own state dir), then switch."""
     site.append(dovecot_login(NOW - 4000, "192.0.2.9"), dovecot_login(NOW - 60, "192.0.2.10"),

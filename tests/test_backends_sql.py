@@ -37,6 +37,7 @@ def sqlite_rows(path):
         return dict(db.execute("SELECT ip, last_login FROM pbsmtp_relay ORDER BY ip"))
 
 
+@pytest.mark.tools
 def test_sqlite_keeps_the_newest_login_and_purges(site):
     db = site.root / "relay.sqlite"
     args = ["--backend=sqlite", f"--dbfile={db}"]
@@ -63,6 +64,7 @@ def test_sqlite_keeps_the_newest_login_and_purges(site):
         assert conn.execute("SELECT host FROM pbsmtp_relay").fetchone()[0] == "host-b"
 
 
+@pytest.mark.tools
 def test_sqlite_drops_rows_that_are_not_addresses(site):
     db = site.root / "relay.sqlite"
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
@@ -76,6 +78,7 @@ def test_sqlite_drops_rows_that_are_not_addresses(site):
     assert sqlite_rows(db) == {"192.0.2.10": NOW - 60, "192.0.2.11": NOW - 30}
 
 
+@pytest.mark.tools
 def test_sqlite_errors_are_one_line_and_change_nothing(site, tmp_path):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     result = invoke(*site.args("--backend=sqlite", f"--dbfile={tmp_path}/nodir/r.sqlite"))
@@ -113,7 +116,7 @@ def require_map_type(map_type, package):
         missing(f"Postfix has no {map_type} map support (Debian: apt-get install {package})")
 
 
-@pytest.mark.daemons
+@pytest.mark.live
 def test_sqlite_map_grants_relay_through_postfix(site):
     """smtpd, as user postfix, reads the file that a root run wrote in a
     root-owned directory, through the README's sqlite: map."""
@@ -254,7 +257,7 @@ def mysql_clear(server):
     server.sql("DELETE FROM pbsmtp_relay", database="mail")
 
 
-@pytest.mark.daemons
+@pytest.mark.live
 def test_mysql_hosts_share_one_table(mariadb, site, tmp_path):
     mysql_clear(mariadb)
     writer = mariadb.url("pbsmtp", "writer-pw")
@@ -287,7 +290,7 @@ def test_mysql_hosts_share_one_table(mariadb, site, tmp_path):
                        database="mail") == (("host-b",),)
 
 
-@pytest.mark.daemons
+@pytest.mark.live
 def test_mysql_drops_rows_that_are_not_addresses(mariadb, site):
     mysql_clear(mariadb)
     mariadb.sql(f"INSERT INTO pbsmtp_relay VALUES ('192.0.2', {NOW - 5}, 'x'), "
@@ -300,7 +303,7 @@ def test_mysql_drops_rows_that_are_not_addresses(mariadb, site):
     assert mysql_rows(mariadb) == {"192.0.2.10": NOW - 60}
 
 
-@pytest.mark.daemons
+@pytest.mark.live
 def test_mysql_errors_are_one_line(mariadb, site):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     result = invoke(*site.args("--backend=mysql"))
@@ -319,6 +322,7 @@ def test_mysql_errors_are_one_line(mariadb, site):
         assert len(output.splitlines()) == 1
 
 
+@pytest.mark.unit
 def test_mysql_without_pymysql_names_the_package_and_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "pymysql", None)
     with pytest.raises(pb.PbsmtpError, match=r"Debian: python3-pymysql; in a venv: "
@@ -326,6 +330,7 @@ def test_mysql_without_pymysql_names_the_package_and_the_extra(monkeypatch):
         pb.MysqlStore("mysql://u@127.0.0.1/mail").read()
 
 
+@pytest.mark.unit
 def test_mysql_url_forms():
     assert pb.parse_mysql_url("mysql://pbsmtp:p%40ss@db.example.com:3307/mail") == {
         "user": "pbsmtp", "password": "p@ss", "host": "db.example.com", "port": 3307,
@@ -344,11 +349,12 @@ def mysql_cf(port, grace):
         "password = secret": "password = reader-pw", "- 1800": f"- {grace}"})
 
 
+@pytest.mark.unit
 def test_the_readme_mysql_schema_is_the_one_tested():
     assert pb.MYSQL_SCHEMA in README.read_text()
 
 
-@pytest.mark.daemons
+@pytest.mark.live
 def test_mysql_map_grants_relay_through_postfix(mariadb, site, tmp_path):
     """Two POP/IMAP hosts write one table; a Postfix relay reads it through
     the README's mysql: map."""

@@ -36,7 +36,7 @@ import test_daemon_logins as dl
 import upstreams
 from test_daemon_logins import harness  # noqa: F401  (the fixture: 3 maillog formats)
 
-pytestmark = pytest.mark.daemons
+pytestmark = pytest.mark.live
 
 PACKAGES = ["imapproxy"]
 BINARY = "usr/sbin/imapproxyd"

@@ -50,7 +50,7 @@ import daemons  # noqa: E402  (tests/daemons.py, owned by the e2e harness)
 import debs  # noqa: E402
 import upstreams  # noqa: E402
 
-pytestmark = pytest.mark.daemons
+pytestmark = pytest.mark.live
 
 PATTERNS = pb.load_patterns(pb.shipped_patterns_dir())
 # The address a crafted user name tries to get into the map.

@@ -52,7 +52,7 @@ import test_daemon_logins as dl
 import upstreams
 from test_daemon_logins import harness  # noqa: F401  (the fixture: 3 maillog formats)
 
-pytestmark = pytest.mark.daemons
+pytestmark = pytest.mark.live
 
 PACKAGES = ["perdition"]
 BINARY = "usr/sbin/perdition"

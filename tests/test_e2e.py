@@ -25,7 +25,7 @@ import pytest
 
 import daemons
 
-pytestmark = pytest.mark.daemons
+pytestmark = pytest.mark.live
 
 USERS = {"alice": "wonderland", "bob": "builder-42"}
 RELAY_RCPT = "someone@example.net"       # not a local domain: a relay recipient

@@ -7,7 +7,7 @@ import pytest
 
 from test_e2e import GRACE, Relay, _lab
 
-pytestmark = pytest.mark.daemons
+pytestmark = pytest.mark.live
 
 
 @pytest.mark.parametrize("map_type", ["btree", "cdb"])

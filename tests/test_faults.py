@@ -24,6 +24,8 @@ from click.testing import CliRunner
 import pbsmtp_batch as pb
 from conftest import NOW, dovecot_login, noise, run_as_nobody
 
+pytestmark = pytest.mark.tools
+
 GRACE = 600
 
 

@@ -62,6 +62,7 @@ def cli(site, *extra, now=NOW, env=None):
 # Hostile and broken input, end to end ########################################
 ###############################################################################
 
+@pytest.mark.tools
 @pytest.mark.parametrize("incremental", [False, True])
 def test_carriage_return_does_not_split_a_line(site, incremental):
     """A crafted user name carrying "\\r" and a whole success line. Lines end
@@ -79,6 +80,7 @@ def test_carriage_return_does_not_split_a_line(site, incremental):
         "192.0.2.51": str(NOW - 4)}
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize("incremental", [False, True])
 def test_lines_of_a_megabyte_and_binary_garbage(site, incremental):
     if incremental:
@@ -103,6 +105,7 @@ def test_lines_of_a_megabyte_and_binary_garbage(site, incremental):
     assert result.stderr.count("longer than 65536 bytes") == 1, result.stderr
 
 
+@pytest.mark.tools
 def test_half_written_line_at_a_rotation(site):
     """The daemon writes half a line, the log is renamed, and it completes
     the line in the renamed file: read once, once complete."""
@@ -126,6 +129,7 @@ def test_half_written_line_at_a_rotation(site):
                                                        "192.0.2.12": str(NOW - 4)}
 
 
+@pytest.mark.tools
 def test_half_written_line_on_a_first_run(site):
     whole = dovecot_login(NOW - 5, "192.0.2.11")
     site.append(dovecot_login(NOW - 6, "192.0.2.10"), whole[:60])
@@ -141,6 +145,7 @@ BAD_ADDRESSES = ["999.1.1.1", "1.2.3", "01.02.03.04", "::ffff:999.0.0.1", "fe80:
                  "2001:db8::1::2", "::ffff:1.2.3", "0x7f.0.0.1", "1e100.net", ""]
 
 
+@pytest.mark.tools
 def test_addresses_that_are_not_full_addresses_add_nothing(site):
     for i, bad in enumerate(BAD_ADDRESSES):
         site.append(dovecot_login(NOW - 30 + i, bad), dovecot_login(NOW - 30 + i, f"192.0.2.{i}"))
@@ -151,6 +156,7 @@ def test_addresses_that_are_not_full_addresses_add_nothing(site):
     assert query(site, "1.2.3", "1.2", "1", "999.1.1.1", "fe80::1", "01.02.03.04") == {}
 
 
+@pytest.mark.tools
 def test_clock_skew_future_logins(site):
     site.append(dovecot_login(NOW + 3600, "192.0.2.70"),         # an hour ahead: now
                 dovecot_login(NOW + 3 * 86400, "192.0.2.71"),    # days ahead: last year
@@ -163,6 +169,7 @@ def test_clock_skew_future_logins(site):
     assert query(site, "192.0.2.70") == {}
 
 
+@pytest.mark.tools
 def test_new_year(site):
     new_year = 1798761610                       # 2027-01-01 00:00:10 UTC
     site.append("Dec 31 23:59:50 mail dovecot: imap-login: Login: user=<a>, method=PLAIN, "
@@ -174,6 +181,7 @@ def test_new_year(site):
         "192.0.2.80": str(new_year - 20), "192.0.2.81": str(new_year - 5)}
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize("now, line_time, real", [
     (1792888800, "02:35:00", 1792888500),    # read at 02:40 CEST, first pass of the hour
     (1792894200, "02:50:00", 1792893000),    # read at 03:10 CET, second pass
@@ -241,6 +249,7 @@ def read_in_two_runs(content: bytes, cut: int):
 GOOD = [dovecot_login(NOW - 100 + i, f"198.18.1.{i}").encode() for i in range(10)]
 
 
+@pytest.mark.unit
 @budget(150)
 @given(chunks=st.lists(st.one_of(st.binary(max_size=300),
                                  st.sampled_from(GOOD),
@@ -306,6 +315,7 @@ def occurs_in(ip: str, line: str) -> bool:
     return False
 
 
+@pytest.mark.unit
 @budget(250)
 @given(lines=st.lists(st.one_of(mutated(), st.sampled_from(SAMPLES).map(str.encode)),
                       min_size=1, max_size=8),
@@ -328,6 +338,7 @@ def test_fuzz_mutated_success_lines_add_no_false_entry(lines, cut):
         assert login is None or text not in HOSTILE, text
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("glued", [False, True])
 def test_injection_samples_add_nothing_on_either_path(glued):
     """Every failure/injection sample of every pattern file, each on its own
@@ -341,6 +352,7 @@ def test_injection_samples_add_nothing_on_either_path(glued):
         assert read_in_two_runs(content, len(content)) == [], line
 
 
+@pytest.mark.tools
 def test_injection_samples_glued_behind_a_carriage_return_add_nothing(site):
     """All of them at once through a real incremental run, each glued behind
     a noise line with "\\r": none is a line of its own."""
@@ -390,6 +402,7 @@ CLIENTS = ["2001:db8::1", "2001:db8::1:5", "2001:db8::1:5:6", "2001:db8::2", "20
            "192.0.2.70", "192.0.2.8", "192.0.2.80"]
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize("mode", ["write", "skip"])
 def test_ipv6_shared_keys_replayed_through_postmap(site, mode):
     site.append(*(dovecot_login(NOW - 10, ip) for ip in STORED))
@@ -449,6 +462,7 @@ def hit_by_another_client(key: str) -> bool:
     return False
 
 
+@pytest.mark.unit
 @budget(300)
 @given(key=v6_keys())
 def test_shares_ipv6_key_is_safe(key):
@@ -458,6 +472,7 @@ def test_shares_ipv6_key_is_safe(key):
         assert pb.shares_ipv6_key(key)
 
 
+@pytest.mark.unit
 def test_shares_ipv6_key_is_exact():
     for key in ["2001:db8:1:2:3::8", "1::3:4:5:6:7", "2001:db8::1"]:
         assert pb.shares_ipv6_key(key) == hit_by_another_client(key), key
@@ -586,6 +601,7 @@ class PbsmtpMachine(RuleBasedStateMachine):
         dump(self.site)                    # whatever happened, postmap reads the map
 
 
+@pytest.mark.tools
 @pytest.mark.slow
 def test_state_machine(postmap):
     run_machine = PbsmtpMachine.TestCase

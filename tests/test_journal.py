@@ -153,6 +153,7 @@ def lines_read(result):
     return int(summary.split()[1])
 
 
+@pytest.mark.tools
 def test_each_family_logs_in_from_its_trusted_sender(site):
     site.journal.write(
         (NOW - 300, dovecot_login("192.0.2.10"), DOVECOT),
@@ -171,6 +172,7 @@ def test_each_family_logs_in_from_its_trusted_sender(site):
     assert "refused" not in result.output
 
 
+@pytest.mark.tools
 def test_failures_and_injections_from_the_real_server_add_nothing(site):
     site.journal.write(
         (NOW - 200, "imap-login: Disconnected (auth failed, 1 attempts in 2 secs): "
@@ -205,6 +207,7 @@ def test_failures_and_injections_from_the_real_server_add_nothing(site):
     ({**DOVECOT, "_SYSTEMD_UNIT": "apache2.service"}, "_SYSTEMD_UNIT=apache2.service"),
     ({k: v for k, v in DOVECOT.items() if k != "_EXE"}, "_EXE=(none)"),
 ])
+@pytest.mark.tools
 def test_an_entry_forged_as_dovecot_is_never_a_login(site, sender, why):
     site.journal.write((NOW - 100, dovecot_login("203.0.113.66"), sender),
                        (NOW - 90, dovecot_login("192.0.2.11"), DOVECOT))
@@ -215,6 +218,7 @@ def test_an_entry_forged_as_dovecot_is_never_a_login(site, sender, why):
     assert len(refused) == 1 and why in refused[0] and "203.0.113.66" in refused[0]
 
 
+@pytest.mark.tools
 def test_a_two_line_server_without_journal_senders_is_never_trusted(site):
     # logger -t popa3d --id=31337: "Session from" and "Authentication passed".
     forged = {**LOGGER, "SYSLOG_IDENTIFIER": "popa3d", "SYSLOG_PID": "31337"}
@@ -226,6 +230,7 @@ def test_a_two_line_server_without_journal_senders_is_never_trusted(site):
     assert "popa3d has no journal_exe" in result.output
 
 
+@pytest.mark.tools
 def test_each_entry_is_read_once_across_runs(site):
     site.journal.write((NOW - 300, dovecot_login("192.0.2.10"), DOVECOT),
                        (NOW - 250, "noise", DOVECOT))
@@ -247,6 +252,7 @@ def test_each_entry_is_read_once_across_runs(site):
     assert "warning" not in third.output
 
 
+@pytest.mark.tools
 def test_dry_run_and_nowrite_change_nothing(site):
     site.journal.write((NOW - 300, dovecot_login("192.0.2.10"), DOVECOT))
     before = site.snapshot()
@@ -259,6 +265,7 @@ def test_dry_run_and_nowrite_change_nothing(site):
     assert lines_read(real) == 1 and site.entries() == {"192.0.2.10": str(NOW - 300)}
 
 
+@pytest.mark.tools
 def test_first_run_and_reprocess_read_the_grace_window_by_time(site):
     site.journal.write((NOW - 86400, dovecot_login("192.0.2.1"), DOVECOT),   # a day ago
                        (NOW - 300, dovecot_login("192.0.2.10"), DOVECOT))
@@ -271,6 +278,7 @@ def test_first_run_and_reprocess_read_the_grace_window_by_time(site):
     assert site.entries() == {"192.0.2.10": str(NOW - 300)}
 
 
+@pytest.mark.tools
 def test_a_cursor_the_journal_no_longer_has_rereads_the_window_once(site):
     site.journal.write((NOW - 3000, dovecot_login("192.0.2.10"), DOVECOT), name="old.journal")
     assert invoke(*site.args(now=NOW - 2900)).exit_code == 0
@@ -289,6 +297,7 @@ def test_a_cursor_the_journal_no_longer_has_rereads_the_window_once(site):
     assert later.stderr == "" and lines_read(later) == 0
 
 
+@pytest.mark.tools
 def test_a_corrupt_cursor_file_warns_and_rereads_the_window(site):
     site.journal.write((NOW - 300, dovecot_login("192.0.2.10"), DOVECOT))
     site.state.mkdir()
@@ -300,6 +309,7 @@ def test_a_corrupt_cursor_file_warns_and_rereads_the_window(site):
     assert site.entries() == {"192.0.2.10": str(NOW - 300)}
 
 
+@pytest.mark.tools
 def test_no_journal_is_one_error_and_changes_nothing(site, tmp_path):
     site.journal.write((NOW - 300, dovecot_login("192.0.2.10"), DOVECOT))
     assert invoke(*site.args()).exit_code == 0
@@ -314,6 +324,7 @@ def test_no_journal_is_one_error_and_changes_nothing(site, tmp_path):
     assert site.snapshot() == before
 
 
+@pytest.mark.tools
 def test_a_missing_journalctl_is_one_error(site, tmp_path):
     if shutil.which("journalctl", path=os.pathsep.join(pb.SBIN_DIRS)):
         pytest.skip("journalctl is in /usr/sbin or /sbin here: PATH cannot hide it")
@@ -326,6 +337,7 @@ def test_a_missing_journalctl_is_one_error(site, tmp_path):
     assert site.entries() == {} and not list(site.state.glob("*.offset"))
 
 
+@pytest.mark.tools
 def test_journal_match_narrows_but_never_trusts(site):
     site.journal.write((NOW - 300, dovecot_login("192.0.2.10"), DOVECOT),
                        (NOW - 290, "LOGIN, user=bob, ip=[::ffff:198.51.100.20], port=[1]",
@@ -338,6 +350,7 @@ def test_journal_match_narrows_but_never_trusts(site):
     assert site.entries() == {"198.51.100.20": str(NOW - 290)}
 
 
+@pytest.mark.tools
 def test_journal_options_from_the_environment_and_the_config_file(site, tmp_path):
     site.journal.write((NOW - 300, dovecot_login("192.0.2.10"), DOVECOT),
                        (NOW - 290, "LOGIN, user=bob, ip=[::ffff:198.51.100.20], port=[1]",
@@ -356,12 +369,14 @@ def test_journal_options_from_the_environment_and_the_config_file(site, tmp_path
     assert "would add 198.51.100.20" in result.output and "192.0.2.10" not in result.output
 
 
+@pytest.mark.tools
 def test_bad_journal_match_is_an_error(site):
     for bad in ("dovecot", "_unit=x", "A=b\nc"):
         result = invoke(*site.args(f"--journal-match={bad}"))
         assert result.exit_code == 1 and result.output.startswith("Error: "), bad
 
 
+@pytest.mark.tools
 def test_check_patterns_reads_the_journal(site):
     site.journal.write((NOW - 300, dovecot_login("192.0.2.10"), DOVECOT),
                        (NOW - 200, dovecot_login("203.0.113.66"), LOGGER),
@@ -375,6 +390,7 @@ def test_check_patterns_reads_the_journal(site):
     assert site.snapshot() == {}
 
 
+@pytest.mark.unit
 def test_the_trust_rule_alone():
     pattern = pb.load_pattern(os.path.join(pb.shipped_patterns_dir(), "dovecot.toml"))
     fields = {k.encode(): v.encode() for k, v in DOVECOT.items()}
@@ -388,6 +404,7 @@ def test_the_trust_rule_alone():
     assert "_UID=(none)" in pb.journal_refusal({**fields, b"_UID": b""}, pattern)
 
 
+@pytest.mark.unit
 def test_journal_keys_in_pattern_files_are_checked(tmp_path):
     good = (Path(pb.shipped_patterns_dir()) / "dovecot.toml").read_text()
     for bad, message in (("journal_exe = ['log']", "not an absolute path"),
@@ -430,6 +447,7 @@ wait $journald || true
 """
 
 
+@pytest.mark.live
 def test_a_real_journald_records_who_wrote_a_line(site, tmp_path):
     for tool, package in (("unshare", "util-linux"), ("setpriv", "util-linux"),
                           ("logger", "bsdutils"), ("mount", "mount")):
@@ -475,6 +493,7 @@ def test_a_real_journald_records_who_wrote_a_line(site, tmp_path):
     assert f"_UID={nobody.decode()} is not one of dovecot's journal_users" in trusting.output
 
 
+@pytest.mark.tools
 def test_a_vanished_cursor_with_nothing_newer_is_forgotten_once(site):
     site.journal.write((NOW - 5000, dovecot_login("192.0.2.10"), DOVECOT), name="old.journal")
     assert invoke(*site.args(now=NOW - 4900)).exit_code == 0
@@ -486,6 +505,7 @@ def test_a_vanished_cursor_with_nothing_newer_is_forgotten_once(site):
     assert second.exit_code == 0 and second.stderr == "" and lines_read(second) == 0
 
 
+@pytest.mark.tools
 def test_fields_inside_a_message_stay_in_the_message(site):
     # A multi-line message that imitates the export format: blank lines and
     # trusted fields, then a login. journalctl writes it as one binary field.
@@ -500,6 +520,7 @@ def test_fields_inside_a_message_stay_in_the_message(site):
     assert site.entries() == {"192.0.2.11": str(NOW - 40)}
 
 
+@pytest.mark.tools
 @pytest.mark.slow
 def test_sigkill_at_any_point_rereads_and_the_next_run_catches_up(site):
     from test_faults import KILL_AT_EVENT

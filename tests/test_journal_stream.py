@@ -37,12 +37,14 @@ def run(args, stderr_file: Path, journal: str | None):
     return done.returncode, done.stdout, stderr_file.read_text()
 
 
+@pytest.mark.unit
 def test_error_line_is_tagged_as_an_error_in_the_journal(tmp_path):
     code, out, err = run(["--grace=soon"], tmp_path / "err", "same")
     assert (code, out) == (1, "")
     assert err == "<3>Error: --grace must be a whole number of seconds above 0, not 'soon'\n"
 
 
+@pytest.mark.unit
 def test_usage_error_keeps_its_usage_lines_and_exit_status(tmp_path):
     code, _, err = run(["--no-such-option"], tmp_path / "err", "same")
     assert code == 2
@@ -52,6 +54,7 @@ def test_usage_error_keeps_its_usage_lines_and_exit_status(tmp_path):
     assert [line for line in lines if line.startswith("<")] == [lines[-1]]
 
 
+@pytest.mark.tools
 def test_warning_is_tagged_as_a_warning(site, tmp_path):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     code, _, err = run(site.args(), tmp_path / "err1", "same")
@@ -63,6 +66,7 @@ def test_warning_is_tagged_as_a_warning(site, tmp_path):
     assert all(line.startswith("<4>") for line in err.splitlines())
 
 
+@pytest.mark.tools
 def test_cron_output_is_unchanged(site, tmp_path):
     """No JOURNAL_STREAM, or one inherited from elsewhere: plain lines."""
     for journal in (None, str(tmp_path / "elsewhere")):
@@ -78,6 +82,7 @@ def test_cron_output_is_unchanged(site, tmp_path):
     assert err.startswith("pbsmtp-batch: warning: ")
 
 
+@pytest.mark.tools
 def test_version_and_success_exit_zero_in_the_journal(site, tmp_path):
     code, out, err = run(["--version"], tmp_path / "err", "same")
     assert (code, err) == (0, "") and out.startswith("pbsmtp-batch, version ")
@@ -124,7 +129,7 @@ sys.stdout.write(out.stdout)
 """
 
 
-@pytest.mark.daemons
+@pytest.mark.live
 def test_real_journald_files_errors_and_warnings_at_their_priority(site):
     journald = next((p for p in ("/usr/lib/systemd/systemd-journald",
                                  "/lib/systemd/systemd-journald") if os.path.exists(p)),

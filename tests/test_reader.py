@@ -67,12 +67,14 @@ OFF, WIN = pb.Start.OFFSET, pb.Start.WINDOW
     (pb.LogState(pb.Offset(3, 0), mark(2, 700, HEAD_B)), ROTATED,
      [("mail.log.1", OFF, 700), ("mail.log", OFF, 0)], False),
 ])
+@pytest.mark.unit
 def test_plan_spans(saved, rotated, spans, warned):
     got, warning = pb.plan_spans(saved, LOG, rotated, NOW - 1800)
     assert [(os.path.basename(s.path), s.start, s.offset) for s in got] == spans
     assert (warning is not None) == warned
 
 
+@pytest.mark.unit
 def test_plan_spans_window_stops_at_a_file_older_than_the_cutoff():
     old = [logfile("mail.log.2.gz", 1, HEAD_A, compressed=True, mtime=NOW - 7200), ROTATED[1]]
     got, _ = pb.plan_spans(None, LOG, old, NOW - 1800)
@@ -96,6 +98,7 @@ def entries(site):
     return pb.read_map(str(site.map), "hash", str(site.conf))
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize("kind", ["fifo", "directory", "garbage-gz"])
 def test_odd_rotated_file_is_a_warning_and_the_log_is_read(site, kind):
     odd = Path(f"{site.log}.1" + (".gz" if kind.endswith("gz") else ""))
@@ -114,6 +117,7 @@ def test_odd_rotated_file_is_a_warning_and_the_log_is_read(site, kind):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.tools
 def test_truncated_gz_is_a_warning_and_the_log_is_still_read(site):
     """A .gz cut short: a warning naming it (the block that holds the cut
     is lost with it), and the log after it is still read."""
@@ -131,6 +135,7 @@ def test_truncated_gz_is_a_warning_and_the_log_is_still_read(site):
 # Over-long lines: linear time, flat memory ###################################
 ###############################################################################
 
+@pytest.mark.tools
 def test_over_long_line_without_newline_is_skipped_and_the_rest_read(site):
     with open(site.log, "ab") as f:
         f.write(dovecot_login(NOW - 9, "192.0.2.80").encode())
@@ -142,6 +147,7 @@ def test_over_long_line_without_newline_is_skipped_and_the_rest_read(site):
     assert done.stderr.count("skipped 1 lines longer than") == 1, done.stderr
 
 
+@pytest.mark.tools
 def test_unfinished_over_long_line_waits_for_its_newline(site):
     """A plain log may still grow: an unfinished line, however long, is
     neither read nor committed past; once finished it is skipped whole,
@@ -170,6 +176,7 @@ print(len(lines), source.stats.long_lines, source.lines_read, peak - base)
 """
 
 
+@pytest.mark.unit
 def test_decompression_bomb_of_nuls_reads_in_flat_memory(tmp_path):
     """The shape of a 509 KB mail.log.1.gz that expands to 512 MiB of NULs,
     at 96 MiB: one endless line, skipped, read in bounded memory (peak RSS
@@ -201,6 +208,7 @@ def generated():
     return out.getvalue()
 
 
+@pytest.mark.unit
 def test_every_anchor_is_rare_in_a_mail_log(generated):
     """Each pattern's search anchor (its login stem, or its tag where the
     literal has none) hits few lines of the benchmark's generated log, in
@@ -216,6 +224,7 @@ def test_every_anchor_is_rare_in_a_mail_log(generated):
     assert candidates < 0.05 * len(lines)
 
 
+@pytest.mark.unit
 def test_two_line_servers_address_literal_is_not_an_anchor():
     """'connect from ' is in every Postfix connect/disconnect line: popa3d
     and vm-pop3d are found by their tags instead."""
@@ -225,6 +234,7 @@ def test_two_line_servers_address_literal_is_not_an_anchor():
         assert any(a in tag for a in anchors), tag
 
 
+@pytest.mark.unit
 def test_the_pre_filter_loses_no_login(generated):
     """Every line any pattern finds a login (or an address line) in is a
     candidate of the pre-filter, over the generated log and every pattern's

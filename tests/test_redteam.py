@@ -60,6 +60,7 @@ def two_line_attack(program, address, unreadable, success, pid=4242):
             f"{syslog_time(NOW - 99)} mail {program}[{pid}]: {success}\n"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("program,address,unreadable,success", TWO_LINE)
 def test_stale_address_is_not_paired_with_a_later_session(program, address, unreadable,
                                                             success):
@@ -70,6 +71,7 @@ def test_stale_address_is_not_paired_with_a_later_session(program, address, unre
     assert found == [] and pending == {}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("program,address,unreadable,success", TWO_LINE)
 def test_any_line_of_the_session_ends_the_waiting_address(program, address, unreadable,
                                                            success):
@@ -82,6 +84,7 @@ def test_any_line_of_the_session_ends_the_waiting_address(program, address, unre
         assert found == [None, None, None], middle
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("program,address,unreadable,success", TWO_LINE)
 def test_same_session_still_pairs(program, address, unreadable, success):
     pending = {}
@@ -92,6 +95,7 @@ def test_same_session_still_pairs(program, address, unreadable, success):
     assert logins[:2] == [None, None] and logins[2].ip == "192.0.2.33"
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize("split", [1, 2])
 def test_stale_address_across_runs(site, split):
     """The same attack with a run between the lines: the waiting address is
@@ -134,6 +138,7 @@ NEGATIVES = [pytest.param(s, id=f"{p.name}:{s.desc}")
              for p in PATTERNS for s in p.samples if s.ip is None and not s.injection]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("sample", NEGATIVES)
 def test_a_line_that_is_no_login_is_none_at_any_length(sample):
     """A failure (or any non-login) line cut at any length is still no
@@ -159,6 +164,7 @@ WITH_USER = [pytest.param(s, id=f"{p.name}:{s.desc}") for p in PATTERNS for s in
              if s.user and s.line.count(s.user) == 1]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("sample", WITH_USER)
 def test_a_long_user_name_cut_anywhere_after_it_gives_no_login(sample):
     """The client chooses the user name's length, so it chooses where a
@@ -177,6 +183,7 @@ def test_a_long_user_name_cut_anywhere_after_it_gives_no_login(sample):
         assert result(sample, long_line) is None
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("line", [
     # perdition 1.x: a failure line whose status= was cut off
     'Nov 24 22:13:34 mail perdition[26129]: Auth: 203.0.113.66->198.51.100.1 user="bob" '
@@ -262,6 +269,7 @@ def regex_cases():
             yield pytest.param(regex, messages, id=f"{pattern.name}:{i}")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("regex,messages", list(regex_cases()))
 def test_every_pattern_regex_is_linear(regex, messages):
     # A line is bounded by LINE_MAX before any regex sees it; repeats make
@@ -270,6 +278,7 @@ def test_every_pattern_regex_is_linear(regex, messages):
     assert superlinear(regex.match, texts, n=250) == []
 
 
+@pytest.mark.unit
 def test_the_prefix_parser_is_linear():
     lines = sorted({line for p in PATTERNS for s in p.samples for line in (*s.before, s.line)})
     assert superlinear(lambda text: pb.parse_prefix(text, NOW), lines, n=250) == []
@@ -305,6 +314,7 @@ def refused(site, state, *extra):
     return result.output
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_state_dir_made_by_another_user_is_refused(site, shared_tmp, dry_run):
     """The README's old quick start used /tmp/pbs-demo: another user makes it
@@ -318,6 +328,7 @@ def test_state_dir_made_by_another_user_is_refused(site, shared_tmp, dry_run):
     assert not target.exists() and not os.path.lexists(f"{site.map}.db")
 
 
+@pytest.mark.tools
 def test_world_writable_state_dir_is_refused(site, shared_tmp):
     state = shared_tmp / "state"
     state.mkdir()
@@ -325,6 +336,7 @@ def test_world_writable_state_dir_is_refused(site, shared_tmp):
     assert "is group- or world-writable (mode 0777)" in refused(site, state)
 
 
+@pytest.mark.tools
 def test_state_dir_symlink_of_another_user_is_refused(site, shared_tmp, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -332,6 +344,7 @@ def test_state_dir_symlink_of_another_user_is_refused(site, shared_tmp, tmp_path
     assert "state directory link" in refused(site, shared_tmp / "link")
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize("name", ["lock", "mail.log.pending", "x.offset", "x.map"])
 def test_planted_or_symlinked_state_files_are_refused(site, name):
     """A file of the state directory that another user owns (left from a
@@ -354,6 +367,7 @@ def test_planted_or_symlinked_state_files_are_refused(site, name):
     assert "group- or world-writable (mode 0664)" in refused(site, site.state)
 
 
+@pytest.mark.tools
 def test_real_pending_file_is_opened_without_following_links(site, tmp_path):
     """Even a link that appears after the directory check (a race) is not
     followed: the state files are opened with O_NOFOLLOW."""
@@ -383,12 +397,14 @@ def hold_lock(state, pid, since):
     return fd
 
 
+@pytest.mark.tools
 def test_a_run_writes_its_pid_and_start_into_the_lock(site):
     assert invoke(*site.args()).exit_code == 0
     pid, since = (site.state / "lock").read_text().split()
     assert int(pid) == os.getpid() and abs(int(since) - time.time()) < 600
 
 
+@pytest.mark.tools
 def test_stuck_run_is_an_error_and_expiry_goes_on(site):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"), dovecot_login(NOW - 30, "192.0.2.11"))
     assert invoke(*site.args()).exit_code == 0
@@ -416,6 +432,7 @@ def test_stuck_run_is_an_error_and_expiry_goes_on(site):
     assert query(site, "192.0.2.12") == str(NOW + 1000)
 
 
+@pytest.mark.tools
 def test_lock_timeout_from_the_environment(site):
     fd = hold_lock(site.state, 4242, time.time() - 1000)
     try:
@@ -427,6 +444,7 @@ def test_lock_timeout_from_the_environment(site):
         os.close(fd)
 
 
+@pytest.mark.tools
 def test_poison_lines_do_not_stop_the_lines_after_them(site):
     """Forged lines built to make a regex backtrack (many user=<a>, and no
     rip=), of every length up to and beyond the line bound, then a real
@@ -463,6 +481,7 @@ def one_error(result, *expected):
     ('gracee = 900\n', "unknown setting 'gracee' (did you mean 'grace'?)"),
     ('no-write = true\n', "unknown setting 'no-write' (did you mean 'nowrite'?)"),
 ])
+@pytest.mark.tools
 def test_config_file_values_are_type_checked(site, tmp_path, text, expected):
     config = tmp_path / "pbsmtp.conf"
     config.write_text(text)
@@ -471,6 +490,7 @@ def test_config_file_values_are_type_checked(site, tmp_path, text, expected):
     assert not os.path.exists(f"{site.map}.db")
 
 
+@pytest.mark.tools
 def test_config_file_that_is_not_utf8(site, tmp_path):
     config = tmp_path / "pbsmtp.conf"
     config.write_bytes(b'logfile = "/var/log/m\xe4il.log"\n')
@@ -478,12 +498,14 @@ def test_config_file_that_is_not_utf8(site, tmp_path):
     one_error(result, f"config file {config} is not UTF-8 text")
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize("digits", [11, 400, 5000])
 def test_huge_grace_is_one_error_line(site, digits):
     result = CliRunner().invoke(pb.cli, [*site.args(), f"--grace={'9' * digits}"])
     one_error(result, "--grace must be at most 3162240000 seconds (a hundred years)")
 
 
+@pytest.mark.tools
 def test_now_is_not_taken_from_the_environment(site):
     """--now is a test hook: a PBSMTP_NOW in a cron job's environment must not
     move the clock (here it would make a fresh login look expired)."""
@@ -494,6 +516,7 @@ def test_now_is_not_taken_from_the_environment(site):
     assert query(site, "192.0.2.10") == str(NOW - 60)
 
 
+@pytest.mark.tools
 def test_unreadable_map_is_rebuilt_by_reprocess(site):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     assert invoke(*site.args()).exit_code == 0
@@ -516,6 +539,7 @@ def test_unreadable_map_is_rebuilt_by_reprocess(site):
 HOSTILE = "x\x1b]0;owned\x07\x1b[2J\u009b31m\x7f\x85y"
 
 
+@pytest.mark.tools
 def test_debug_escapes_control_characters(site):
     site.append(f"{syslog_time(NOW - 60)} mail dovecot: imap-login: Login: user=<{HOSTILE}>, "
                 f"method=PLAIN, rip=192.0.2.10, lip=192.0.2.1, mpid=1, session=<a>\n")
@@ -525,6 +549,7 @@ def test_debug_escapes_control_characters(site):
     assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", result.output)
 
 
+@pytest.mark.tools
 def test_check_patterns_escapes_control_characters(site):
     site.append(f"{syslog_time(NOW - 60)} mail newpop[7]: user {HOSTILE} logged in from "
                 f"198.51.100.9\n",
@@ -553,11 +578,13 @@ def test_check_patterns_escapes_control_characters(site):
      "[name=dave@example.org;ip=198.51.100.2;oip=192.0.2.83;] imap - user dave@example.org "
      "authenticated, mechanism=PLAIN [TLS]", "192.0.2.83", "dave@example.org"),
 ])
+@pytest.mark.unit
 def test_dovecot_message_last_and_zimbra_through_syslog(line, ip, user):
     login, _ = pb.match_login(line, PATTERNS, NOW, {})
     assert login is not None and (login.ip, login.user) == (ip, user)
 
 
+@pytest.mark.unit
 def test_dovecot_24_auth_rejections_are_not_offered_as_unmatched_logins():
     lines = [
         "Nov 24 23:06:01 mail dovecot: auth: Username character disallowed by "
@@ -572,6 +599,7 @@ def test_dovecot_24_auth_rejections_are_not_offered_as_unmatched_logins():
     assert report.unmatched == [lines[-1]]
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize("text,expected", [
     ('ignore-net = ["10.0.0.0/8", "garbage"]\n',
      "'ignore-net': --ignore-net 'garbage' is not a network"),

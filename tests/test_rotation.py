@@ -24,6 +24,8 @@ from click.testing import CliRunner
 import pbsmtp_batch as pb
 from conftest import NOW, Site, dovecot_login, noise, require
 
+pytestmark = pytest.mark.tools
+
 GRACE = 1800
 
 # logrotate directives of each rotation mode under test.

@@ -42,6 +42,7 @@ def readme_block(after: str) -> str:
 # The classic command line ####################################################
 ###############################################################################
 
+@pytest.mark.tools
 def test_the_readme_migration_command_works_verbatim(site):
     """The README's classic command, with only its two paths pointed at the
     test site; the state directory and the Postfix instance come from the
@@ -62,6 +63,7 @@ def test_the_readme_migration_command_works_verbatim(site):
     assert "added 192.0.2.10 to DB" not in result.output     # nothing written, nothing logged
 
 
+@pytest.mark.tools
 def test_every_classic_option_is_accepted(site, tmp_path):
     config = tmp_path / "pbsmtp.conf"
     config.write_text(f'state-dir = "{site.state}"\n')
@@ -82,6 +84,7 @@ def test_every_classic_option_is_accepted(site, tmp_path):
     assert invoke("--version").output == f"pbsmtp-batch, version {pb.__version__}\n"
 
 
+@pytest.mark.unit
 def test_daemon_is_a_usage_error_that_says_what_to_use():
     result = CliRunner().invoke(pb.cli, ["--daemon=/run/pop-before-smtp.pid"])
     assert result.exit_code == 2
@@ -99,6 +102,7 @@ PERL_CONFIGS = {
 }
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize("name", sorted(PERL_CONFIGS))
 def test_a_perl_config_gets_one_error_line_pointing_to_the_migration(site, tmp_path, name):
     config = tmp_path / "pop-before-smtp-conf.pl"
@@ -114,6 +118,7 @@ def test_a_perl_config_gets_one_error_line_pointing_to_the_migration(site, tmp_p
     assert not site.state.exists() and query(site, "192.0.2.10") is None
 
 
+@pytest.mark.tools
 def test_a_toml_config_is_not_taken_for_perl(site, tmp_path):
     config = tmp_path / "pbsmtp.conf"
     config.write_text('# grace in seconds: $grace = 1800; in the Perl file\n'
@@ -123,6 +128,7 @@ def test_a_toml_config_is_not_taken_for_perl(site, tmp_path):
     assert (result.exit_code, result.output) == (0, "Nov 24 23:30:00 added 192.0.2.10 to DB\n")
 
 
+@pytest.mark.tools
 def test_logto_writes_each_add_and_remove_like_the_classic_daemon(site, tmp_path):
     logto = tmp_path / "pbs.log"
     site.append(dovecot_login(NOW - 60, "192.0.2.10"), dovecot_login(NOW - 50, "2001:db8::10"))
@@ -140,6 +146,7 @@ def test_logto_writes_each_add_and_remove_like_the_classic_daemon(site, tmp_path
     assert "192.0.2.30" not in logto.read_text()
 
 
+@pytest.mark.tools
 def test_an_unwritable_logto_fails_before_anything_changes(site, tmp_path):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     result = CliRunner().invoke(pb.cli, site.args(f"--logto={tmp_path}/nodir/x.log"))
@@ -160,6 +167,7 @@ def readme_variables() -> set[str]:
     return set(re.findall(r"`([A-Z][A-Z0-9_]+)`", block))
 
 
+@pytest.mark.unit
 def test_the_readme_lists_exactly_the_variables_of_the_command():
     derived = set()
     for param in pb.cli.params:
@@ -168,6 +176,7 @@ def test_the_readme_lists_exactly_the_variables_of_the_command():
     assert readme_variables() == derived
 
 
+@pytest.mark.tools
 def test_every_variable_of_every_option_works(site):
     """Each repeatable option is read from its documented (singular) name."""
     site.append(dovecot_login(NOW - 60, "192.0.2.10"), dovecot_login(NOW - 60, "198.51.100.7"),
@@ -184,6 +193,7 @@ def test_every_variable_of_every_option_works(site):
     assert "would add" not in result.output
 
 
+@pytest.mark.tools
 def test_actions_are_not_read_from_the_environment(site):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     result = invoke(*site.args(), env={"PBSMTP_LIST": "1", "PBSMTP_DRY_RUN": "1",
@@ -206,6 +216,7 @@ def dumped_settings(output: str) -> dict[str, tuple[str, str]]:
     return found
 
 
+@pytest.mark.tools
 def test_dumpconfig_names_each_settings_source(site, tmp_path):
     config = tmp_path / "pbsmtp.conf"
     config.write_text(f'grace = 600\ndbfile = "{site.map}"\nignore-net = ["10.0.0.0/8"]\n'
@@ -237,6 +248,7 @@ def test_dumpconfig_names_each_settings_source(site, tmp_path):
         assert listed == (bool(pb.option_envvars(param)) and param.name != "config"), name
 
 
+@pytest.mark.tools
 def test_dumpconfig_output_is_a_config_file(site, tmp_path):
     """The settings it prints, fed back as a config file, give the same settings."""
     first = invoke(f"--logfile={site.log}", "--grace=77", "--ignore-net=10.0.0.0/8",
@@ -249,6 +261,7 @@ def test_dumpconfig_output_is_a_config_file(site, tmp_path):
     assert dumped_settings(second)["grace"] == ("77", f"config file {config}")
 
 
+@pytest.mark.unit
 def test_dumpconfig_warns_when_mynetworks_cannot_be_read(tmp_path):
     result = CliRunner().invoke(pb.cli, ["--dumpconfig", f"--postfix-config={tmp_path}/none",
                                          f"--logfile={tmp_path}/log"])
@@ -284,12 +297,14 @@ user = 'carol'
 """
 
 
+@pytest.mark.unit
 def test_without_an_admin_directory_the_shipped_set_is_used(admin_dir):
     shipped = sorted(p.stem for p in Path(pb.shipped_patterns_dir()).glob("*.toml"))
     assert [src.name for src in pb.pattern_files()] == shipped
     assert {src.origin for src in pb.pattern_files()} == {"shipped"}
 
 
+@pytest.mark.tools
 def test_the_admin_directory_adds_replaces_and_disables(admin_dir, site):
     admin_dir.mkdir()
     (admin_dir / "mypop.toml").write_text(MYPOP)
@@ -323,6 +338,7 @@ def test_the_admin_directory_adds_replaces_and_disables(admin_dir, site):
     assert f"#   dovecot            {admin_dir}/dovecot.toml (replaces the shipped one)" in dumped
 
 
+@pytest.mark.tools
 def test_an_explicit_patterns_dir_means_exactly_that_directory(admin_dir, tmp_path, site):
     admin_dir.mkdir()
     (admin_dir / "mypop.toml").write_text(MYPOP)
@@ -335,6 +351,7 @@ def test_an_explicit_patterns_dir_means_exactly_that_directory(admin_dir, tmp_pa
     assert "would add" not in result.output
 
 
+@pytest.mark.tools
 def test_a_broken_admin_file_is_one_error_naming_it(admin_dir, site):
     admin_dir.mkdir()
     (admin_dir / "mypop.toml").write_text("disabled = 'yes'\n")
@@ -353,6 +370,7 @@ def test_a_broken_admin_file_is_one_error_naming_it(admin_dir, site):
 CAROL = "Nov 24 23:00:00 mail newpop[7]: user carol logged in from 198.51.100.9"
 
 
+@pytest.mark.unit
 def test_check_patterns_reads_standard_input_and_single_lines(tmp_path):
     text = dovecot_login(NOW - 60, "192.0.2.10") + CAROL + "\n"
     result = invoke("--check-patterns", "--logfile=-", f"--now={NOW}", input=text)
@@ -370,6 +388,7 @@ def test_check_patterns_reads_standard_input_and_single_lines(tmp_path):
     assert data["lines"] == 2 and data["patterns"]["dovecot"]["addresses"] == ["2001:db8::5"]
 
 
+@pytest.mark.unit
 def test_check_patterns_counts_lines_without_a_time(tmp_path):
     log = tmp_path / "log"
     untimed = [f"mail dovecot: imap-login: Login: user=<u{i}>, rip=192.0.2.{i}, lip=192.0.2.1"
@@ -384,6 +403,7 @@ def test_check_patterns_counts_lines_without_a_time(tmp_path):
     assert (data["untimed"], data["untimed_examples"]) == (8, untimed[:pb.UNTIMED_EXAMPLES])
 
 
+@pytest.mark.unit
 def test_check_patterns_lists_matched_patterns_unless_verbose(tmp_path):
     log = tmp_path / "log"
     near = [f"Nov 24 23:00:{i:02d} mail newpop[7]: user u{i} logged in from 198.51.100.{i}"
@@ -399,6 +419,7 @@ def test_check_patterns_lists_matched_patterns_unless_verbose(tmp_path):
     assert sum(line.startswith("  Nov 24") for line in full.splitlines()) == 25
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize("args", [["--json"], ["--json", "--dry-run"], ["--line=x"],
                                   ["--logfile=-"]])
 def test_options_of_other_actions_alone_are_usage_errors(site, args):
@@ -408,6 +429,7 @@ def test_options_of_other_actions_alone_are_usage_errors(site, args):
     assert query(site, "192.0.2.10") is None and not site.state.exists()
 
 
+@pytest.mark.tools
 def test_debug_prints_local_iso_times_in_the_local_zone(site, monkeypatch):
     monkeypatch.setenv("TZ", "Europe/Berlin")
     time.tzset()
@@ -426,7 +448,7 @@ def test_debug_prints_local_iso_times_in_the_local_zone(site, monkeypatch):
 # The run line in syslog, and metrics #########################################
 ###############################################################################
 
-@pytest.mark.daemons
+@pytest.mark.live
 def test_a_run_that_changed_the_map_logs_one_line_through_syslog(site, monkeypatch):
     """A real rsyslogd (facility mail only) on a socket of its own."""
     import os
@@ -473,6 +495,7 @@ def metrics(path):
     return values
 
 
+@pytest.mark.tools
 def test_metrics_file_in_node_exporter_format(site, tmp_path):
     prom = tmp_path / "pbsmtp_batch.prom"
     site.append(dovecot_login(NOW - 60, "192.0.2.10"), dovecot_login(NOW - 50, "192.0.2.11"))
@@ -510,6 +533,7 @@ def test_metrics_file_in_node_exporter_format(site, tmp_path):
     assert prom.read_text() == before
 
 
+@pytest.mark.tools
 def test_an_unwritable_metrics_file_is_a_warning_not_a_failure(site, tmp_path):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     result = CliRunner().invoke(pb.cli, site.args(f"--metrics-file={tmp_path}/nodir/m.prom"))

@@ -21,7 +21,7 @@ import test_daemon_imapproxy
 import test_daemon_logins as dl
 import test_daemon_perdition
 
-pytestmark = pytest.mark.daemons
+pytestmark = pytest.mark.live
 
 # (packages, a file that exists once they are unpacked, cache tree): exactly
 # as the tests unpack them, so that the trees are shared.

@@ -5,6 +5,7 @@ import json
 import os
 import pwd
 import shutil
+import subprocess
 import sysconfig
 import time
 
@@ -21,17 +22,21 @@ os.environ["PBSMTP_SYSLOG"] = "0"
 SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
 
 
-def require(tool: str, package: str = "postfix") -> str:
-    """The path of a real program the test needs, from the named Debian
-    package. In CI its absence is a failure, not a skip: a skipped suite
-    would hide a missing install step."""
-    found = shutil.which(tool, path=SBIN)
-    if found:
-        return found
-    message = f"{tool} is not installed (Debian: apt-get install {package})"
+def unavailable(message: str) -> None:
+    """What the test needs is not on this machine: a skip, and with CI=true a
+    failure (a skipped suite would hide a missing install step)."""
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+def require(tool: str, package: str = "postfix") -> str:
+    """The path of a real program the test needs, from the named Debian
+    package (see unavailable)."""
+    found = shutil.which(tool, path=SBIN)
+    if found:
+        return found
+    unavailable(f"{tool} is not installed (Debian: apt-get install {package})")
 
 
 @pytest.fixture
@@ -43,11 +48,8 @@ def require_map_type(map_type: str) -> None:
     """A Postfix map type the test needs: a skip outside CI when this Postfix
     lacks it (lmdb and cdb are packages of their own), a failure in CI."""
     if map_type not in daemons.supported_map_types():
-        message = (f"Postfix has no {map_type} map support "
-                   f"(Debian: apt-get install {daemons.map_package(map_type)})")
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"Postfix has no {map_type} map support "
+                    f"(Debian: apt-get install {daemons.map_package(map_type)})")
 
 
 # What a test needs to run: each test has exactly one of these markers
@@ -145,6 +147,13 @@ def site(tmp_path, postmap):
 
 
 @pytest.fixture
+def lab(tmp_path, postmap):
+    """A rotation.Lab: a site that checks every run against the logins it logged."""
+    from rotation import Lab      # rotation.py builds on this module's Site
+    return Lab(tmp_path)
+
+
+@pytest.fixture
 def nobody_site(site):
     """The site, world-traversable, for runs as an unprivileged user (root
     can read and write everything, so only such a run shows these errors)."""
@@ -190,3 +199,46 @@ def run_as_nobody(site, *args):
     os.waitpid(pid, 0)
     exit_code, stderr = json.loads(data)
     return exit_code, stderr
+
+
+###############################################################################
+# The daemon tests' harness: a private rsyslogd ###############################
+###############################################################################
+
+def require_harness():
+    """What the daemon tests need to run unpacked servers under a private rsyslogd."""
+    if os.geteuid() != 0:
+        unavailable("needs root (private mount namespace, daemons that drop privileges)")
+    packages = {"rsyslogd": "rsyslog", "unshare": "util-linux", "mount": "mount",
+                "apt-get": "apt", "dpkg": "dpkg"}
+    missing = daemons.missing_binaries(packages)
+    if missing:
+        unavailable(f"missing programs: {', '.join(missing)} (Debian: apt-get install "
+                    f"{' '.join(dict.fromkeys(packages[m] for m in missing))})")
+
+
+# Every maillog format an admin may have: Debian 12's default (RFC 3339), the
+# traditional RFC 3164 one, and RFC 5424 (where rsyslog cuts Cyrus's
+# "cyrus/imap" tag to the app name "cyrus", seen live with Debian 12's
+# Cyrus 3.6 and rsyslog).
+TEMPLATES = [
+    daemons.RFC3339,
+    daemons.TRADITIONAL,
+    # rsyslog's RFC 5424 template writes "... cyrus 4101 - -  login: ..." (two
+    # blanks: the legacy message keeps the blank after "tag:").
+    "RSYSLOG_SyslogProtocol23Format",
+]
+
+
+@pytest.fixture(params=TEMPLATES)
+def harness(request):
+    """A private rsyslogd writing the maillog in one of TEMPLATES, and its work directory."""
+    require_harness()
+    workdir = daemons.make_workdir("pbsmtp-logins-")
+    rsyslog = daemons.Rsyslog(workdir, template=request.param)
+    try:
+        rsyslog.start()
+        yield workdir, rsyslog
+    finally:
+        rsyslog.stop()
+        subprocess.run(["rm", "-rf", "--one-file-system", workdir], check=False)

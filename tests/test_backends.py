@@ -16,7 +16,6 @@ A missing program is a skip, and a failure under CI (CI=true).
 """
 
 import glob
-import json
 import os
 import pwd
 import shutil
@@ -31,94 +30,9 @@ from click.testing import CliRunner
 import daemons
 import debs
 import pbsmtp_batch as pb
-from conftest import NOW, dovecot_login, noise
-
-RELAY_RCPT = "someone@example.net"
-
-
-###############################################################################
-# Helpers #####################################################################
-###############################################################################
-
-def missing(message):
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def program(name, package):
-    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-    return shutil.which(name, path=path) or missing(
-        f"{name} is not installed (Debian: apt-get install {package})")
-
-
-def invoke(*args, env=None):
-    return CliRunner().invoke(pb.cli, list(args), env=env, catch_exceptions=False)
-
-
-def run_ok(*args, env=None):
-    result = invoke(*args, env=env)
-    assert (result.exit_code, result.output) == (0, ""), result.output
-    return result
-
-
-def listed(site, *backend_args, now=None):
-    args = [f"--dbfile={site.map}", *backend_args, f"--postfix-config={site.conf}", "--list",
-            "--json"]
-    if now is not None:
-        args.append(f"--now={now}")
-    result = invoke(*args)
-    assert result.exit_code == 0, result.output
-    return {row["ip"]: row["login"] for row in json.loads(result.output)}
-
-
-def local_args(site, *extra, grace=None):
-    """Like Site.args, but on the real clock (for stores whose readers use it)."""
-    args = [f"--logfile={site.log}", f"--dbfile={site.map}", f"--state-dir={site.state}",
-            f"--postfix-config={site.conf}", *extra]
-    if grace is not None:
-        args.append(f"--grace={grace}")
-    return args
-
-
-def start_daemon(argv, logfile, **kwargs):
-    with open(logfile, "ab") as out:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
-
-
-def stop_daemon(proc):
-    if proc is not None:
-        daemons.stop_pid(proc.pid, proc)
-        daemons.stop_session(proc.pid)
-
-
-def postfix_with_map(workdir, map_type, cf_text):
-    """A private Postfix (daemons.Postfix) whose relay map is MAP_TYPE:CF."""
-    if os.geteuid() != 0:
-        missing("Postfix must be started as root")
-    if map_type not in daemons.supported_map_types():
-        missing(f"Postfix has no {map_type} map support "
-                f"(Debian: apt-get install {daemons.map_package(map_type)})")
-    cf = os.path.join(workdir, f"{map_type}-relay.cf")
-    with open(cf, "w") as f:
-        f.write(cf_text)
-    return daemons.Postfix(workdir, map_type, cf)
-
-
-def rcpt(postfix, source):
-    return daemons.smtp_rcpt("127.0.0.1", postfix.port, RELAY_RCPT, source)
-
-
-def assert_accepted(postfix, source):
-    code, text = rcpt(postfix, source)
-    assert code == 250, (source, code, text, daemons.read_text(postfix.maillog)[-2000:])
-
-
-def assert_refused(postfix, source):
-    code, text = rcpt(postfix, source)
-    assert code == 554 and "Relay access denied" in text, (
-        source, code, text, daemons.read_text(postfix.maillog)[-2000:])
+from conftest import NOW, dovecot_login, noise, require, unavailable
+from relay import RELAY_RCPT, assert_accepted, assert_refused, postfix_with_map
+from runs import invoke, listed, local_args, run_ok
 
 
 ###############################################################################
@@ -180,7 +94,7 @@ MAILER(`smtp')dnl
 def sendmail_relay(workdir, access, clients):
     """sendmail's own check_rcpt ruleset (sendmail -bt) for a relay recipient,
     as each client address: RELAY, or the error it returns."""
-    m4 = program("m4", "m4")
+    m4 = require("m4", "m4")
     sendmail = debs.unpacked_file("sendmail-bin", "usr/libexec/sendmail/sendmail")
     cf_dir = debs.unpacked_file("sendmail-cf", "usr/share/sendmail/cf") + "/"
     with open(os.path.join(workdir, "service.switch"), "w") as f:
@@ -209,7 +123,7 @@ def sendmail_relay(workdir, access, clients):
 @pytest.mark.tools
 def test_sendmail_relays_for_the_access_db(site, makemap, monkeypatch, tmp_path):
     if os.geteuid() != 0:
-        missing("unshare --uts needs root here")
+        unavailable("unshare --uts needs root here")
     monkeypatch.setenv("PATH", os.path.dirname(makemap) + os.pathsep + os.environ["PATH"])
     site.append(dovecot_login(NOW - 60, "192.0.2.10"), dovecot_login(NOW - 50, "2001:db8::10"))
     run_ok(*site.args("--backend=sendmail"))
@@ -241,8 +155,8 @@ RULES_HEAD = '# site rules\n127.:allow,RELAYCLIENT=""\n192.0.2.11:deny\n:allow\n
 
 @pytest.mark.tools
 def test_qmail_rules_keep_the_site_rules(site):
-    program("tcprules", "ucspi-tcp")
-    check = program("tcprulescheck", "ucspi-tcp")
+    require("tcprules", "ucspi-tcp")
+    check = require("tcprulescheck", "ucspi-tcp")
     rules = site.map.parent / "tcp.smtp"
     rules.write_text(RULES_HEAD)
     args = [f"--dbfile={rules}", "--backend=qmail"]
@@ -273,8 +187,8 @@ def test_qmail_rules_keep_the_site_rules(site):
 @pytest.mark.live
 def test_qmail_tcpserver_sets_relayclient(site):
     """A real tcpserver reads the compiled rules for each connection."""
-    tcpserver = program("tcpserver", "ucspi-tcp")
-    program("tcprules", "ucspi-tcp")
+    tcpserver = require("tcpserver", "ucspi-tcp")
+    require("tcprules", "ucspi-tcp")
     rules = site.map.parent / "tcp.smtp"
     args = [f"--dbfile={rules}", "--backend=qmail"]
     now = int(time.time())
@@ -282,7 +196,7 @@ def test_qmail_tcpserver_sets_relayclient(site):
     run_ok(*local_args(site, *args))
     port = daemons.free_port()
     # "env" stands in for qmail-smtpd: it prints the environment tcpserver gave it.
-    proc = start_daemon([tcpserver, "-H", "-R", "-x", f"{rules}.cdb", "127.0.0.1", str(port),
+    proc = daemons.start_process([tcpserver, "-H", "-R", "-x", f"{rules}.cdb", "127.0.0.1", str(port),
                          "/usr/bin/env"], site.root / "tcpserver.log")
     try:
         daemons.wait_for_port("127.0.0.1", port, proc.pid)
@@ -298,7 +212,7 @@ def test_qmail_tcpserver_sets_relayclient(site):
         run_ok(*local_args(site, *args))
         assert "RELAYCLIENT=\n" in env_for("127.0.0.32")    # no restart
     finally:
-        stop_daemon(proc)
+        daemons.stop_process(proc)
 
 
 ###############################################################################
@@ -355,7 +269,7 @@ def exim_session(exim, workdir, listfile, client):
 @pytest.mark.tools
 def test_exim_acl_relays_listed_clients(site, exim, tmp_path):
     if os.geteuid() != 0:
-        missing("exim -bh with a private config needs root here")
+        unavailable("exim -bh with a private config needs root here")
     listfile = site.map.parent / "pop-before-smtp"
     args = [f"--dbfile={listfile}", "--backend=exim"]
     site.append(dovecot_login(NOW - 60, "192.0.2.10"), dovecot_login(NOW - 50, "2001:db8::10"))
@@ -384,13 +298,13 @@ class PostgresServer:
     def __init__(self):
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
         if not found:
-            missing("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+            unavailable("PostgreSQL is not installed (Debian: apt-get install postgresql)")
         try:
             pwd.getpwnam("postgres")
         except KeyError:
-            missing("no postgres user (Debian: apt-get install postgresql)")
+            unavailable("no postgres user (Debian: apt-get install postgresql)")
         if os.geteuid() != 0:
-            missing("the PostgreSQL test server is started as root (then as postgres)")
+            unavailable("the PostgreSQL test server is started as root (then as postgres)")
         self.bin = os.path.dirname(found[-1])
         self.dir = daemons.make_workdir("pbsmtp-pg-")
         self.data = os.path.join(self.dir, "data")
@@ -406,7 +320,7 @@ class PostgresServer:
         subprocess.run([os.path.join(self.bin, "initdb"), "-D", self.data, "-U", "postgres",
                         "--auth=trust", "-E", "UTF8", "--no-sync"],
                        check=True, capture_output=True, **as_pg)
-        self.proc = start_daemon([os.path.join(self.bin, "postgres"), "-D", self.data,
+        self.proc = daemons.start_process([os.path.join(self.bin, "postgres"), "-D", self.data,
                                   "-p", str(self.port), "-k", self.dir,
                                   "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
                                  os.path.join(self.dir, "postgres.log"), **as_pg)
@@ -424,7 +338,7 @@ class PostgresServer:
         daemons.wait_until(ready, "PostgreSQL to accept connections", timeout=30)
 
     def stop(self):
-        stop_daemon(self.proc)
+        daemons.stop_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -581,17 +495,17 @@ def test_pgsql_map_grants_relay_through_postfix(pg, site):
 
 @pytest.fixture(scope="module")
 def memcached():
-    binary = program("memcached", "memcached")
+    binary = require("memcached", "memcached")
     workdir = daemons.make_workdir("pbsmtp-mc-")
     port = daemons.free_port()
     proc = None
     try:
-        proc = start_daemon([binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-t", "1",
+        proc = daemons.start_process([binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-t", "1",
                              "-m", "16", "-u", "nobody"], os.path.join(workdir, "memcached.log"))
         daemons.wait_for_port("127.0.0.1", port, proc.pid)
         yield f"127.0.0.1:{port}"
     finally:
-        stop_daemon(proc)
+        daemons.stop_process(proc)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -23,9 +23,9 @@ import pytest
 
 import daemons
 import pbsmtp_batch as pb
-from conftest import NOW, Site, dovecot_login
-from test_backends import (assert_accepted, assert_refused, invoke, listed, local_args,
-                           missing, postfix_with_map, run_ok, start_daemon, stop_daemon)
+from conftest import NOW, Site, dovecot_login, require_map_type, unavailable
+from relay import assert_accepted, assert_refused, postfix_with_map
+from runs import invoke, listed, local_args, run_ok
 
 
 ###############################################################################
@@ -111,16 +111,11 @@ def sqlite_cf(db, grace):
         "/var/lib/pbsmtp-batch/relay.sqlite": db, "- 1800": f"- {grace}"})
 
 
-def require_map_type(map_type, package):
-    if map_type not in daemons.supported_map_types():
-        missing(f"Postfix has no {map_type} map support (Debian: apt-get install {package})")
-
-
 @pytest.mark.live
 def test_sqlite_map_grants_relay_through_postfix(site):
     """smtpd, as user postfix, reads the file that a root run wrote in a
     root-owned directory, through the README's sqlite: map."""
-    require_map_type("sqlite", "postfix-sqlite")
+    require_map_type("sqlite")
     grace = 300
     workdir = daemons.make_workdir()
     store_dir = os.path.join(workdir, "store")
@@ -162,12 +157,12 @@ class MariaDBServer:
     temp dir, run as the mysql user, stopped by its PID."""
 
     def __init__(self):
-        self.mariadbd = shutil.which("mariadbd", path="/usr/sbin:/usr/bin") or missing(
+        self.mariadbd = shutil.which("mariadbd", path="/usr/sbin:/usr/bin") or unavailable(
             "mariadbd is not installed (Debian: apt-get install mariadb-server)")
-        self.install_db = shutil.which("mariadb-install-db") or missing(
+        self.install_db = shutil.which("mariadb-install-db") or unavailable(
             "mariadb-install-db is not installed (Debian: apt-get install mariadb-server)")
         if os.geteuid() != 0:
-            missing("the MariaDB test server is started as root (then as mysql)")
+            unavailable("the MariaDB test server is started as root (then as mysql)")
         self.dir = daemons.make_workdir("pbsmtp-mysql-")
         self.data = os.path.join(self.dir, "data")
         self.socket = os.path.join(self.dir, "mysqld.sock")
@@ -185,7 +180,7 @@ class MariaDBServer:
         subprocess.run([self.install_db, "--no-defaults", f"--datadir={self.data}",
                         "--user=mysql", "--auth-root-authentication-method=normal",
                         "--skip-test-db"], check=True, capture_output=True)
-        self.proc = start_daemon(
+        self.proc = daemons.start_process(
             [self.mariadbd, "--no-defaults", f"--datadir={self.data}", "--user=mysql",
              f"--socket={self.socket}", f"--port={self.port}", "--bind-address=127.0.0.1",
              f"--pid-file={self.dir}/mysqld.pid", "--skip-log-bin", "--skip-name-resolve",
@@ -216,7 +211,7 @@ class MariaDBServer:
             conn.close()
 
     def stop(self):
-        stop_daemon(self.proc)
+        daemons.stop_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -358,7 +353,7 @@ def test_the_readme_mysql_schema_is_the_one_tested():
 def test_mysql_map_grants_relay_through_postfix(mariadb, site, tmp_path):
     """Two POP/IMAP hosts write one table; a Postfix relay reads it through
     the README's mysql: map."""
-    require_map_type("mysql", "postfix-mysql")
+    require_map_type("mysql")
     mysql_clear(mariadb)
     grace = 300
     workdir = daemons.make_workdir()

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 import pbsmtp_batch as pb
 from conftest import (NOW, dovecot_failure, dovecot_login, noise, require_map_type, run_as_nobody,
                       write_main_cf)
+from runs import snapshot
 
 
 def invoke(*args, env=None):
@@ -25,17 +26,6 @@ def query(site, ip, map_type="hash"):
                            f"{map_type}:{site.map}"], capture_output=True, text=True)
     assert done.returncode in (0, 1), done.stderr
     return done.stdout.strip() if done.returncode == 0 else None
-
-
-def snapshot(site):
-    """Every file of the map and the state, byte for byte."""
-    files = {}
-    for directory in (site.map.parent, site.state):
-        if directory.exists():
-            for path in sorted(directory.iterdir()):
-                if path.is_file() and path.name not in ("lock", pb.MAP_LOCK):
-                    files[str(path)] = path.read_bytes()
-    return files
 
 
 @pytest.mark.tools

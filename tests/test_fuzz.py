@@ -22,8 +22,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 import pbsmtp_batch as pb
 from conftest import NOW, Site, dovecot_failure, dovecot_login, noise
-from test_faults import KILL_AT_EVENT, Model, dump
-from test_rotation import LATE_WRITES, logrotate
+from rotation import LATE_WRITES, logrotate
+from runs import KILL_AT_EVENT, Model, dump
 
 settings.register_profile("pbsmtp-ci", derandomize=True, database=None, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow,

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 import pbsmtp_batch as pb
 from conftest import NOW, require
-from test_cli import snapshot
+from runs import KILL_AT_EVENT, invoke, snapshot
 
 JOURNAL_REMOTE_PATHS = ("/lib/systemd/systemd-journal-remote",
                         "/usr/lib/systemd/systemd-journal-remote")
@@ -141,10 +141,6 @@ class Site:
 @pytest.fixture
 def site(tmp_path, postmap):
     return Site(tmp_path)
-
-
-def invoke(*args, env=None):
-    return CliRunner().invoke(pb.cli, list(args), env=env, catch_exceptions=False)
 
 
 def lines_read(result):
@@ -523,7 +519,6 @@ def test_fields_inside_a_message_stay_in_the_message(site):
 @pytest.mark.tools
 @pytest.mark.slow
 def test_sigkill_at_any_point_rereads_and_the_next_run_catches_up(site):
-    from test_faults import KILL_AT_EVENT
     site.journal.write((NOW - 300, dovecot_login("192.0.2.10"), DOVECOT))
     assert invoke(*site.args()).exit_code == 0
     site.journal.write((NOW - 100, dovecot_login("192.0.2.20"), DOVECOT),

@@ -19,7 +19,7 @@ import pytest
 
 import pbsmtp_batch as pb
 from conftest import require
-from test_rotation import held, lab  # noqa: F401 (the fixture)
+from rotation import held
 
 
 def rotate(lab, directives):

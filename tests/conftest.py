@@ -106,6 +106,14 @@ def noise(epoch: float) -> str:
             f"unknown[198.51.100.77]\n")
 
 
+def two_line_attack(program, address, unreadable, success, pid=4242):
+    """The attacker connects and never logs in; later a real user's session
+    gets the same PID, with an address line no pattern reads, and logs in."""
+    return [f"{syslog_time(NOW - 300)} mail {program}[{pid}]: {address.format(ip='203.0.113.66')}\n",
+            f"{syslog_time(NOW - 100)} mail {program}[{pid}]: {unreadable}\n",
+            f"{syslog_time(NOW - 99)} mail {program}[{pid}]: {success}\n"]
+
+
 def write_main_cf(conf, text: str) -> None:
     """Write a Postfix main.cf dated a minute back: Postfix's config reader
     waits about 1.5 s for a main.cf changed within the last second to settle."""
@@ -151,6 +159,14 @@ def lab(tmp_path, postmap):
     """A rotation.Lab: a site that checks every run against the logins it logged."""
     from rotation import Lab      # rotation.py builds on this module's Site
     return Lab(tmp_path)
+
+
+@pytest.fixture
+def admin_dir(tmp_path, monkeypatch):
+    """The admin's overlay directory, pointed at a temp dir in-process only."""
+    path = tmp_path / "admin-patterns"
+    monkeypatch.setattr(pb, "ADMIN_PATTERNS_DIR", str(path))
+    return path
 
 
 @pytest.fixture

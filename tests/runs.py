@@ -10,8 +10,9 @@ from click.testing import CliRunner
 import pbsmtp_batch as pb
 
 
-def invoke(*args, env=None):
-    return CliRunner().invoke(pb.cli, list(args), env=env, catch_exceptions=False)
+def invoke(*args, env=None, input=None):
+    """The CLI in-process, as click's runner sees it (an exception is raised)."""
+    return CliRunner().invoke(pb.cli, list(args), env=env, input=input, catch_exceptions=False)
 
 
 def run_ok(*args, env=None):
@@ -37,6 +38,15 @@ def local_args(site, *extra, grace=None):
     if grace is not None:
         args.append(f"--grace={grace}")
     return args
+
+
+def query(site, ip, map_type="hash"):
+    """What a Postfix lookup (postmap -q) of this key in the site's map
+    returns: the value, or None."""
+    done = subprocess.run([pb.find_tool("postmap"), "-c", str(site.conf), "-q", ip,
+                           f"{map_type}:{site.map}"], capture_output=True, text=True)
+    assert done.returncode in (0, 1), done.stderr
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def snapshot(site, *ignore):

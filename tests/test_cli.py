@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -13,22 +12,11 @@ from click.testing import CliRunner
 import pbsmtp_batch as pb
 from conftest import (NOW, dovecot_failure, dovecot_login, noise, require_map_type, run_as_nobody,
                       write_main_cf)
-from runs import snapshot
+from runs import invoke, query, snapshot
+
+pytestmark = pytest.mark.tools
 
 
-def invoke(*args, env=None):
-    return CliRunner().invoke(pb.cli, list(args), env=env, catch_exceptions=False)
-
-
-def query(site, ip, map_type="hash"):
-    """What a Postfix lookup of this key returns: the value, or None."""
-    done = subprocess.run([pb.find_tool("postmap"), "-c", str(site.conf), "-q", ip,
-                           f"{map_type}:{site.map}"], capture_output=True, text=True)
-    assert done.returncode in (0, 1), done.stderr
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-@pytest.mark.tools
 @pytest.mark.parametrize("map_type", ["hash", "btree", "lmdb", "cdb"])
 def test_a_login_lands_in_the_map(site, map_type):
     require_map_type(map_type)
@@ -45,7 +33,6 @@ def test_a_login_lands_in_the_map(site, map_type):
     assert oct(os.stat(f"{site.map}{suffix}").st_mode & 0o777) == "0o644"
 
 
-@pytest.mark.tools
 def test_second_run_without_new_lines_changes_nothing(site):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     assert invoke(*site.args()).exit_code == 0
@@ -58,7 +45,6 @@ def test_second_run_without_new_lines_changes_nothing(site):
     assert os.stat(f"{site.map}.db").st_ino == inode   # not even rewritten
 
 
-@pytest.mark.tools
 def test_new_lines_are_read_once(site):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     invoke(*site.args())
@@ -70,7 +56,6 @@ def test_new_lines_are_read_once(site):
     assert query(site, "192.0.2.10") == str(NOW - 3)
 
 
-@pytest.mark.tools
 def test_dry_run_changes_nothing_and_says_what_it_would_do(site):
     site.append(dovecot_login(NOW - 3000, "192.0.2.9"))
     assert invoke(*site.args(now=NOW - 2000)).exit_code == 0    # 192.0.2.9 in the map
@@ -90,7 +75,6 @@ def test_dry_run_changes_nothing_and_says_what_it_would_do(site):
     assert query(site, "192.0.2.10") == str(NOW - 60)
 
 
-@pytest.mark.tools
 def test_classic_flags_work_verbatim(site):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     before = snapshot(site)
@@ -108,7 +92,6 @@ def test_classic_flags_work_verbatim(site):
     assert query(site, "192.0.2.10") == str(NOW - 60)
 
 
-@pytest.mark.tools
 def test_entries_expire_after_the_grace_window(site):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"), dovecot_login(NOW - 10, "192.0.2.11"))
     invoke(*site.args("--grace=100"))
@@ -121,7 +104,6 @@ def test_entries_expire_after_the_grace_window(site):
     assert query(site, "192.0.2.11") is None
 
 
-@pytest.mark.tools
 def test_old_logins_are_not_added(site):
     site.append(dovecot_login(NOW - 1801, "192.0.2.10"), dovecot_login(NOW - 1799, "192.0.2.11"))
     invoke(*site.args())
@@ -129,7 +111,6 @@ def test_old_logins_are_not_added(site):
     assert query(site, "192.0.2.11") == str(NOW - 1799)
 
 
-@pytest.mark.tools
 def test_mynetworks_and_ignore_net_are_left_out(site):
     (site.conf / "nets").write_text("198.51.100.0/24\n")
     write_main_cf(site.conf, f"office = 203.0.113.0/25\n"
@@ -147,7 +128,6 @@ def test_mynetworks_and_ignore_net_are_left_out(site):
     assert "skipped 192.0.2.10 (dovecot): in --ignore-net" in result.output
 
 
-@pytest.mark.tools
 def test_injected_user_name_adds_nothing(site):
     site.append(dovecot_failure(NOW - 9, "192.0.2.12", user="x>, method=PLAIN, rip=203.0.113.9, lip=1.2.3.4"),
                 dovecot_login(NOW - 8, "192.0.2.13", user="x>, method=PLAIN, rip=203.0.113.9, lip=1.2.3.4"))
@@ -156,7 +136,6 @@ def test_injected_user_name_adds_nothing(site):
     assert "'rip=' occurs more than once" in result.output
 
 
-@pytest.mark.tools
 def test_half_written_line_is_read_once_complete(site):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     invoke(*site.args())
@@ -169,7 +148,6 @@ def test_half_written_line_is_read_once_complete(site):
     assert query(site, "192.0.2.11") == str(NOW - 5)
 
 
-@pytest.mark.tools
 def test_invalid_bytes_do_not_crash_or_hide_the_next_line(site):
     with open(site.log, "ab") as f:
         f.write(b"\xff\xfe\x00 garbage \xc3\x28\n" + b"x" * 100000 + b"\n")
@@ -184,7 +162,6 @@ def test_invalid_bytes_do_not_crash_or_hide_the_next_line(site):
     assert query(site, "192.0.2.12") == str(NOW - 4)
 
 
-@pytest.mark.tools
 def test_map_mode_is_kept(site):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     invoke(*site.args())
@@ -196,7 +173,6 @@ def test_map_mode_is_kept(site):
     assert (st.st_mode & 0o777, st.st_gid) == (0o640, 4)
 
 
-@pytest.mark.tools
 def test_foreign_entries_in_the_map_are_dropped_with_a_warning(site):
     src = site.map.parent / "src"
     src.write_text(f"192.0.2.1 {NOW - 5}\n192.0.2.2 OK\n192.0.2 {NOW}\n")
@@ -210,7 +186,6 @@ def test_foreign_entries_in_the_map_are_dropped_with_a_warning(site):
     assert query(site, "192.0.2.2") is None and query(site, "192.0.2") is None
 
 
-@pytest.mark.tools
 def test_corrupt_offset_warns_and_rereads_the_grace_window(site):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     invoke(*site.args())
@@ -225,7 +200,6 @@ def test_corrupt_offset_warns_and_rereads_the_grace_window(site):
     assert json.loads(open(offset_file).read())["offset"] == site.log.stat().st_size
 
 
-@pytest.mark.tools
 def test_lock_held_by_another_run_exits_zero(site):
     import fcntl
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
@@ -242,7 +216,6 @@ def test_lock_held_by_another_run_exits_zero(site):
     assert query(site, "192.0.2.10") is None
 
 
-@pytest.mark.tools
 def test_list_and_json(site):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"), dovecot_login(NOW - 30, "2001:db8::10"))
     invoke(*site.args())
@@ -263,7 +236,6 @@ def test_list_and_json(site):
                      "expires_iso": "2026-11-24T23:59:30+00:00"}]
 
 
-@pytest.mark.tools
 @pytest.mark.parametrize("args, message", [
     (["--grace=abc"], "Error: --grace must be a whole number of seconds above 0, not 'abc'"),
     (["--grace=-5"], "Error: --grace must be a whole number of seconds above 0, not '-5'"),
@@ -280,7 +252,6 @@ def test_bad_option_values_are_one_line_errors(site, args, message):
     assert snapshot(site) == {}
 
 
-@pytest.mark.tools
 def test_missing_log_is_an_error_and_changes_nothing(site):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     invoke(*site.args())
@@ -291,7 +262,6 @@ def test_missing_log_is_an_error_and_changes_nothing(site):
     assert snapshot(site) == before
 
 
-@pytest.mark.tools
 def test_broken_pattern_file_names_file_and_line(site, tmp_path):
     patterns = tmp_path / "patterns"
     patterns.mkdir()
@@ -303,7 +273,6 @@ def test_broken_pattern_file_names_file_and_line(site, tmp_path):
     assert "(at line 3, column 11)" in result.stderr and result.stderr.count("\n") == 1
 
 
-@pytest.mark.tools
 def test_loose_pattern_is_refused(site, tmp_path):
     patterns = tmp_path / "patterns"
     patterns.mkdir()
@@ -314,7 +283,6 @@ def test_loose_pattern_is_refused(site, tmp_path):
     assert result.exit_code == 1 and "greedy" in result.stderr
 
 
-@pytest.mark.tools
 def test_missing_postmap_names_the_package(site, monkeypatch, tmp_path):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     monkeypatch.setattr(pb, "SBIN_DIRS", ())
@@ -326,7 +294,6 @@ def test_missing_postmap_names_the_package(site, monkeypatch, tmp_path):
     assert snapshot(site) == {}
 
 
-@pytest.mark.tools
 def test_missing_map_directory_is_an_error(site):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     result = CliRunner().invoke(
@@ -335,7 +302,6 @@ def test_missing_map_directory_is_an_error(site):
     assert result.stderr == f"Error: map directory {site.root}/nodir does not exist\n"
 
 
-@pytest.mark.tools
 def test_unwritable_map_directory_and_unreadable_log(nobody_site):
     site = nobody_site
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
@@ -351,7 +317,6 @@ def test_unwritable_map_directory_and_unreadable_log(nobody_site):
     assert snapshot(site) == before
 
 
-@pytest.mark.tools
 def test_config_file_then_environment_then_command_line(site, tmp_path):
     site.append(dovecot_login(NOW - 100, "192.0.2.10"))
     config = tmp_path / "pbsmtp.conf"
@@ -367,18 +332,6 @@ def test_config_file_then_environment_then_command_line(site, tmp_path):
         1, f"Error: config file {config}: unknown setting 'graze' (did you mean 'grace'?)\n")
 
 
-@pytest.mark.unit
-def test_help_documents_every_option():
-    text = invoke("--help").output
-    for param in pb.cli.params:
-        if not param.hidden and isinstance(param, __import__("click").Option):
-            for opt in param.opts:
-                assert opt in text, opt
-    assert "--nowrite" in text and "--noflock" in text and "--nodebug" in text
-    assert invoke("--version").output == f"pbsmtp-batch, version {pb.__version__}\n"
-
-
-@pytest.mark.tools
 def test_mail_config_names_the_postfix_instance(site):
     write_main_cf(site.conf, "mynetworks = 192.0.2.0/24\n")
     site.append(dovecot_login(NOW - 9, "192.0.2.10"), dovecot_login(NOW - 9, "198.51.100.10"))
@@ -388,7 +341,6 @@ def test_mail_config_names_the_postfix_instance(site):
     assert query(site, "198.51.100.10") == str(NOW - 9)
 
 
-@pytest.mark.tools
 def test_check_patterns_reports_hits_and_near_misses(site, tmp_path):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"), dovecot_login(NOW - 50, "192.0.2.10"),
                 dovecot_failure(NOW - 40, "203.0.113.66"),
@@ -405,7 +357,6 @@ def test_check_patterns_reports_hits_and_near_misses(site, tmp_path):
     assert snapshot(site) == {}                            # changes nothing
 
 
-@pytest.mark.tools
 def test_check_patterns_fails_on_a_wrong_sample(site, tmp_path):
     patterns = tmp_path / "patterns"
     patterns.mkdir()
@@ -418,17 +369,6 @@ def test_check_patterns_fails_on_a_wrong_sample(site, tmp_path):
     assert result.stderr == "Error: 1 pattern samples failed\n"
 
 
-@pytest.mark.unit
-def test_check_patterns_on_a_missing_log_is_one_error_line(tmp_path):
-    result = CliRunner().invoke(pb.cli, ["--check-patterns", f"--logfile={tmp_path}/absent",
-                                         f"--now={NOW}"])
-    assert result.exit_code == 1
-    assert result.stdout == ""
-    assert result.stderr == (f"Error: cannot read log file {tmp_path}/absent: "
-                             "No such file or directory\n")
-
-
-@pytest.mark.tools
 def test_other_backends_run_without_postfix(site, monkeypatch, tmp_path):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     monkeypatch.setattr(pb, "SBIN_DIRS", ())
@@ -443,7 +383,6 @@ def test_other_backends_run_without_postfix(site, monkeypatch, tmp_path):
     assert f"192.0.2.10: {NOW - 60}" in exim_list.read_text()
 
 
-@pytest.mark.tools
 def test_two_line_login_split_across_runs(site):
     """popa3d logs the address and the success on two lines of one PID; when
     a run ends between them, the address waits in the state directory."""
@@ -469,33 +408,6 @@ def test_two_line_login_split_across_runs(site):
     assert json.loads(pending.read_text()) == []
 
 
-@pytest.mark.unit
-def test_pending_addresses_are_bounded():
-    pending = {("h", "popa3d", str(pid)): ("192.0.2.1", NOW - pid % 700)
-               for pid in range(pb.PENDING_MAX + 500)}
-    kept = pb.trim_pending(pending, NOW)
-    assert len(kept) == min(pb.PENDING_MAX, sum(1 for _, w in pending.values()
-                                                 if w >= NOW - pb.PENDING_SECONDS))
-    assert min(w for _, w in kept.values()) >= NOW - pb.PENDING_SECONDS
-
-
-@pytest.mark.unit
-def test_pending_addresses_stay_bounded_within_one_run():
-    """A scanner's connections to popa3d (address lines that never see a
-    success) must not grow memory without bound in a big --reprocess."""
-    pending, patterns = {}, pb.load_patterns(pb.shipped_patterns_dir(), ("popa3d",))
-    stamp = lambda s: time.strftime("%b %d %H:%M:%S", time.gmtime(s))
-    for pid in range(3 * pb.PENDING_MAX):
-        line = f"{stamp(NOW - 3600 + pid // 10)} mail popa3d[{pid}]: Session from 203.0.113.9"
-        assert pb.match_login(line, patterns, NOW, pending) == (None, None)
-        assert len(pending) <= 2 * pb.PENDING_MAX + 1
-    last = 3 * pb.PENDING_MAX - 1
-    ok = f"{stamp(NOW - 3600 + last // 10)} mail popa3d[{last}]: Authentication passed for eve"
-    login, _ = pb.match_login(ok, patterns, NOW, pending)
-    assert login is not None and login.ip == "203.0.113.9"
-
-
-@pytest.mark.tools
 def test_check_patterns_pairs_two_line_logins(site):
     site.append("Nov 24 23:28:00 mail popa3d[2001]: Session from 192.0.2.33\n",
                 "Nov 24 23:28:01 mail popa3d[2001]: Authentication passed for carol\n")
@@ -505,7 +417,6 @@ def test_check_patterns_pairs_two_line_logins(site):
     assert "2 lines, 1 logins from 1 distinct addresses" in result.stdout.splitlines()
 
 
-@pytest.mark.tools
 def test_a_run_without_logins_reads_the_map_only_when_it_must(site):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     invoke(*site.args("--grace=100"))
@@ -528,7 +439,6 @@ def test_a_run_without_logins_reads_the_map_only_when_it_must(site):
     assert query(site, "192.0.2.77") is None
 
 
-@pytest.mark.tools
 def test_lines_written_during_a_run_are_read_before_it_exits(site):
     """systemd's path unit drops the triggers of writes made while the
     service runs; the run itself takes one more pass instead."""
@@ -560,7 +470,6 @@ def big_log(site, lines_per_minute=40, minutes=24 * 60):
     return out
 
 
-@pytest.mark.tools
 def test_reprocess_enters_a_big_log_where_the_grace_window_begins(site):
     lines = big_log(site)
     # Inside the window, at its edge, one in the window but written among
@@ -579,7 +488,6 @@ def test_reprocess_enters_a_big_log_where_the_grace_window_begins(site):
         "192.0.2.10", "192.0.2.11", "192.0.2.12"}
 
 
-@pytest.mark.tools
 def test_window_search_stops_where_lines_carry_no_time(site):
     lines = big_log(site)
     # The last 3 hours lose their time stamps (say a changed syslog template);
@@ -607,7 +515,6 @@ def unconfigured(site):
     return site
 
 
-@pytest.mark.tools
 def test_dry_run_without_main_cf_warns_once_and_works(unconfigured):
     site = unconfigured
     result = CliRunner().invoke(pb.cli, site.args("--dry-run"))
@@ -620,7 +527,6 @@ def test_dry_run_without_main_cf_warns_once_and_works(unconfigured):
     assert snapshot(site) == {}
 
 
-@pytest.mark.tools
 def test_real_run_without_main_cf_is_one_error(unconfigured):
     site = unconfigured
     result = CliRunner().invoke(pb.cli, site.args())
@@ -631,7 +537,6 @@ def test_real_run_without_main_cf_is_one_error(unconfigured):
     assert snapshot(site) == {}
 
 
-@pytest.mark.tools
 def test_list_and_check_patterns_without_main_cf(unconfigured):
     site = unconfigured
     assert invoke(*site.args("--list")).output == ""
@@ -641,7 +546,6 @@ def test_list_and_check_patterns_without_main_cf(unconfigured):
     assert "1 lines, 1 logins from 1 distinct addresses" in result.stdout
 
 
-@pytest.mark.tools
 def test_unreadable_patterns_directory_is_one_error(nobody_site, tmp_path):
     site = nobody_site
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))

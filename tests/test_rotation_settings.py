@@ -17,9 +17,10 @@ import time
 
 import pytest
 
-import pbsmtp_batch as pb
 from conftest import require
 from rotation import held
+
+pytestmark = pytest.mark.tools
 
 
 def rotate(lab, directives):
@@ -101,7 +102,6 @@ def settings(lab, name):
     return directives.format(**fill), [o.format(**fill) for o in options], made
 
 
-@pytest.mark.tools
 @pytest.mark.parametrize("name", list(SETTINGS))
 def test_every_login_survives_rotation_with_setting(lab, name):
     directives, options, made = settings(lab, name)
@@ -138,7 +138,6 @@ def test_every_login_survives_rotation_with_setting(lab, name):
     assert len(lab.expected) == (16 if late else 14)
 
 
-@pytest.mark.tools
 @pytest.mark.parametrize("directives, made", [
     ("dateext\n    dateformat _%Y%m%d", r"mail\.log_\d{8}"),
     ("dateext\n    dateyesterday\n    dateformat _%Y%m%d", r"mail\.log_\d{8}"),
@@ -163,7 +162,6 @@ def test_dateformat_by_day(lab, directives, made):
     assert len(lab.expected) == 8
 
 
-@pytest.mark.tools
 def test_missing_decompressor_is_a_warning_naming_the_file_and_package(lab, monkeypatch,
                                                                        tmp_path_factory):
     """A rotated .zst without zstd installed: the run says which file and
@@ -192,7 +190,6 @@ def test_missing_decompressor_is_a_warning_naming_the_file_and_package(lab, monk
     assert new[0] in entries and len(entries) == len(lost)
 
 
-@pytest.mark.tools
 def test_corrupt_zstd_file_is_a_warning_naming_it_and_why(lab):
     tool("zstd")
     lab.logins(1)
@@ -208,27 +205,6 @@ def test_corrupt_zstd_file_is_a_warning_naming_it_and_why(lab):
     lab.check()
 
 
-@pytest.mark.unit
-def test_rotated_names_of_every_form_sort_by_age(tmp_path):
-    """Numbered (higher is older) before dated (by the date's digits);
-    extension and compressext stripped; other logs' files ignored."""
-    old = tmp_path / "old"
-    old.mkdir()
-    names = ["mail.log.3.zst", "mail.2.log.lz4", "mail.log.1", "mail.log_20261120",
-             "mail.log-2026-11-21.gz", "mail.log.20261122.xz", "mail-20261123.log.bz2",
-             "mail.log.tmp", "mail.logger.1", "mail.err.1", "mail.log.1.gz.1", "mail.log.Z"]
-    for n in names:
-        (tmp_path / n).write_text("")
-    (old / "mail.log.4.Z").write_text("")
-    (old / "mail.log-20261124").write_text("")
-    found = pb.rotated_logs(str(tmp_path / "mail.log"), ["old"])
-    assert [os.path.relpath(p, tmp_path) for p in found] == [
-        "old/mail.log.4.Z", "mail.log.3.zst", "mail.2.log.lz4", "mail.log.1",
-        "mail.log_20261120", "mail.log-2026-11-21.gz", "mail.log.20261122.xz",
-        "mail-20261123.log.bz2", "old/mail.log-20261124"]
-
-
-@pytest.mark.tools
 def test_rotated_dir_from_the_environment(lab, monkeypatch):
     """PBSMTP_ROTATED_DIR, as cron's environment or a unit's would set it."""
     monkeypatch.setenv("PBSMTP_ROTATED_DIR", str(lab.root / "old"))

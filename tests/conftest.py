@@ -1,4 +1,15 @@
-"""Shared fixtures: real Postfix tools, a demo log, and a fixed clock."""
+"""What every test module shares: the markers' check (unit, tools, live),
+real Postfix tools or a skip that names the package (a failure with CI=true),
+a fixed clock, log lines, the Site fixtures (site, lab, nobody_site,
+admin_dir), Hypothesis's profile, and the daemon tests' rsyslog harness.
+
+Helpers that are no fixtures live in helper modules beside this one (a test
+module never imports another test module): runs.py (runs of the CLI and
+what they leave), rotation.py (the real logrotate), daemons.py (daemons and
+their clients, plain Python), logins.py (raw POP/IMAP logins and what the
+patterns find), relay.py (Postfix deciding relay), debs.py (the packages
+unpacked with apt-get download), upstreams.py (stand-in IMAP/POP3 servers).
+"""
 
 import codecs
 import json
@@ -11,6 +22,7 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, settings
 
 import daemons  # tests/daemons.py
 import pbsmtp_batch as pb
@@ -68,6 +80,22 @@ def pytest_collection_modifyitems(config, items):
     if wrong:
         raise pytest.UsageError(f"each test needs exactly one of the markers {', '.join(KINDS)} "
                                 f"(e.g. pytestmark = pytest.mark.unit):\n" + "\n".join(wrong))
+
+
+# Hypothesis runs with a fixed seed (derandomize) so that CI is repeatable;
+# PBSMTP_HYPOTHESIS=thorough searches longer.
+settings.register_profile("pbsmtp-ci", derandomize=True, database=None, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow,
+                                                 HealthCheck.function_scoped_fixture])
+settings.register_profile("pbsmtp-thorough", parent=settings.get_profile("pbsmtp-ci"),
+                          derandomize=False, max_examples=1000)
+PROFILE = settings.get_profile("pbsmtp-" + os.environ.get("PBSMTP_HYPOTHESIS", "ci"))
+
+
+def budget(examples: int) -> settings:
+    """The profile, with this many examples unless the profile asks for more."""
+    return settings(PROFILE, max_examples=max(examples, PROFILE.max_examples
+                                              if PROFILE.derandomize is False else 0))
 
 
 # A fixed "now" for every test: 2026-11-24 23:30:00 UTC.

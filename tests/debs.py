@@ -85,6 +85,22 @@ def tree(name):
     return unpacked(*TREES[name])
 
 
+def runnable(name, library_path=None):
+    """tree(*name*), whose program (the tree's marker) finds every library
+    it needs (with LD_LIBRARY_PATH *library_path*, if given); otherwise the
+    test is unavailable."""
+    root = tree(name)
+    binary = TREES[name].marker
+    env = None if library_path is None else dict(os.environ, LD_LIBRARY_PATH=library_path(root))
+    r = subprocess.run(["ldd", os.path.join(root, binary)], capture_output=True, text=True,
+                       env=env)
+    missing = [line.split()[0] for line in r.stdout.splitlines() if "not found" in line]
+    if r.returncode != 0 or missing:
+        unavailable(f"{os.path.basename(binary)} cannot run, missing libraries: "
+                    f"{missing or r.stderr}")
+    return root
+
+
 def unpacked_file(package, relpath):
     """One file of one unpacked package."""
     return os.path.join(unpacked([package], relpath, package), relpath)

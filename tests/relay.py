@@ -46,6 +46,19 @@ def assert_refused(postfix, source):
         source, code, text, daemons.read_text(postfix.maillog)[-2000:])
 
 
+def postfix_lookup_keys(client: str) -> list[str]:
+    """The keys smtpd's check_addr_access tries for a client address on a
+    fixed-key table: the address, then cut at the last ':' (IPv6) or '.'
+    (IPv4) again and again (split_at_right)."""
+    key = client
+    delim = ":" if ":" in client else "."
+    keys = [key]
+    while delim in key:
+        key = key[:key.rindex(delim)]
+        keys.append(key)
+    return keys
+
+
 ###############################################################################
 # The end-to-end lab ##########################################################
 ###############################################################################

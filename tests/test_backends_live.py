@@ -46,8 +46,8 @@ def test_qmail_tcpserver_sets_relayclient(site):
     run_ok(*local_args(site, *args))
     port = daemons.free_port()
     # "env" stands in for qmail-smtpd: it prints the environment tcpserver gave it.
-    proc = daemons.start_process([tcpserver, "-H", "-R", "-x", f"{rules}.cdb", "127.0.0.1", str(port),
-                         "/usr/bin/env"], site.root / "tcpserver.log")
+    proc = daemons.start_process([tcpserver, "-H", "-R", "-x", f"{rules}.cdb", "127.0.0.1",
+                                  str(port), "/usr/bin/env"], site.root / "tcpserver.log")
     try:
         daemons.wait_for_port("127.0.0.1", port, proc.pid)
 
@@ -97,10 +97,10 @@ class PostgresServer:
         subprocess.run([os.path.join(self.bin, "initdb"), "-D", self.data, "-U", "postgres",
                         "--auth=trust", "-E", "UTF8", "--no-sync"],
                        check=True, capture_output=True, **as_pg)
-        self.proc = daemons.start_process([os.path.join(self.bin, "postgres"), "-D", self.data,
-                                  "-p", str(self.port), "-k", self.dir,
-                                  "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
-                                 os.path.join(self.dir, "postgres.log"), **as_pg)
+        self.proc = daemons.start_process(
+            [os.path.join(self.bin, "postgres"), "-D", self.data, "-p", str(self.port),
+             "-k", self.dir, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+            os.path.join(self.dir, "postgres.log"), **as_pg)
         psycopg = pytest.importorskip("psycopg")
 
         def ready():
@@ -265,8 +265,9 @@ def memcached():
     port = daemons.free_port()
     proc = None
     try:
-        proc = daemons.start_process([binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-t", "1",
-                             "-m", "16", "-u", "nobody"], os.path.join(workdir, "memcached.log"))
+        proc = daemons.start_process([binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0",
+                                      "-t", "1", "-m", "16", "-u", "nobody"],
+                                     os.path.join(workdir, "memcached.log"))
         daemons.wait_for_port("127.0.0.1", port, proc.pid)
         yield f"127.0.0.1:{port}"
     finally:

@@ -27,7 +27,6 @@ success line with the address 203.0.113.9.
 
 import base64
 import os
-import subprocess
 
 import pytest
 
@@ -35,7 +34,6 @@ import daemons
 import debs
 import logins
 import upstreams
-from conftest import unavailable
 
 pytestmark = pytest.mark.live
 
@@ -43,15 +41,6 @@ BINARY = debs.TREES["imapproxy"].marker
 USERS = {"alice": "secret", "bob": "hunter2", "carol": "letmein"}
 # A whole success clause with the attacker's address, as a user name.
 CRAFTED = f"x' ({logins.ATTACKER}:4242) on new sd [7]"
-
-
-def imapproxy_root():
-    root = debs.tree("imapproxy")
-    r = subprocess.run(["ldd", os.path.join(root, BINARY)], capture_output=True, text=True)
-    missing = [line.split()[0] for line in r.stdout.splitlines() if "not found" in line]
-    if r.returncode != 0 or missing:
-        unavailable(f"imapproxyd cannot run, missing libraries: {missing or r.stderr}")
-    return root
 
 
 # imapproxyd ###################################################################
@@ -101,10 +90,8 @@ enable_admin_commands no
         daemons.wait_for_port("127.0.0.1", self.port, self.proc.pid)
 
     def stop(self):
-        if self.proc is not None:
-            daemons.stop_pid(self.proc.pid, self.proc)
-            daemons.stop_session(self.proc.pid)
-            self.proc = None
+        daemons.stop_process(self.proc)
+        self.proc = None
 
 
 def b64(text):
@@ -130,7 +117,7 @@ def imap_authenticate_login(port, source, user, password):
 
 def test_imapproxy_logins(harness):
     workdir, rsyslog = harness
-    root = imapproxy_root()
+    root = debs.runnable("imapproxy")
     upstream = upstreams.imap_upstream(USERS)
     proxy = Imapproxy(root, workdir, rsyslog.socket, upstream.server_address[1])
     port = proxy.port

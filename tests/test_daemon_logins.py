@@ -151,10 +151,8 @@ EVENTS {{
         wait_until_listening(self)
 
     def stop(self):
-        if self.proc is not None:
-            daemons.stop_pid(self.proc.pid, self.proc)
-            daemons.stop_session(self.proc.pid)
-            self.proc = None
+        daemons.stop_process(self.proc)
+        self.proc = None
 
 
 def exercise(server, maillog, net, crafted_imap, crafted_pop3, unknown_over_pop3, logged):
@@ -351,10 +349,8 @@ class Courier:
         wait_until_listening(self)
 
     def stop(self):
-        if self.proc is not None:
-            daemons.stop_pid(self.proc.pid, self.proc)
-            daemons.stop_session(self.proc.pid)
-            self.proc = None
+        daemons.stop_process(self.proc)
+        self.proc = None
 
 
 def test_courier_logins(harness):
@@ -576,10 +572,8 @@ class Inetd:
             daemons.wait_for_port("127.0.0.1", port, self.proc.pid)
 
     def stop(self):
-        if self.proc is not None:
-            daemons.stop_pid(self.proc.pid, self.proc)
-            daemons.stop_session(self.proc.pid)
-            self.proc = None
+        daemons.stop_process(self.proc)
+        self.proc = None
 
 
 @pytest.fixture
@@ -787,8 +781,7 @@ mail {{
         assert smtp_auth_plain(587, "127.0.0.117", crafted, "secret", listen)
         daemons.wait_for_log(rsyslog.maillog, "client: 127.0.0.117")
     finally:
-        daemons.stop_pid(proc.pid, proc)
-        daemons.stop_session(proc.pid)
+        daemons.stop_process(proc)
         auth.shutdown()
         for server in upstreams.values():
             server.shutdown()

@@ -41,7 +41,6 @@ import base64
 import concurrent.futures
 import os
 import re
-import subprocess
 import time
 
 import pytest
@@ -50,7 +49,6 @@ import daemons
 import debs
 import logins
 import upstreams
-from conftest import unavailable
 
 pytestmark = pytest.mark.live
 
@@ -64,16 +62,6 @@ FORGED = (f'Auth: {logins.ATTACKER}:4242->127.0.0.1:110 client-secure=plaintext 
 
 def library_path(root):
     return debs.library_path(root, "usr/lib")
-
-
-def perdition_root():
-    root = debs.tree("perdition")
-    r = subprocess.run(["ldd", os.path.join(root, BINARY)], capture_output=True, text=True,
-                       env=dict(os.environ, LD_LIBRARY_PATH=library_path(root)))
-    missing = [line.split()[0] for line in r.stdout.splitlines() if "not found" in line]
-    if r.returncode != 0 or missing:
-        unavailable(f"perdition cannot run, missing libraries: {missing or r.stderr}")
-    return root
 
 
 # perdition ####################################################################
@@ -112,10 +100,8 @@ class Perdition:
             daemons.wait_for_port("::1", self.port, self.proc.pid)
 
     def stop(self):
-        if self.proc is not None:
-            daemons.stop_pid(self.proc.pid, self.proc)
-            daemons.stop_session(self.proc.pid)
-            self.proc = None
+        daemons.stop_process(self.proc)
+        self.proc = None
 
 
 # Clients ######################################################################
@@ -151,7 +137,7 @@ def ended(maillog, addresses):
 
 def test_perdition_logins(harness):
     workdir, rsyslog = harness
-    root = perdition_root()
+    root = debs.runnable("perdition", library_path)
     cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
     daemons.make_cert(cert, key)
     tls = ["--ssl_cert_file", cert, "--ssl_key_file", key]
@@ -193,7 +179,8 @@ def test_perdition_logins(harness):
             (logins.pop3_user_pass, pop.port, bad[0], "alice", "wrong"),
             (logins.imap_login, imap.port, bad[1], "nobody", "secret"),
             (logins.pop3_user_pass, pop.port, bad[4], f'x" {TAIL}', "x"),
-            (logins.pop3_user_pass, pop.port, bad[5], f'x"\t{TAIL}\t{FORGED}'.replace(" ", "\t"), "x"),
+            (logins.pop3_user_pass, pop.port, bad[5],
+             f'x"\t{TAIL}\t{FORGED}'.replace(" ", "\t"), "x"),
             (logins.imap_login_literal, imap.port, bad[6], f'x" {TAIL}', "x"),
             (logins.imap_login_literal, imap.port, bad[7], f"x\n{FORGED}", "x"),
             (logins.imap_login, imap.port, bad[8], f'x" {TAIL}', "x"),

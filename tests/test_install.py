@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.unit
+# pip installs the project's requirements from the package index: a tool and
+# the network, not Python alone.
+pytestmark = pytest.mark.tools
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,6 +11,8 @@ import pytest
 
 from conftest import require
 
+pytestmark = pytest.mark.tools
+
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 DEMO = ROOT / "examples" / "maillog"
@@ -33,7 +35,6 @@ def demo_run(program: Path, site, path: str) -> subprocess.CompletedProcess:
                           env={"PATH": path, "HOME": str(site.root)}, cwd=site.root)
 
 
-@pytest.mark.tools
 def test_venv_under_opt_with_a_link_in_usr_local_bin(site, tmp_path):
     """Debian's own python3 (PEP 668 refuses a plain pip install there), a
     venv, and the link cron's PATH reaches."""
@@ -62,7 +63,6 @@ def test_venv_under_opt_with_a_link_in_usr_local_bin(site, tmp_path):
     assert not any(bindir.iterdir()) and not opt.exists()
 
 
-@pytest.mark.tools
 def test_pipx_with_its_own_home_and_bin_dir(site, tmp_path):
     pipx = require("pipx", "pipx")
     env = {"PATH": SYSTEM_PATH, "HOME": str(tmp_path), "PIPX_HOME": str(tmp_path / "pipx"),
@@ -83,7 +83,6 @@ def test_pipx_with_its_own_home_and_bin_dir(site, tmp_path):
     assert not (tmp_path / "pipx" / "venvs" / "pbsmtp-batch").exists()
 
 
-@pytest.mark.unit
 def test_plain_pip_install_is_refused_by_debians_python(tmp_path):
     """The README says why there is no 'pip install .' step on Debian."""
     marker = list(Path("/usr/lib").glob("python3.*/EXTERNALLY-MANAGED"))

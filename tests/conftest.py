@@ -7,8 +7,9 @@ Helpers that are no fixtures live in helper modules beside this one (a test
 module never imports another test module): runs.py (runs of the CLI and
 what they leave), rotation.py (the real logrotate), daemons.py (daemons and
 their clients, plain Python), logins.py (raw POP/IMAP logins and what the
-patterns find), relay.py (Postfix deciding relay), debs.py (the packages
-unpacked with apt-get download), upstreams.py (stand-in IMAP/POP3 servers).
+patterns find), relay.py (Postfix deciding relay), journal.py (journal
+files written by systemd's own tools), debs.py (the packages unpacked with
+apt-get download), upstreams.py (stand-in IMAP/POP3 servers).
 """
 
 import codecs

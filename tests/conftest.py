@@ -1,15 +1,29 @@
-"""Shared fixtures: real Postfix tools, a demo log, and a fixed clock."""
+"""What every test module shares: the markers' check (unit, tools, live),
+real Postfix tools or a skip that names the package (a failure with CI=true),
+a fixed clock, log lines, the Site fixtures (site, lab, nobody_site,
+admin_dir), Hypothesis's profile, and the daemon tests' rsyslog harness.
+
+Helpers that are no fixtures live in helper modules beside this one (a test
+module never imports another test module): runs.py (runs of the CLI and
+what they leave), rotation.py (the real logrotate), daemons.py (daemons and
+their clients, plain Python), logins.py (raw POP/IMAP logins and what the
+patterns find), relay.py (Postfix deciding relay), journal.py (journal
+files written by systemd's own tools), debs.py (the packages unpacked with
+apt-get download), upstreams.py (stand-in IMAP/POP3 servers).
+"""
 
 import codecs
 import json
 import os
 import pwd
 import shutil
+import subprocess
 import sysconfig
 import time
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, settings
 
 import daemons  # tests/daemons.py
 import pbsmtp_batch as pb
@@ -21,17 +35,21 @@ os.environ["PBSMTP_SYSLOG"] = "0"
 SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
 
 
-def require(tool: str, package: str = "postfix") -> str:
-    """The path of a real program the test needs, from the named Debian
-    package. In CI its absence is a failure, not a skip: a skipped suite
-    would hide a missing install step."""
-    found = shutil.which(tool, path=SBIN)
-    if found:
-        return found
-    message = f"{tool} is not installed (Debian: apt-get install {package})"
+def unavailable(message: str) -> None:
+    """What the test needs is not on this machine: a skip, and with CI=true a
+    failure (a skipped suite would hide a missing install step)."""
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+def require(tool: str, package: str = "postfix") -> str:
+    """The path of a real program the test needs, from the named Debian
+    package (see unavailable)."""
+    found = shutil.which(tool, path=SBIN)
+    if found:
+        return found
+    unavailable(f"{tool} is not installed (Debian: apt-get install {package})")
 
 
 @pytest.fixture
@@ -43,11 +61,42 @@ def require_map_type(map_type: str) -> None:
     """A Postfix map type the test needs: a skip outside CI when this Postfix
     lacks it (lmdb and cdb are packages of their own), a failure in CI."""
     if map_type not in daemons.supported_map_types():
-        message = (f"Postfix has no {map_type} map support "
-                   f"(Debian: apt-get install {daemons.map_package(map_type)})")
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"Postfix has no {map_type} map support "
+                    f"(Debian: apt-get install {daemons.map_package(map_type)})")
+
+
+# What a test needs to run: each test has exactly one of these markers
+# (module-level pytestmark where a file's tests agree), so `-m unit` runs on a
+# machine with nothing but Python, and a new test cannot leave it unsaid.
+KINDS = ("unit", "tools", "live")
+
+
+@pytest.hookimpl(tryfirst=True)          # before -m deselects anything
+def pytest_collection_modifyitems(config, items):
+    wrong = []
+    for item in items:
+        kinds = sorted({m.name for m in item.iter_markers() if m.name in KINDS})
+        if len(kinds) != 1:
+            wrong.append(f"  {item.nodeid}: {', '.join(kinds) or 'none'}")
+    if wrong:
+        raise pytest.UsageError(f"each test needs exactly one of the markers {', '.join(KINDS)} "
+                                f"(e.g. pytestmark = pytest.mark.unit):\n" + "\n".join(wrong))
+
+
+# Hypothesis runs with a fixed seed (derandomize) so that CI is repeatable;
+# PBSMTP_HYPOTHESIS=thorough searches longer.
+settings.register_profile("pbsmtp-ci", derandomize=True, database=None, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow,
+                                                 HealthCheck.function_scoped_fixture])
+settings.register_profile("pbsmtp-thorough", parent=settings.get_profile("pbsmtp-ci"),
+                          derandomize=False, max_examples=1000)
+PROFILE = settings.get_profile("pbsmtp-" + os.environ.get("PBSMTP_HYPOTHESIS", "ci"))
+
+
+def budget(examples: int) -> settings:
+    """The profile, with this many examples unless the profile asks for more."""
+    return settings(PROFILE, max_examples=max(examples, PROFILE.max_examples
+                                              if PROFILE.derandomize is False else 0))
 
 
 # A fixed "now" for every test: 2026-11-24 23:30:00 UTC.
@@ -84,6 +133,14 @@ def dovecot_failure(epoch: float, ip: str, user: str = "mallory") -> str:
 def noise(epoch: float) -> str:
     return (f"{syslog_time(epoch)} mail postfix/smtpd[3131]: connect from "
             f"unknown[198.51.100.77]\n")
+
+
+def two_line_attack(program, address, unreadable, success, pid=4242):
+    """The attacker connects and never logs in; later a real user's session
+    gets the same PID, with an address line no pattern reads, and logs in."""
+    return [f"{syslog_time(NOW - 300)} mail {program}[{pid}]: {address.format(ip='203.0.113.66')}\n",
+            f"{syslog_time(NOW - 100)} mail {program}[{pid}]: {unreadable}\n",
+            f"{syslog_time(NOW - 99)} mail {program}[{pid}]: {success}\n"]
 
 
 def write_main_cf(conf, text: str) -> None:
@@ -124,6 +181,21 @@ class Site:
 @pytest.fixture
 def site(tmp_path, postmap):
     return Site(tmp_path)
+
+
+@pytest.fixture
+def lab(tmp_path, postmap):
+    """A rotation.Lab: a site that checks every run against the logins it logged."""
+    from rotation import Lab      # rotation.py builds on this module's Site
+    return Lab(tmp_path)
+
+
+@pytest.fixture
+def admin_dir(tmp_path, monkeypatch):
+    """The admin's overlay directory, pointed at a temp dir in-process only."""
+    path = tmp_path / "admin-patterns"
+    monkeypatch.setattr(pb, "ADMIN_PATTERNS_DIR", str(path))
+    return path
 
 
 @pytest.fixture
@@ -172,3 +244,46 @@ def run_as_nobody(site, *args):
     os.waitpid(pid, 0)
     exit_code, stderr = json.loads(data)
     return exit_code, stderr
+
+
+###############################################################################
+# The daemon tests' harness: a private rsyslogd ###############################
+###############################################################################
+
+def require_harness():
+    """What the daemon tests need to run unpacked servers under a private rsyslogd."""
+    if os.geteuid() != 0:
+        unavailable("needs root (private mount namespace, daemons that drop privileges)")
+    packages = {"rsyslogd": "rsyslog", "unshare": "util-linux", "mount": "mount",
+                "apt-get": "apt", "dpkg": "dpkg"}
+    missing = daemons.missing_binaries(packages)
+    if missing:
+        unavailable(f"missing programs: {', '.join(missing)} (Debian: apt-get install "
+                    f"{' '.join(dict.fromkeys(packages[m] for m in missing))})")
+
+
+# Every maillog format an admin may have: Debian 12's default (RFC 3339), the
+# traditional RFC 3164 one, and RFC 5424 (where rsyslog cuts Cyrus's
+# "cyrus/imap" tag to the app name "cyrus", seen live with Debian 12's
+# Cyrus 3.6 and rsyslog).
+TEMPLATES = [
+    daemons.RFC3339,
+    daemons.TRADITIONAL,
+    # rsyslog's RFC 5424 template writes "... cyrus 4101 - -  login: ..." (two
+    # blanks: the legacy message keeps the blank after "tag:").
+    "RSYSLOG_SyslogProtocol23Format",
+]
+
+
+@pytest.fixture(params=TEMPLATES)
+def harness(request):
+    """A private rsyslogd writing the maillog in one of TEMPLATES, and its work directory."""
+    require_harness()
+    workdir = daemons.make_workdir("pbsmtp-logins-")
+    rsyslog = daemons.Rsyslog(workdir, template=request.param)
+    try:
+        rsyslog.start()
+        yield workdir, rsyslog
+    finally:
+        rsyslog.stop()
+        subprocess.run(["rm", "-rf", "--one-file-system", workdir], check=False)

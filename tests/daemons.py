@@ -265,12 +265,21 @@ def stop_session(sid, timeout=10.0):
         stop_pid(pid, timeout=timeout)
 
 
-def start_process(argv, logfile, env=None):
-    """Start *argv* in a new session with output to *logfile*; return Popen."""
+def start_process(argv, logfile, env=None, **popen):
+    """Start *argv* in a new session with output to *logfile*; return Popen.
+    *popen*: more of Popen's keywords (user, group, cwd ...)."""
     with open(logfile, "ab") as out:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+                                start_new_session=True, **popen)
+
+
+def stop_process(proc):
+    """Stop a process of start_process (None: never started) and whatever
+    is left in its session."""
+    if proc is not None:
+        stop_pid(proc.pid, proc)
+        stop_session(proc.pid)
 
 
 # Daemons log through syslog(3), which always writes to /dev/log. To send

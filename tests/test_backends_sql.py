@@ -1,13 +1,15 @@
-"""The SQLite and MariaDB/MySQL stores, against the real programs.
+"""The SQLite and MariaDB/MySQL stores, against the real servers that read them.
 
-- sqlite: the stdlib sqlite3 writes one file; a private Postfix reads it
-  through the README's ``sqlite:`` map (Debian postfix-sqlite) as user postfix.
+- sqlite: a private Postfix reads the file a run wrote through the README's
+  ``sqlite:`` map (Debian postfix-sqlite) as user postfix (the store alone:
+  test_backends.py).
 - mysql: a private MariaDB server (Debian mariadb-server) started by the test
   on 127.0.0.1 and a unix socket in a temp dir, stopped by its PID; two
   writer "hosts"; a private Postfix reads the table through the README's
   ``mysql:`` map (Debian postfix-mysql).
 
-A missing program is a skip, and a failure under CI (CI=true).
+A missing program is a skip, and a failure under CI (CI=true). The errors
+that need nothing but Python are in test_backends_unit.py.
 """
 
 import os
@@ -15,7 +17,6 @@ import re
 import shutil
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,71 +24,16 @@ import pytest
 
 import daemons
 import pbsmtp_batch as pb
-from conftest import NOW, Site, dovecot_login
-from test_backends import (assert_accepted, assert_refused, invoke, listed, local_args,
-                           missing, postfix_with_map, run_ok, start_daemon, stop_daemon)
+from conftest import NOW, Site, dovecot_login, require_map_type, unavailable
+from relay import assert_accepted, assert_refused, postfix_with_map
+from runs import invoke, listed, local_args, run_ok
+
+pytestmark = pytest.mark.live
 
 
 ###############################################################################
 # SQLite ######################################################################
 ###############################################################################
-
-def sqlite_rows(path):
-    with sqlite3.connect(path) as db:
-        return dict(db.execute("SELECT ip, last_login FROM pbsmtp_relay ORDER BY ip"))
-
-
-def test_sqlite_keeps_the_newest_login_and_purges(site):
-    db = site.root / "relay.sqlite"
-    args = ["--backend=sqlite", f"--dbfile={db}"]
-    site.append(dovecot_login(NOW - 60, "192.0.2.10"), dovecot_login(NOW - 50, "2001:db8::10"))
-    run_ok(*site.args(*args))
-    assert sqlite_rows(db) == {"192.0.2.10": NOW - 60, "2001:db8::10": NOW - 50}
-    assert oct(os.stat(db).st_mode & 0o777) == oct(pb.SqliteStore.MODE)
-    with sqlite3.connect(db) as conn:                     # rollback journal, not WAL
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
-    assert listed(site, *args, now=NOW) == {"192.0.2.10": NOW - 60, "2001:db8::10": NOW - 50}
-    # Another writer refreshed a row since this host read it: the purge keeps it.
-    store = pb.SqliteStore(str(db))
-    plan = pb.merge(store.read(), [], NOW + pb.DEFAULT_GRACE - 15, pb.DEFAULT_GRACE)
-    assert sorted(plan.expired) == ["192.0.2.10", "2001:db8::10"]
-    other = pb.SqliteStore(str(db), host="host-b")
-    other.publish(pb.merge(other.read(), [pb.Login("192.0.2.10", NOW + 100, "a", "dovecot")],
-                           NOW + 100, pb.DEFAULT_GRACE))
-    # An older login never lowers a newer one.
-    other.publish(pb.merge({}, [pb.Login("192.0.2.10", NOW + 50, "a", "dovecot")],
-                           NOW + 100, pb.DEFAULT_GRACE))
-    store.publish(plan)
-    assert sqlite_rows(db) == {"192.0.2.10": NOW + 100}
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT host FROM pbsmtp_relay").fetchone()[0] == "host-b"
-
-
-def test_sqlite_drops_rows_that_are_not_addresses(site):
-    db = site.root / "relay.sqlite"
-    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
-    run_ok(*site.args("--backend=sqlite", f"--dbfile={db}"))
-    with sqlite3.connect(db) as conn:
-        conn.execute("INSERT INTO pbsmtp_relay VALUES ('192.0.2', ?, 'x')", (NOW - 5,))
-    site.append(dovecot_login(NOW - 30, "192.0.2.11"))
-    result = invoke(*site.args("--backend=sqlite", f"--dbfile={db}"))
-    assert result.exit_code == 0
-    assert "dropped 1 map entries that are not an address" in result.output
-    assert sqlite_rows(db) == {"192.0.2.10": NOW - 60, "192.0.2.11": NOW - 30}
-
-
-def test_sqlite_errors_are_one_line_and_change_nothing(site, tmp_path):
-    site.append(dovecot_login(NOW - 60, "192.0.2.10"))
-    result = invoke(*site.args("--backend=sqlite", f"--dbfile={tmp_path}/nodir/r.sqlite"))
-    assert result.exit_code == 1
-    assert result.output == f"Error: directory {tmp_path}/nodir does not exist\n"
-    bad = tmp_path / "not-a-db.sqlite"
-    bad.write_text("this is not a database\n" * 100)
-    result = invoke(*site.args("--backend=sqlite", f"--dbfile={bad}"))
-    assert result.exit_code == 1
-    assert result.output == f"Error: SQLite database {bad}: file is not a database\n"
-    assert not (site.state / "offset").exists() and len(result.output.splitlines()) == 1
-
 
 README = Path(__file__).resolve().parent.parent / "README"
 
@@ -108,16 +54,10 @@ def sqlite_cf(db, grace):
         "/var/lib/pbsmtp-batch/relay.sqlite": db, "- 1800": f"- {grace}"})
 
 
-def require_map_type(map_type, package):
-    if map_type not in daemons.supported_map_types():
-        missing(f"Postfix has no {map_type} map support (Debian: apt-get install {package})")
-
-
-@pytest.mark.daemons
 def test_sqlite_map_grants_relay_through_postfix(site):
     """smtpd, as user postfix, reads the file that a root run wrote in a
     root-owned directory, through the README's sqlite: map."""
-    require_map_type("sqlite", "postfix-sqlite")
+    require_map_type("sqlite")
     grace = 300
     workdir = daemons.make_workdir()
     store_dir = os.path.join(workdir, "store")
@@ -159,12 +99,12 @@ class MariaDBServer:
     temp dir, run as the mysql user, stopped by its PID."""
 
     def __init__(self):
-        self.mariadbd = shutil.which("mariadbd", path="/usr/sbin:/usr/bin") or missing(
+        self.mariadbd = shutil.which("mariadbd", path="/usr/sbin:/usr/bin") or unavailable(
             "mariadbd is not installed (Debian: apt-get install mariadb-server)")
-        self.install_db = shutil.which("mariadb-install-db") or missing(
+        self.install_db = shutil.which("mariadb-install-db") or unavailable(
             "mariadb-install-db is not installed (Debian: apt-get install mariadb-server)")
         if os.geteuid() != 0:
-            missing("the MariaDB test server is started as root (then as mysql)")
+            unavailable("the MariaDB test server is started as root (then as mysql)")
         self.dir = daemons.make_workdir("pbsmtp-mysql-")
         self.data = os.path.join(self.dir, "data")
         self.socket = os.path.join(self.dir, "mysqld.sock")
@@ -182,7 +122,7 @@ class MariaDBServer:
         subprocess.run([self.install_db, "--no-defaults", f"--datadir={self.data}",
                         "--user=mysql", "--auth-root-authentication-method=normal",
                         "--skip-test-db"], check=True, capture_output=True)
-        self.proc = start_daemon(
+        self.proc = daemons.start_process(
             [self.mariadbd, "--no-defaults", f"--datadir={self.data}", "--user=mysql",
              f"--socket={self.socket}", f"--port={self.port}", "--bind-address=127.0.0.1",
              f"--pid-file={self.dir}/mysqld.pid", "--skip-log-bin", "--skip-name-resolve",
@@ -213,7 +153,7 @@ class MariaDBServer:
             conn.close()
 
     def stop(self):
-        stop_daemon(self.proc)
+        daemons.stop_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -254,7 +194,6 @@ def mysql_clear(server):
     server.sql("DELETE FROM pbsmtp_relay", database="mail")
 
 
-@pytest.mark.daemons
 def test_mysql_hosts_share_one_table(mariadb, site, tmp_path):
     mysql_clear(mariadb)
     writer = mariadb.url("pbsmtp", "writer-pw")
@@ -287,7 +226,6 @@ def test_mysql_hosts_share_one_table(mariadb, site, tmp_path):
                        database="mail") == (("host-b",),)
 
 
-@pytest.mark.daemons
 def test_mysql_drops_rows_that_are_not_addresses(mariadb, site):
     mysql_clear(mariadb)
     mariadb.sql(f"INSERT INTO pbsmtp_relay VALUES ('192.0.2', {NOW - 5}, 'x'), "
@@ -300,7 +238,6 @@ def test_mysql_drops_rows_that_are_not_addresses(mariadb, site):
     assert mysql_rows(mariadb) == {"192.0.2.10": NOW - 60}
 
 
-@pytest.mark.daemons
 def test_mysql_errors_are_one_line(mariadb, site):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     result = invoke(*site.args("--backend=mysql"))
@@ -319,40 +256,16 @@ def test_mysql_errors_are_one_line(mariadb, site):
         assert len(output.splitlines()) == 1
 
 
-def test_mysql_without_pymysql_names_the_package_and_the_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pymysql", None)
-    with pytest.raises(pb.PbsmtpError, match=r"Debian: python3-pymysql; in a venv: "
-                                             r"pip install '\.\[mysql\]'"):
-        pb.MysqlStore("mysql://u@127.0.0.1/mail").read()
-
-
-def test_mysql_url_forms():
-    assert pb.parse_mysql_url("mysql://pbsmtp:p%40ss@db.example.com:3307/mail") == {
-        "user": "pbsmtp", "password": "p@ss", "host": "db.example.com", "port": 3307,
-        "database": "mail"}
-    assert pb.parse_mysql_url(
-        "mysql://pbsmtp@localhost/mail?read_default_file=/etc/pbsmtp-batch/my.cnf") == {
-        "user": "pbsmtp", "host": "localhost", "database": "mail",
-        "read_default_file": "/etc/pbsmtp-batch/my.cnf"}
-    with pytest.raises(pb.PbsmtpError, match="unknown parameter 'ssl'"):
-        pb.parse_mysql_url("mysql://u@h/d?ssl=1")
-
-
 def mysql_cf(port, grace):
     return readme_cf("/etc/postfix/pop-before-smtp.mysql.cf` (mode 0640", **{
         "hosts = db.example.com": f"hosts = inet:127.0.0.1:{port}",
         "password = secret": "password = reader-pw", "- 1800": f"- {grace}"})
 
 
-def test_the_readme_mysql_schema_is_the_one_tested():
-    assert pb.MYSQL_SCHEMA in README.read_text()
-
-
-@pytest.mark.daemons
 def test_mysql_map_grants_relay_through_postfix(mariadb, site, tmp_path):
     """Two POP/IMAP hosts write one table; a Postfix relay reads it through
     the README's mysql: map."""
-    require_map_type("mysql", "postfix-mysql")
+    require_map_type("mysql")
     mysql_clear(mariadb)
     grace = 300
     workdir = daemons.make_workdir()

@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -13,29 +12,9 @@ from click.testing import CliRunner
 import pbsmtp_batch as pb
 from conftest import (NOW, dovecot_failure, dovecot_login, noise, require_map_type, run_as_nobody,
                       write_main_cf)
+from runs import invoke, query, snapshot
 
-
-def invoke(*args, env=None):
-    return CliRunner().invoke(pb.cli, list(args), env=env, catch_exceptions=False)
-
-
-def query(site, ip, map_type="hash"):
-    """What a Postfix lookup of this key returns: the value, or None."""
-    done = subprocess.run([pb.find_tool("postmap"), "-c", str(site.conf), "-q", ip,
-                           f"{map_type}:{site.map}"], capture_output=True, text=True)
-    assert done.returncode in (0, 1), done.stderr
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def snapshot(site):
-    """Every file of the map and the state, byte for byte."""
-    files = {}
-    for directory in (site.map.parent, site.state):
-        if directory.exists():
-            for path in sorted(directory.iterdir()):
-                if path.is_file() and path.name not in ("lock", pb.MAP_LOCK):
-                    files[str(path)] = path.read_bytes()
-    return files
+pytestmark = pytest.mark.tools
 
 
 @pytest.mark.parametrize("map_type", ["hash", "btree", "lmdb", "cdb"])
@@ -353,16 +332,6 @@ def test_config_file_then_environment_then_command_line(site, tmp_path):
         1, f"Error: config file {config}: unknown setting 'graze' (did you mean 'grace'?)\n")
 
 
-def test_help_documents_every_option():
-    text = invoke("--help").output
-    for param in pb.cli.params:
-        if not param.hidden and isinstance(param, __import__("click").Option):
-            for opt in param.opts:
-                assert opt in text, opt
-    assert "--nowrite" in text and "--noflock" in text and "--nodebug" in text
-    assert invoke("--version").output == f"pbsmtp-batch, version {pb.__version__}\n"
-
-
 def test_mail_config_names_the_postfix_instance(site):
     write_main_cf(site.conf, "mynetworks = 192.0.2.0/24\n")
     site.append(dovecot_login(NOW - 9, "192.0.2.10"), dovecot_login(NOW - 9, "198.51.100.10"))
@@ -398,15 +367,6 @@ def test_check_patterns_fails_on_a_wrong_sample(site, tmp_path):
     assert result.exit_code == 1
     assert "1 sample failures:" in result.stdout
     assert result.stderr == "Error: 1 pattern samples failed\n"
-
-
-def test_check_patterns_on_a_missing_log_is_one_error_line(tmp_path):
-    result = CliRunner().invoke(pb.cli, ["--check-patterns", f"--logfile={tmp_path}/absent",
-                                         f"--now={NOW}"])
-    assert result.exit_code == 1
-    assert result.stdout == ""
-    assert result.stderr == (f"Error: cannot read log file {tmp_path}/absent: "
-                             "No such file or directory\n")
 
 
 def test_other_backends_run_without_postfix(site, monkeypatch, tmp_path):
@@ -446,30 +406,6 @@ def test_two_line_login_split_across_runs(site):
     site.append(noise(NOW + 600))
     invoke(*site.args(now=NOW + 600))
     assert json.loads(pending.read_text()) == []
-
-
-def test_pending_addresses_are_bounded():
-    pending = {("h", "popa3d", str(pid)): ("192.0.2.1", NOW - pid % 700)
-               for pid in range(pb.PENDING_MAX + 500)}
-    kept = pb.trim_pending(pending, NOW)
-    assert len(kept) == min(pb.PENDING_MAX, sum(1 for _, w in pending.values()
-                                                 if w >= NOW - pb.PENDING_SECONDS))
-    assert min(w for _, w in kept.values()) >= NOW - pb.PENDING_SECONDS
-
-
-def test_pending_addresses_stay_bounded_within_one_run():
-    """A scanner's connections to popa3d (address lines that never see a
-    success) must not grow memory without bound in a big --reprocess."""
-    pending, patterns = {}, pb.load_patterns(pb.shipped_patterns_dir(), ("popa3d",))
-    stamp = lambda s: time.strftime("%b %d %H:%M:%S", time.gmtime(s))
-    for pid in range(3 * pb.PENDING_MAX):
-        line = f"{stamp(NOW - 3600 + pid // 10)} mail popa3d[{pid}]: Session from 203.0.113.9"
-        assert pb.match_login(line, patterns, NOW, pending) == (None, None)
-        assert len(pending) <= 2 * pb.PENDING_MAX + 1
-    last = 3 * pb.PENDING_MAX - 1
-    ok = f"{stamp(NOW - 3600 + last // 10)} mail popa3d[{last}]: Authentication passed for eve"
-    login, _ = pb.match_login(ok, patterns, NOW, pending)
-    assert login is not None and login.ip == "203.0.113.9"
 
 
 def test_check_patterns_pairs_two_line_logins(site):

@@ -7,6 +7,8 @@ import pytest
 import pbsmtp_batch as pb
 from conftest import NOW
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("text, expected", [
     ("192.0.2.1", "192.0.2.1"),

@@ -2,8 +2,8 @@
 must read them.
 
 The package is not installed: its .deb is fetched with ``apt-get download``
-and unpacked with ``dpkg -x`` into the cache of tests/test_daemon_logins.py
-(``unpacked()``), then imapproxyd runs from there in the foreground on
+and unpacked with ``dpkg -x`` into the cache of tests/debs.py
+(``tree()``), then imapproxyd runs from there in the foreground on
 127.0.0.1 only, in a private mount namespace whose /dev/log is the test's
 rsyslogd (``daemons.start_with_devlog``), under each maillog format of the
 ``harness`` fixture. Its libraries (libssl3, libwrap0, libnsl2) come from the
@@ -27,31 +27,20 @@ success line with the address 203.0.113.9.
 
 import base64
 import os
-import subprocess
 
 import pytest
 
 import daemons
-import test_daemon_logins as dl
+import debs
+import logins
 import upstreams
-from test_daemon_logins import harness  # noqa: F401  (the fixture: 3 maillog formats)
 
-pytestmark = pytest.mark.daemons
+pytestmark = pytest.mark.live
 
-PACKAGES = ["imapproxy"]
-BINARY = "usr/sbin/imapproxyd"
+BINARY = debs.TREES["imapproxy"].marker
 USERS = {"alice": "secret", "bob": "hunter2", "carol": "letmein"}
 # A whole success clause with the attacker's address, as a user name.
-CRAFTED = f"x' ({dl.ATTACKER}:4242) on new sd [7]"
-
-
-def imapproxy_root():
-    root = dl.unpacked(PACKAGES, BINARY, "imapproxy")
-    r = subprocess.run(["ldd", os.path.join(root, BINARY)], capture_output=True, text=True)
-    missing = [line.split()[0] for line in r.stdout.splitlines() if "not found" in line]
-    if r.returncode != 0 or missing:
-        dl.unavailable(f"imapproxyd cannot run, missing libraries: {missing or r.stderr}")
-    return root
+CRAFTED = f"x' ({logins.ATTACKER}:4242) on new sd [7]"
 
 
 # imapproxyd ###################################################################
@@ -101,10 +90,8 @@ enable_admin_commands no
         daemons.wait_for_port("127.0.0.1", self.port, self.proc.pid)
 
     def stop(self):
-        if self.proc is not None:
-            daemons.stop_pid(self.proc.pid, self.proc)
-            daemons.stop_session(self.proc.pid)
-            self.proc = None
+        daemons.stop_process(self.proc)
+        self.proc = None
 
 
 def b64(text):
@@ -112,25 +99,25 @@ def b64(text):
 
 
 def imap_login_atoms(port, source, user, password):
-    """LOGIN with unquoted user name and password (dl.imap_login quotes them)."""
-    with dl.imap_session(port, source) as c:
-        return dl.imap_command(c, "a1", f"LOGIN {user} {password}").startswith("a1 OK")
+    """LOGIN with unquoted user name and password (logins.imap_login quotes them)."""
+    with logins.imap_session(port, source) as c:
+        return logins.imap_command(c, "a1", f"LOGIN {user} {password}").startswith("a1 OK")
 
 
 def imap_authenticate_login(port, source, user, password):
     """AUTHENTICATE LOGIN, the one SASL mechanism imapproxy takes itself."""
-    with dl.imap_session(port, source) as c:
+    with logins.imap_session(port, source) as c:
         for line in ("a1 AUTHENTICATE LOGIN", b64(user)):
             c.send(line)
             if not c.line().startswith("+"):
                 return False
         c.send(b64(password))
-        return dl.imap_tagged(c, "a1").startswith("a1 OK")
+        return logins.imap_tagged(c, "a1").startswith("a1 OK")
 
 
-def test_imapproxy_logins(harness):  # noqa: F811  (the imported fixture)
+def test_imapproxy_logins(harness):
     workdir, rsyslog = harness
-    root = imapproxy_root()
+    root = debs.runnable("imapproxy")
     upstream = upstreams.imap_upstream(USERS)
     proxy = Imapproxy(root, workdir, rsyslog.socket, upstream.server_address[1])
     port = proxy.port
@@ -140,7 +127,7 @@ def test_imapproxy_logins(harness):  # noqa: F811  (the imported fixture)
                 "127.0.0.164": "carol"}
         assert imap_login_atoms(port, "127.0.0.161", "alice", "secret")
         # imap_login quotes: imapproxy logs the user name as sent, '"bob"'.
-        assert dl.imap_login(port, "127.0.0.162", "bob", "hunter2")
+        assert logins.imap_login(port, "127.0.0.162", "bob", "hunter2")
         daemons.wait_for_log(rsyslog.maillog, "LOGOUT: 'alice'")
         # alice's server connection is cached since her logout: reused.
         assert imap_login_atoms(port, "127.0.0.163", "alice", "secret")
@@ -150,14 +137,14 @@ def test_imapproxy_logins(harness):  # noqa: F811  (the imported fixture)
         # alice is cached: imapproxy first refuses the cached connection
         # ("password doesn't match"), then asks the upstream, which says NO.
         assert not imap_login_atoms(port, bad[0], "alice", "wrong")
-        assert not dl.imap_login(port, bad[1], "nobody", "secret")
-        dl.leave_before_auth(port, bad[2], "a1 LOGOUT")
-        dl.leave_before_auth(port, bad[3], None)
+        assert not logins.imap_login(port, bad[1], "nobody", "secret")
+        logins.leave_before_auth(port, bad[2], "a1 LOGOUT")
+        logins.leave_before_auth(port, bad[3], None)
         assert not imap_authenticate_login(port, bad[4], CRAFTED, "x")
-        assert not dl.imap_login_literal(port, bad[5], CRAFTED, "x")
+        assert not logins.imap_login_literal(port, bad[5], CRAFTED, "x")
         daemons.wait_for_log(rsyslog.maillog, f"({bad[5]}:", "failed")
     finally:
         proxy.stop()
         upstream.shutdown()
         upstream.server_close()
-    dl.check(rsyslog.maillog, good, bad, "imapproxy")
+    logins.check(rsyslog.maillog, good, bad, "imapproxy")

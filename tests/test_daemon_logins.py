@@ -24,203 +24,31 @@ access to a Debian mirror once (or a pre-filled cache). When CI=true anything
 missing is a failure, otherwise a skip.
 """
 
-import base64
-import contextlib
 import http.server
-import json
 import os
 import random
-import socket
 import socketserver
-import ssl
-import struct
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 import urllib.parse
 
 import pytest
 
-import pbsmtp_batch as pb
+import daemons
+import debs
+import upstreams
+from conftest import require_harness, unavailable
+from logins import (ATTACKER, TLS, Client, check, imap_authenticate_plain,
+                    imap_login, leave_before_auth, logins_found, plain, pop3_auth_plain,
+                    pop3_user_pass, run_and_list, tool_argv)
 
-sys.path.insert(0, os.path.dirname(__file__))
-import daemons  # noqa: E402  (tests/daemons.py, owned by the e2e harness)
-import debs  # noqa: E402
-import upstreams  # noqa: E402
+pytestmark = pytest.mark.live
 
-pytestmark = pytest.mark.daemons
-
-PATTERNS = pb.load_patterns(pb.shipped_patterns_dir())
-# The address a crafted user name tries to get into the map.
-ATTACKER = "203.0.113.9"
-unavailable, unpacked = debs.unavailable, debs.unpacked
-
-
-def require_harness():
-    if os.geteuid() != 0:
-        unavailable("needs root (private mount namespace, daemons that drop privileges)")
-    packages = {"rsyslogd": "rsyslog", "unshare": "util-linux", "mount": "mount",
-                "apt-get": "apt", "dpkg": "dpkg"}
-    missing = daemons.missing_binaries(packages)
-    if missing:
-        unavailable(f"missing programs: {', '.join(missing)} (Debian: apt-get install "
-                    f"{' '.join(dict.fromkeys(packages[m] for m in missing))})")
 
 
 def library_path(root):
     return debs.library_path(root, "usr/lib/cyrus/lib")
-
-
-# Clients: a raw line protocol, so that user names reach the daemon verbatim ###
-
-class TLS:
-    """How a client session uses TLS: *mode* "starttls" (IMAP STARTTLS, POP3
-    STLS) or "implicit" (imaps/pop3s ports), checking the server's
-    certificate against *cafile*."""
-
-    def __init__(self, mode, cafile):
-        assert mode in ("starttls", "implicit")
-        self.mode = mode
-        self.context = ssl.create_default_context(cafile=cafile)
-
-
-class Client:
-    def __init__(self, port, source, host="127.0.0.1", tls=None):
-        self.sock = socket.create_connection((host, port), timeout=10,
-                                             source_address=(source, 0))
-        if tls is not None and tls.mode == "implicit":
-            self.sock = tls.context.wrap_socket(self.sock, server_hostname="localhost")
-        self.file = self.sock.makefile("rb")
-        self.greeting = self.line()
-
-    def starttls(self, tls, command, ok):
-        """Send STARTTLS/STLS (*command*) when *tls* asks for it; the answer
-        must start with *ok*."""
-        if tls is None or tls.mode != "starttls":
-            return
-        self.send(command)
-        answer = self.line()
-        while answer.startswith("* "):         # IMAP untagged lines
-            answer = self.line()
-        assert answer.startswith(ok), f"{command} refused: {answer}"
-        self.file.close()
-        self.sock = tls.context.wrap_socket(self.sock, server_hostname="localhost")
-        self.file = self.sock.makefile("rb")
-
-    def reset(self):
-        """Close with a TCP RST (SO_LINGER 0), no LOGOUT/QUIT: a client that
-        crashed or lost its network after logging in."""
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.file.close()
-        self.sock.close()
-
-    def line(self):
-        return self.file.readline().decode("utf-8", "replace").rstrip("\r\n")
-
-    def send(self, text):
-        self.sock.sendall(text.encode() + b"\r\n")
-
-    def close(self, bye=None):
-        """Say *bye* if the server still listens, then close."""
-        with contextlib.suppress(OSError):
-            if bye:
-                self.send(bye)
-                self.line()
-        self.file.close()
-        self.sock.close()
-
-
-def imap_tagged(client, tag):
-    """The server's tagged answer (or "" once it hung up)."""
-    while True:
-        line = client.line()
-        if line.startswith(f"{tag} ") or not line:
-            return line
-
-
-def imap_command(client, tag, command):
-    client.send(f"{tag} {command}")
-    return imap_tagged(client, tag)
-
-
-def imap_quote(text):
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-@contextlib.contextmanager
-def session(port, source, host, tls, starttls, bye, reset=False):
-    """A connected Client, after STARTTLS/STLS when *tls* asks for it
-    (*starttls*: the command and its OK answer); it ends with *bye*, or with
-    a TCP reset."""
-    c = Client(port, source, host, tls)
-    try:
-        c.starttls(tls, *starttls)
-        yield c
-    finally:
-        c.reset() if reset else c.close(bye)
-
-
-def imap_session(port, source, host="127.0.0.1", tls=None, reset=False):
-    return session(port, source, host, tls, ("a0 STARTTLS", "a0 OK"), "a9 LOGOUT", reset)
-
-
-def pop3_session(port, source, host="127.0.0.1", tls=None):
-    return session(port, source, host, tls, ("STLS", "+OK"), "QUIT")
-
-
-def imap_continued(c, command, data):
-    """A command that waits for a "+" continuation before *data* (bytes,
-    sent as is, CRLF included): AUTHENTICATE, or a LOGIN literal."""
-    c.send(command)
-    if not c.line().startswith("+"):
-        return False
-    c.sock.sendall(data)
-    return imap_tagged(c, "a1").startswith("a1 OK")
-
-
-def imap_login(port, source, user, password, host="127.0.0.1", tls=None, reset=False):
-    """LOGIN; with *reset* the session ends in a TCP RST instead of LOGOUT."""
-    with imap_session(port, source, host, tls, reset) as c:
-        return imap_command(c, "a1", f"LOGIN {imap_quote(user)} {imap_quote(password)}"
-                            ).startswith("a1 OK")
-
-
-def plain(user, password):
-    return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
-
-
-def imap_authenticate_plain(port, source, user, password, host="127.0.0.1", tls=None):
-    with imap_session(port, source, host, tls) as c:
-        return imap_continued(c, "a1 AUTHENTICATE PLAIN", f"{plain(user, password)}\r\n".encode())
-
-
-def imap_login_literal(port, source, user, password, tls=None):
-    """LOGIN with the user name as a synchronising literal, which carries any
-    bytes (blanks, quotes, line feeds); *tls*: TLS("implicit", ...) for imaps."""
-    data = user.encode()
-    with imap_session(port, source, tls=tls) as c:
-        return imap_continued(c, f"a1 LOGIN {{{len(data)}}}", data + f" {password}\r\n".encode())
-
-
-def pop3_user_pass(port, source, user, password, host="127.0.0.1", tls=None):
-    with pop3_session(port, source, host, tls) as c:
-        c.send(f"USER {user}")
-        if not c.line().startswith("+OK"):
-            return False
-        c.send(f"PASS {password}")
-        return c.line().startswith("+OK")
-
-
-def pop3_auth_plain(port, source, user, password, host="127.0.0.1", tls=None):
-    with pop3_session(port, source, host, tls) as c:
-        c.send(f"AUTH PLAIN {plain(user, password)}")
-        return c.line().startswith("+OK")
-
-
-def leave_before_auth(port, source, bye):
-    Client(port, source).close(bye)
 
 
 def wait_until_listening(server):
@@ -231,68 +59,7 @@ def wait_until_listening(server):
         daemons.wait_for_port("::1", server.imap_port, server.proc.pid)
 
 
-def logins_found(maillog):
-    """Every login the shipped patterns find in the daemon's log."""
-    found, pending = [], {}
-    with open(maillog, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            login, _ = pb.match_login(line.rstrip("\n"), PATTERNS, time.time() + 60, pending)
-            if login:
-                found.append(login)
-    return found
-
-
-def tool_argv(maillog):
-    """pbsmtp-batch's command line for *maillog*, with a new hash map and
-    state directory. mynetworks is a documentation address, so no loopback
-    client is filtered out as a local one."""
-    work = tempfile.mkdtemp(prefix="map-", dir=os.path.dirname(maillog))
-    conf = os.path.join(work, "postfix")
-    os.makedirs(conf)
-    with open(os.path.join(conf, "main.cf"), "w") as f:
-        f.write("mynetworks = 192.0.2.1/32\n")
-    # Postfix waits ~1.5 s on a main.cf younger than a second (conftest).
-    os.utime(os.path.join(conf, "main.cf"), (time.time() - 60, time.time() - 60))
-    open(os.path.join(conf, "master.cf"), "w").close()
-    return [sys.executable, "-m", "pbsmtp_batch", f"--logfile={maillog}",
-            f"--dbfile={work}/pop-before-smtp", f"--state-dir={work}/state",
-            f"--postfix-config={conf}"]
-
-
-def run_and_list(argv):
-    """One run, as cron would, then the addresses ``--list --json`` shows in
-    the map (written by the real postmap)."""
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), r
-    r = subprocess.run([*argv, "--list", "--json"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r
-    return {entry["ip"] for entry in json.loads(r.stdout)}
-
-
-def map_after_run(maillog):
-    return run_and_list(tool_argv(maillog))
-
-
-def check(maillog, good, bad, family):
-    """Every good address, and nothing else, is found by *family* with its
-    user, and lands in the map that a real run writes."""
-    logins = logins_found(maillog)
-    ips = {login.ip for login in logins}
-    log = daemons.read_text(maillog)
-    assert set(good) <= ips, f"missed successful logins {set(good) - ips}:\n{log}"
-    assert not ips & set(bad), f"failed logins matched {ips & set(bad)}:\n{log}"
-    assert ATTACKER not in ips, f"an injected user name reached the map:\n{log}"
-    assert ips == set(good), f"unexpected addresses {ips - set(good)}:\n{log}"
-    assert {login.pattern for login in logins} == {family}
-    for login in logins:
-        assert login.user == good[login.ip], login
-    assert map_after_run(maillog) == set(good), log
-
-
 # Cyrus IMAP 3.6 (cyrus-common, cyrus-imapd, cyrus-pop3d) ######################
-
-CYRUS_PACKAGES = ["cyrus-common", "cyrus-imapd", "cyrus-pop3d", "sasl2-bin"]
-
 
 class Cyrus:
     """cyrmaster with imapd and pop3d on 127.0.0.1, users in a private sasldb.
@@ -384,36 +151,8 @@ EVENTS {{
         wait_until_listening(self)
 
     def stop(self):
-        if self.proc is not None:
-            daemons.stop_pid(self.proc.pid, self.proc)
-            daemons.stop_session(self.proc.pid)
-            self.proc = None
-
-
-# Every maillog format an admin may have: Debian 12's default (RFC 3339), the
-# traditional RFC 3164 one, and RFC 5424 (where rsyslog cuts Cyrus's
-# "cyrus/imap" tag to the app name "cyrus", seen live with Debian 12's
-# Cyrus 3.6 and rsyslog).
-TEMPLATES = [
-    daemons.RFC3339,
-    daemons.TRADITIONAL,
-    # rsyslog's RFC 5424 template writes "... cyrus 4101 - -  login: ..." (two
-    # blanks: the legacy message keeps the blank after "tag:").
-    "RSYSLOG_SyslogProtocol23Format",
-]
-
-
-@pytest.fixture(params=TEMPLATES)
-def harness(request):
-    require_harness()
-    workdir = daemons.make_workdir("pbsmtp-logins-")
-    rsyslog = daemons.Rsyslog(workdir, template=request.param)
-    try:
-        rsyslog.start()
-        yield workdir, rsyslog
-    finally:
-        rsyslog.stop()
-        subprocess.run(["rm", "-rf", "--one-file-system", workdir], check=False)
+        daemons.stop_process(self.proc)
+        self.proc = None
 
 
 def exercise(server, maillog, net, crafted_imap, crafted_pop3, unknown_over_pop3, logged):
@@ -462,7 +201,7 @@ def exercise(server, maillog, net, crafted_imap, crafted_pop3, unknown_over_pop3
 
 def test_cyrus_logins(harness):
     workdir, rsyslog = harness
-    root = unpacked(CYRUS_PACKAGES, "usr/sbin/cyrmaster", "root")
+    root = debs.tree("cyrus")
     cyrus = Cyrus(root, workdir, rsyslog.socket, {"alice": "secret", "bob": "hunter2"})
     try:
         cyrus.start()
@@ -475,9 +214,6 @@ def test_cyrus_logins(harness):
 
 
 # Courier-IMAP 5.0 / courier-pop 1.0 (with courier-authlib's authdaemond) ######
-
-COURIER_PACKAGES = ["courier-base", "courier-imap", "courier-pop", "courier-authlib",
-                    "courier-authdaemon", "courier-authlib-userdb"]
 
 # Courier's paths are compiled in (/etc/courier, /usr/lib/courier,
 # /run/courier/authdaemon/socket). In its private mount namespace the unpacked
@@ -613,15 +349,13 @@ class Courier:
         wait_until_listening(self)
 
     def stop(self):
-        if self.proc is not None:
-            daemons.stop_pid(self.proc.pid, self.proc)
-            daemons.stop_session(self.proc.pid)
-            self.proc = None
+        daemons.stop_process(self.proc)
+        self.proc = None
 
 
 def test_courier_logins(harness):
     workdir, rsyslog = harness
-    root = unpacked(COURIER_PACKAGES, "usr/lib/courier/courier/imaplogin", "courier")
+    root = debs.tree("courier")
     courier = Courier(root, workdir, rsyslog.socket, {"alice": "secret", "bob": "hunter2"})
     # Courier copies the user name verbatim into the failure line (seen live
     # with Debian 12's Courier 5.0; this test reproduces it).
@@ -735,8 +469,6 @@ def test_dovecot_own_log_file(log_timestamp, elements):
 
 # solid-pop3d and popa3d (Debian 12), run from inetd ###########################
 
-OTHER_PACKAGES = ["solid-pop3d", "popa3d"]
-
 # Both log with a facility other than mail (seen live: they are missing from a
 # mail.* file), so this rsyslogd writes every facility to its "maillog".
 class AllFacilities(daemons.Rsyslog):
@@ -840,10 +572,8 @@ class Inetd:
             daemons.wait_for_port("127.0.0.1", port, self.proc.pid)
 
     def stop(self):
-        if self.proc is not None:
-            daemons.stop_pid(self.proc.pid, self.proc)
-            daemons.stop_session(self.proc.pid)
-            self.proc = None
+        daemons.stop_process(self.proc)
+        self.proc = None
 
 
 @pytest.fixture
@@ -853,8 +583,8 @@ def inetd_harness():
     rsyslog = AllFacilities(workdir, template=daemons.RFC3339)
     try:
         rsyslog.start()
-        root = unpacked(OTHER_PACKAGES, "usr/sbin/solid-pop3d", "other")
-        tcpd = os.path.join(unpacked(["tcpd"], "usr/sbin/tcpd", "tcpd"), "usr/sbin/tcpd")
+        root = debs.tree("solid-pop3d+popa3d")
+        tcpd = os.path.join(debs.tree("tcpd"), debs.TREES["tcpd"].marker)
         inetd = Inetd(root, workdir, rsyslog.socket, {"alice": "secret"},
                       {"solid-pop3d": "/usr/sbin/solid-pop3d", "popa3d": "/usr/sbin/popa3d",
                        # as inetd.conf's "... /usr/sbin/tcpd /usr/sbin/popa3d"
@@ -938,9 +668,6 @@ def test_popa3d_under_tcpd_pairs_two_lines_by_pid(inetd_harness):
 # IMAP/POP3/SMTP servers are small stand-ins in this process (nginx only needs
 # "Auth-Status: OK" and an upstream that answers OK).
 
-NGINX_PACKAGES = ["nginx", "nginx-common", "libnginx-mod-mail"]
-
-
 def fake_upstream(kind):
     """An upstream that accepts any login nginx proxies to it."""
     class Handler(socketserver.StreamRequestHandler):
@@ -1007,7 +734,7 @@ def test_nginx_mail_logins(harness):
     """POP3/IMAP listeners on their standard ports count; SMTP ones never,
     even with a login that carries an IMAP upstream of its own."""
     workdir, rsyslog = harness
-    root = unpacked(NGINX_PACKAGES, "usr/lib/nginx/modules/ngx_mail_module.so", "nginx")
+    root = debs.tree("nginx")
     crafted = 'x", upstream: 10.0.0.1:143'
     users = {"alice": "secret", crafted: "secret"}
     upstreams = {k: fake_upstream(k) for k in ("imap", "pop3", "smtp")}
@@ -1054,8 +781,7 @@ mail {{
         assert smtp_auth_plain(587, "127.0.0.117", crafted, "secret", listen)
         daemons.wait_for_log(rsyslog.maillog, "client: 127.0.0.117")
     finally:
-        daemons.stop_pid(proc.pid, proc)
-        daemons.stop_session(proc.pid)
+        daemons.stop_process(proc)
         auth.shutdown()
         for server in upstreams.values():
             server.shutdown()

@@ -5,7 +5,7 @@ The package is not installed: its .deb and those of its libvanessa libraries
 (which the host lacks: libvanessa-adt1, -logger0, -socket2; they install
 into /usr/lib, so LD_LIBRARY_PATH names it) are fetched with ``apt-get
 download`` and unpacked with ``dpkg -x`` into the cache of
-tests/test_daemon_logins.py (``unpacked()``). Perdition runs from there under
+tests/debs.py (``tree()``). Perdition runs from there under
 its Debian names (the init script starts perdition.pop3, perdition.imap4,
 perdition.imaps and perdition.managesieve: the name is the syslog tag and the
 protocol) in the foreground (--no_daemon), on 127.0.0.1 only (-b; and ::1
@@ -41,40 +41,27 @@ import base64
 import concurrent.futures
 import os
 import re
-import subprocess
 import time
 
 import pytest
 
 import daemons
 import debs
-import test_daemon_logins as dl
+import logins
 import upstreams
-from test_daemon_logins import harness  # noqa: F401  (the fixture: 3 maillog formats)
 
-pytestmark = pytest.mark.daemons
+pytestmark = pytest.mark.live
 
-PACKAGES = ["perdition"]
-BINARY = "usr/sbin/perdition"
+BINARY = debs.TREES["perdition"].marker
 USERS = {"alice": "secret", "bob": "hunter2"}
 # The tail of a success line, as a user name: with blanks, tabs, or a whole line.
 TAIL = 'server="127.0.0.1:110" protocol=POP3 server-secure=plaintext status="ok'
-FORGED = (f'Auth: {dl.ATTACKER}:4242->127.0.0.1:110 client-secure=plaintext '
+FORGED = (f'Auth: {logins.ATTACKER}:4242->127.0.0.1:110 client-secure=plaintext '
           f'authorisation_id=NONE authentication_id="alice" {TAIL}"')
 
 
 def library_path(root):
     return debs.library_path(root, "usr/lib")
-
-
-def perdition_root():
-    root = dl.unpacked(PACKAGES, BINARY, "perdition")
-    r = subprocess.run(["ldd", os.path.join(root, BINARY)], capture_output=True, text=True,
-                       env=dict(os.environ, LD_LIBRARY_PATH=library_path(root)))
-    missing = [line.split()[0] for line in r.stdout.splitlines() if "not found" in line]
-    if r.returncode != 0 or missing:
-        dl.unavailable(f"perdition cannot run, missing libraries: {missing or r.stderr}")
-    return root
 
 
 # perdition ####################################################################
@@ -113,16 +100,14 @@ class Perdition:
             daemons.wait_for_port("::1", self.port, self.proc.pid)
 
     def stop(self):
-        if self.proc is not None:
-            daemons.stop_pid(self.proc.pid, self.proc)
-            daemons.stop_session(self.proc.pid)
-            self.proc = None
+        daemons.stop_process(self.proc)
+        self.proc = None
 
 
 # Clients ######################################################################
 
 def sieve_login(port, source, user, password, authzid=""):
-    c = dl.Client(port, source)
+    c = logins.Client(port, source)
     try:
         line = c.greeting
         while line and not line.startswith(("OK", "NO", "BYE")):
@@ -136,11 +121,11 @@ def sieve_login(port, source, user, password, authzid=""):
 
 def held_session(port, source, user, password, seconds):
     """IMAP LOGIN, then a NOOP after *seconds*, then LOGOUT."""
-    with dl.imap_session(port, source) as c:
-        if not dl.imap_command(c, "a1", f"LOGIN {user} {password}").startswith("a1 OK"):
+    with logins.imap_session(port, source) as c:
+        if not logins.imap_command(c, "a1", f"LOGIN {user} {password}").startswith("a1 OK"):
             return False
         time.sleep(seconds)
-        return dl.imap_command(c, "a2", "NOOP").startswith("a2 OK")
+        return logins.imap_command(c, "a2", "NOOP").startswith("a2 OK")
 
 
 def ended(maillog, addresses):
@@ -150,9 +135,9 @@ def ended(maillog, addresses):
                for a in addresses)
 
 
-def test_perdition_logins(harness):  # noqa: F811  (the imported fixture)
+def test_perdition_logins(harness):
     workdir, rsyslog = harness
-    root = perdition_root()
+    root = debs.runnable("perdition", library_path)
     cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
     daemons.make_cert(cert, key)
     tls = ["--ssl_cert_file", cert, "--ssl_key_file", key]
@@ -170,41 +155,42 @@ def test_perdition_logins(harness):  # noqa: F811  (the imported fixture)
     pop3s = Perdition(*args, "perdition.pop3s", pop_port, ["--ssl_mode", "ssl_listen", *tls])
     sieve = Perdition(*args, "perdition.managesieve", sieve_port)
     servers = [pop, imap, imaps, pop3s, sieve]
-    starttls, implicit = dl.TLS("starttls", cert), dl.TLS("implicit", cert)
+    starttls, implicit = logins.TLS("starttls", cert), logins.TLS("implicit", cert)
     try:
         for server in servers:
             server.start()
         good = {"127.0.0.121": "alice", "127.0.0.122": "bob", "127.0.0.123": "bob",
                 "127.0.0.124": "alice", "127.0.0.125": "bob", "127.0.0.126": "alice",
                 "127.0.0.127": "alice"}
-        assert dl.pop3_user_pass(pop.port, "127.0.0.121", "alice", "secret")
-        assert dl.imap_login(imap.port, "127.0.0.122", "bob", "hunter2")
-        assert dl.pop3_user_pass(pop.port, "127.0.0.123", "bob", "hunter2", tls=starttls)
-        assert dl.imap_login(imap.port, "127.0.0.124", "alice", "secret", tls=starttls)
-        assert dl.imap_login(imaps.port, "127.0.0.125", "bob", "hunter2", tls=implicit)
-        assert dl.pop3_user_pass(pop3s.port, "127.0.0.126", "alice", "secret", tls=implicit)
+        assert logins.pop3_user_pass(pop.port, "127.0.0.121", "alice", "secret")
+        assert logins.imap_login(imap.port, "127.0.0.122", "bob", "hunter2")
+        assert logins.pop3_user_pass(pop.port, "127.0.0.123", "bob", "hunter2", tls=starttls)
+        assert logins.imap_login(imap.port, "127.0.0.124", "alice", "secret", tls=starttls)
+        assert logins.imap_login(imaps.port, "127.0.0.125", "bob", "hunter2", tls=implicit)
+        assert logins.pop3_user_pass(pop3s.port, "127.0.0.126", "alice", "secret", tls=implicit)
         if ipv6:
             good["::1"] = "alice"
-            assert dl.pop3_user_pass(pop.port, "::1", "alice", "secret", host="::1")
+            assert logins.pop3_user_pass(pop.port, "::1", "alice", "secret", host="::1")
         bad = [f"127.0.0.{n}" for n in range(128, 140)]
         # In parallel (each failure costs 3 s): a session held open past
         # --connect_relog, a wrong password, an unknown user, crafted user names.
         sessions = [
             (held_session, imap.port, "127.0.0.127", "alice", "secret", 2.5),
-            (dl.pop3_user_pass, pop.port, bad[0], "alice", "wrong"),
-            (dl.imap_login, imap.port, bad[1], "nobody", "secret"),
-            (dl.pop3_user_pass, pop.port, bad[4], f'x" {TAIL}', "x"),
-            (dl.pop3_user_pass, pop.port, bad[5], f'x"\t{TAIL}\t{FORGED}'.replace(" ", "\t"), "x"),
-            (dl.imap_login_literal, imap.port, bad[6], f'x" {TAIL}', "x"),
-            (dl.imap_login_literal, imap.port, bad[7], f"x\n{FORGED}", "x"),
-            (dl.imap_login, imap.port, bad[8], f'x" {TAIL}', "x"),
-            (dl.imap_login_literal, imaps.port, bad[9], f"x\n{FORGED}", "x", implicit),
+            (logins.pop3_user_pass, pop.port, bad[0], "alice", "wrong"),
+            (logins.imap_login, imap.port, bad[1], "nobody", "secret"),
+            (logins.pop3_user_pass, pop.port, bad[4], f'x" {TAIL}', "x"),
+            (logins.pop3_user_pass, pop.port, bad[5],
+             f'x"\t{TAIL}\t{FORGED}'.replace(" ", "\t"), "x"),
+            (logins.imap_login_literal, imap.port, bad[6], f'x" {TAIL}', "x"),
+            (logins.imap_login_literal, imap.port, bad[7], f"x\n{FORGED}", "x"),
+            (logins.imap_login, imap.port, bad[8], f'x" {TAIL}', "x"),
+            (logins.imap_login_literal, imaps.port, bad[9], f"x\n{FORGED}", "x", implicit),
         ]
         with concurrent.futures.ThreadPoolExecutor(len(sessions)) as pool:
             results = list(pool.map(lambda s: s[0](*s[1:]), sessions))
         assert results == [True] + [False] * (len(sessions) - 1), results
-        dl.leave_before_auth(pop.port, bad[2], "QUIT")
-        dl.leave_before_auth(imap.port, bad[3], None)
+        logins.leave_before_auth(pop.port, bad[2], "QUIT")
+        logins.leave_before_auth(imap.port, bad[3], None)
         # ManageSieve logins that succeed: no POP/IMAP login.
         assert sieve_login(sieve.port, bad[10], "alice", "secret")
         assert sieve_login(sieve.port, bad[11], "alice", "secret",
@@ -220,4 +206,4 @@ def test_perdition_logins(harness):  # noqa: F811  (the imported fixture)
     log = daemons.read_text(rsyslog.maillog)
     # connect_relog: the held session's Auth: line is written again.
     assert len(re.findall(r"Auth: 127\.0\.0\.127:\d+->.* status=\"ok\"", log)) >= 2, log
-    dl.check(rsyslog.maillog, good, bad, "perdition")
+    logins.check(rsyslog.maillog, good, bad, "perdition")

@@ -19,6 +19,8 @@ sys.path.insert(0, str(ROOT / "ci"))
 import gendoc  # noqa: E402
 import pbsmtp_batch  # noqa: E402
 
+pytestmark = pytest.mark.tools
+
 # The build runs with Debian's own tools and python3, not whatever a
 # developer's PATH puts first (pyenv, a venv).
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"

@@ -1,18 +1,18 @@
-"""The end-to-end relay check of test_e2e.py for the other Postfix file maps
+"""The end-to-end relay check of test_e2e.py (tests/relay.py) for the other Postfix file maps
 (btree and cdb): a real Dovecot login, a run, and Postfix's smtpd deciding."""
 
 import time
 
 import pytest
 
-from test_e2e import GRACE, Relay, _lab
+from relay import GRACE, Relay, relay_lab
 
-pytestmark = pytest.mark.daemons
+pytestmark = pytest.mark.live
 
 
 @pytest.mark.parametrize("map_type", ["btree", "cdb"])
 def test_login_then_run_allows_relay_until_the_grace_ends(map_type):
-    with _lab(map_type) as lab:
+    with relay_lab(map_type) as lab:
         relay = Relay(lab)
         relay.assert_refused("127.0.0.3")
         ok, reply, _ = relay.login("imap", "127.0.0.3")

@@ -23,37 +23,15 @@ from click.testing import CliRunner
 
 import pbsmtp_batch as pb
 from conftest import NOW, dovecot_login, noise, run_as_nobody
+from runs import KILL_AT_EVENT, Model, dump, snapshot
+
+pytestmark = pytest.mark.tools
 
 GRACE = 600
 
 
-class Model:
-    """Every login written, and what the map must hold at a given time."""
-
-    def __init__(self, grace=GRACE):
-        self.grace = grace
-        self.newest: dict[str, int] = {}
-
-    def login(self, ip, when):
-        self.newest[ip] = max(when, self.newest.get(ip, 0))
-
-    def expected(self, now) -> dict[str, str]:
-        return {ip: str(min(t, int(now))) for ip, t in self.newest.items()
-                if min(t, int(now)) >= now - self.grace}
-
-
 def entries(site) -> dict[str, str]:
     return pb.read_map(str(site.map), "hash", str(site.conf))
-
-
-def dump(site) -> bytes | None:
-    """``postmap -s`` of the map, as Postfix's own tool reads it (None: no map)."""
-    if not os.path.exists(f"{site.map}.db"):
-        return None
-    done = subprocess.run([pb.find_tool("postmap"), "-c", str(site.conf), "-s",
-                           f"hash:{site.map}"], capture_output=True)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 def offset_file(site) -> str:
@@ -86,36 +64,6 @@ def argv(site, *extra, now=NOW, grace=GRACE):
 ###############################################################################
 # SIGKILL at random points ####################################################
 ###############################################################################
-
-# Runs the CLI and kills itself with SIGKILL at the Nth file-system or
-# process event of the run (Python's audit events: open, rename, replace,
-# unlink, chmod, flock, subprocess...), counted from after the import. With
-# N = 0 it runs to the end and prints how many events there were.
-KILL_AT_EVENT = r"""
-import os, signal, sys
-at = int(os.environ["PBSMTP_KILL_AT"])
-EVENTS = {"open", "os.rename", "os.replace", "os.remove", "os.unlink", "os.chmod",
-          "os.chown", "os.listdir", "os.scandir", "os.mkdir", "os.truncate",
-          "fcntl.flock", "subprocess.Popen", "os.posix_spawn", "os.fork", "os.exec"}
-count = 0
-armed = False
-def hook(event, args):
-    global count
-    if armed and event in EVENTS:
-        count += 1
-        if count == at:
-            os.kill(os.getpid(), signal.SIGKILL)
-sys.addaudithook(hook)
-import pbsmtp_batch
-armed = True
-sys.argv[0] = "pbsmtp-batch"
-try:
-    pbsmtp_batch.main()
-finally:
-    if at == 0:
-        os.write(2, f"EVENTS {count}\n".encode())
-"""
-
 
 def killed_run(site, now, *, at_event=None, after=None):
     """One run, killed at an audit event, or after a delay (in seconds);
@@ -150,7 +98,7 @@ def test_sigkill_at_random_points_never_tears_the_map_and_the_next_run_catches_u
     would have written; the offset file is valid. The next run brings the
     map to exactly the model's content and the offset to the log's end."""
     rng = random.Random(4)
-    model, serial = Model(), 0
+    model, serial = Model(GRACE), 0
 
     def add_lines(now):
         nonlocal serial
@@ -262,15 +210,6 @@ def fill(directory):
     return filler
 
 
-def snapshot(site):
-    files = {}
-    for directory in (site.map.parent, site.state):
-        for path in sorted(directory.iterdir()):
-            if path.is_file() and path.name not in ("lock", pb.MAP_LOCK, ".filler"):
-                files[path.name] = path.read_bytes()
-    return files
-
-
 def logins(site, model, n, start, when=NOW - 5):
     lines = []
     for i in range(start, start + n):
@@ -282,17 +221,17 @@ def logins(site, model, n, start, when=NOW - 5):
 
 def test_full_map_file_system(site, tmpfs):
     tmpfs(site.map.parent, "256k")
-    model = Model()
+    model = Model(GRACE)
     logins(site, model, 50, 0)
     ok_run(site)
     filler = fill(site.map.parent)
     logins(site, model, 400, 50)
-    before = snapshot(site)
+    before = snapshot(site, ".filler")
     done = subprocess.run(argv(site), capture_output=True, text=True)
     assert done.returncode == 1, done
     assert done.stderr.startswith("Error: ") and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr == f"Error: cannot write map {site.map}.db: No space left on device\n"
-    assert snapshot(site) == before
+    assert snapshot(site, ".filler") == before
     assert dump(site) is not None
     filler.unlink()
     ok_run(site)
@@ -301,17 +240,17 @@ def test_full_map_file_system(site, tmpfs):
 
 def test_full_state_file_system_on_an_incremental_run(site, tmpfs):
     tmpfs(site.state, "64k")
-    model = Model()
+    model = Model(GRACE)
     logins(site, model, 5, 0)
     ok_run(site)
     filler = fill(site.state)
     logins(site, model, 5, 5)
-    before = snapshot(site)
+    before = snapshot(site, ".filler")
     done = subprocess.run(argv(site), capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr.startswith("Error: cannot write ") and "No space left" in done.stderr
     assert done.stderr.count("\n") == 1
-    assert snapshot(site) == before
+    assert snapshot(site, ".filler") == before
     filler.unlink()
     ok_run(site)
     assert entries(site) == model.expected(NOW)
@@ -322,16 +261,16 @@ def test_full_state_file_system_on_a_first_run(site, tmpfs):
     is not touched either (the state is staged before the map is
     published); once there is room, the next run converges."""
     tmpfs(site.state, "64k")
-    model = Model()
+    model = Model(GRACE)
     logins(site, model, 5, 0)
     filler = fill(site.state)
-    before = snapshot(site)
+    before = snapshot(site, ".filler")
     done = subprocess.run(argv(site), capture_output=True, text=True)
     try:
         assert done.returncode == 1 and done.stderr.startswith("Error: cannot write ")
         assert str(site.state) in done.stderr and "No space left on device" in done.stderr
         assert done.stderr.count("\n") == 1
-        assert snapshot(site) == before
+        assert snapshot(site, ".filler") == before
     finally:
         filler.unlink()
     ok_run(site)
@@ -353,17 +292,17 @@ def test_failed_write_rlimit_fsize(site, who, new, message):
     """RLIMIT_FSIZE of 16 KiB: the run's text source, or only the database
     that postmap (which inherits the limit) builds, cannot be written. The
     run reports it, exits 1, changes nothing; then it catches up."""
-    model = Model()
+    model = Model(GRACE)
     logins(site, model, 20, 0)
     ok_run(site)
     logins(site, model, new, 20)
-    before = snapshot(site)
+    before = snapshot(site, ".filler")
     done = subprocess.run(argv(site), capture_output=True, text=True,
                           preexec_fn=limit_file_size(16384))
     assert done.returncode == 1, done
     assert done.stderr.startswith("Error: " + message.format(map=site.map)), done.stderr
     assert done.stderr.count("\n") == 1
-    assert snapshot(site) == before
+    assert snapshot(site, ".filler") == before
     ok_run(site)
     assert entries(site) == model.expected(NOW)
 
@@ -373,7 +312,7 @@ def test_failed_write_rlimit_fsize(site, who, new, message):
 ###############################################################################
 
 def test_unwritable_map_dir_unreadable_log_then_catch_up(nobody_site):
-    site, model = nobody_site, Model()
+    site, model = nobody_site, Model(GRACE)
     logins(site, model, 2, 0)
     ok_run(site)
     # The state directory must be the running user's own (and not writable
@@ -381,14 +320,14 @@ def test_unwritable_map_dir_unreadable_log_then_catch_up(nobody_site):
     for p in (site.state, *site.state.iterdir()):
         os.chown(p, 65534, 65534)
     logins(site, model, 2, 2)
-    before = snapshot(site)
+    before = snapshot(site, ".filler")
     code, err = run_as_nobody(site, *site.args())
     assert (code, err) == (1, f"Error: cannot write map directory {site.map.parent}\n")
-    assert snapshot(site) == before
+    assert snapshot(site, ".filler") == before
     os.chmod(site.map.parent, 0o777)
     os.chmod(site.log, 0o600)
     assert run_as_nobody(site, *site.args())[0] == 1
-    assert snapshot(site) == before
+    assert snapshot(site, ".filler") == before
     os.chmod(site.log, 0o644)
     code, err = run_as_nobody(site, *site.args())
     # nobody cannot give the new map root's ownership: a warning, no error.
@@ -400,7 +339,7 @@ def test_unwritable_map_dir_unreadable_log_then_catch_up(nobody_site):
 def test_unreadable_rotated_log(nobody_site):
     """The run must finish mail.log.1, which it cannot read: error, nothing
     changed; readable again, the next run reads the rest."""
-    site, model = nobody_site, Model()
+    site, model = nobody_site, Model(GRACE)
     for d in (site.state, site.map.parent):
         d.mkdir(exist_ok=True)
     os.chmod(site.map.parent, 0o777)
@@ -412,10 +351,10 @@ def test_unreadable_rotated_log(nobody_site):
     site.log.write_text("")
     os.chmod(f"{site.log}.1", 0o600)
     logins(site, model, 1, 4)
-    before = snapshot(site)
+    before = snapshot(site, ".filler")
     code, err = run_as_nobody(site, *site.args())
     assert (code, err) == (1, f"Error: cannot read {site.log}.1: Permission denied\n"), err
-    assert snapshot(site) == before
+    assert snapshot(site, ".filler") == before
     os.chmod(f"{site.log}.1", 0o644)
     assert run_as_nobody(site, *site.args()) == (0, "")
     assert entries(site) == model.expected(NOW)
@@ -426,7 +365,7 @@ def test_unreadable_rotated_log(nobody_site):
 ###############################################################################
 
 def test_ten_runs_at_once_against_a_growing_log(site):
-    model = Model()
+    model = Model(GRACE)
     logins(site, model, 20, 0)
     ok_run(site)
     stop = threading.Event()

@@ -13,6 +13,8 @@ import pytest
 import pbsmtp_batch as pb
 from conftest import NOW, dovecot_login, noise
 
+pytestmark = pytest.mark.tools
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Runs the module as the command does: with argv[0] "pbsmtp-batch", imported.

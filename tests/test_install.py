@@ -5,6 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# pip installs the project's requirements from the package index: a tool and
+# the network, not Python alone.
+pytestmark = pytest.mark.tools
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -11,6 +11,8 @@ import pytest
 
 from conftest import require
 
+pytestmark = pytest.mark.tools
+
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 DEMO = ROOT / "examples" / "maillog"

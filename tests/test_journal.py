@@ -4,147 +4,31 @@ The journal files are written by systemd's own tools: entries in the journal
 export format, carrying the trusted fields that journald gives each sender
 (for Dovecot: what journald 252 recorded for Dovecot 2.3.19's log process),
 go through ``systemd-journal-remote --output=FILE.journal -``, and
-pbsmtp-batch reads them back through ``journalctl -D``. The last test starts
-a real systemd-journald in a private mount namespace and has ``logger``
-write to it as root and as nobody.
+pbsmtp-batch reads them back through ``journalctl -D`` (tests/journal.py).
+A real systemd-journald, with ``logger`` writing to it as root and as nobody,
+is in test_journal_live.py; the trust rule alone in test_journal_unit.py.
 """
 
 import os
-import pwd
 import shutil
-import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 import pbsmtp_batch as pb
-from conftest import NOW, require
-from test_cli import snapshot
+from conftest import NOW
+from journal import COURIER, CYRUS, DOVECOT, LOGGER, Site, dovecot_login
+from runs import KILL_AT_EVENT, invoke
 
-JOURNAL_REMOTE_PATHS = ("/lib/systemd/systemd-journal-remote",
-                        "/usr/lib/systemd/systemd-journal-remote")
-JOURNALD_PATHS = ("/lib/systemd/systemd-journald", "/usr/lib/systemd/systemd-journald")
-BOOT_ID = "5bd5f1e2c0a84c4f9a0e3f7b6d2c1a90"
-
-# The trusted fields of each sender, as journald records them.
-DOVECOT = {"SYSLOG_IDENTIFIER": "dovecot", "_COMM": "log", "_EXE": "/usr/lib/dovecot/log",
-           "_CMDLINE": "dovecot/log", "_UID": "0", "_GID": "0", "_PID": "612",
-           "_SYSTEMD_UNIT": "dovecot.service", "SYSLOG_FACILITY": "2", "PRIORITY": "6"}
-COURIER = {"SYSLOG_IDENTIFIER": "imapd", "SYSLOG_PID": "1403", "_PID": "1403",
-           "_COMM": "courierlogger", "_EXE": "/usr/sbin/courierlogger", "_UID": "0",
-           "_GID": "0", "_SYSTEMD_UNIT": "courier-imap.service", "SYSLOG_FACILITY": "2"}
-CYRUS_UID = "6001"        # the test's patterns name the cyrus user by number
-CYRUS = {"SYSLOG_IDENTIFIER": "cyrus/imap", "SYSLOG_PID": "2201", "_PID": "2201",
-         "_COMM": "imapd", "_EXE": "/usr/lib/cyrus/bin/imapd", "_UID": CYRUS_UID,
-         "_GID": CYRUS_UID, "_SYSTEMD_UNIT": "cyrus-imapd.service", "SYSLOG_FACILITY": "2"}
-# `logger -t dovecot` run by an ordinary user from a login session.
-LOGGER = {"SYSLOG_IDENTIFIER": "dovecot", "_COMM": "logger", "_EXE": "/usr/bin/logger",
-          "_UID": "1000", "_GID": "1000", "_PID": "31337", "_SYSTEMD_UNIT": "session-3.scope"}
-
-
-def require_file(paths, package):
-    """The first of these paths that exists (programs outside PATH, under
-    /lib/systemd), like conftest.require: a skip, or in CI a failure."""
-    found = next((p for p in paths if os.path.exists(p)), None)
-    if found:
-        return found
-    message = (f"{os.path.basename(paths[0])} is not installed "
-               f"(Debian: apt-get install {package})")
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def dovecot_login(ip, user="alice", verb="Login"):
-    return (f"imap-login: {verb}: user=<{user}>, method=PLAIN, rip={ip}, lip=192.0.2.1, "
-            f"mpid=4242, TLS, session=<AbCdEf012345>")
-
-
-def export_field(name, value):
-    data = value.encode() if isinstance(value, str) else value
-    if any(b < 32 and b != 9 for b in data) or b"\x7f" in data:
-        return name.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
-    return name.encode() + b"=" + data + b"\n"
-
-
-class Journal:
-    """A journal directory whose files systemd-journal-remote writes."""
-
-    def __init__(self, directory):
-        self.dir = directory
-        self.dir.mkdir(exist_ok=True)
-        self.tool = require_file(JOURNAL_REMOTE_PATHS, "systemd-journal-remote")
-        require("journalctl", "systemd")
-        self.monotonic = 1_000_000
-
-    def write(self, *entries, name="mail.journal"):
-        """Append entries, each (epoch, message, sender fields), to one file."""
-        stream = b""
-        for when, message, sender in entries:
-            self.monotonic += 1000
-            fields = {"__REALTIME_TIMESTAMP": str(int(when * 1_000_000)),
-                      "__MONOTONIC_TIMESTAMP": str(self.monotonic), "_BOOT_ID": BOOT_ID,
-                      "_HOSTNAME": "mail", "_TRANSPORT": "syslog", **sender,
-                      "MESSAGE": message}
-            stream += b"".join(export_field(k, v) for k, v in fields.items()) + b"\n"
-        done = subprocess.run([self.tool, f"--output={self.dir / name}", "-"], input=stream,
-                              capture_output=True)
-        assert done.returncode == 0, done.stderr
-
-
-class Site:
-    """A map, a state directory, a private Postfix config and a journal."""
-
-    def __init__(self, root):
-        self.root = root
-        self.map = root / "postfix" / "pop-before-smtp"
-        self.state = root / "state"
-        self.conf = root / "postfix-conf"
-        self.map.parent.mkdir()
-        self.conf.mkdir()
-        (self.conf / "main.cf").write_text("mynetworks = 127.0.0.1/32 [::1]/128\n")
-        os.utime(self.conf / "main.cf", (time.time() - 60, time.time() - 60))
-        (self.conf / "master.cf").write_text("")
-        self.journal = Journal(root / "journal")
-        # The shipped patterns, but the cyrus user named by a UID (this host
-        # has no cyrus user).
-        self.patterns = root / "patterns"
-        shutil.copytree(pb.shipped_patterns_dir(), self.patterns)
-        cyrus = self.patterns / "cyrus.toml"
-        text = cyrus.read_text()
-        assert "journal_users = ['cyrus']" in text
-        cyrus.write_text(text.replace("journal_users = ['cyrus']",
-                                      f"journal_users = ['cyrus', '{CYRUS_UID}']"))
-
-    def args(self, *extra, now=NOW):
-        return [f"--journal-directory={self.journal.dir}", f"--dbfile={self.map}",
-                f"--state-dir={self.state}", f"--postfix-config={self.conf}",
-                f"--patterns-dir={self.patterns}", "--map-type=hash", f"--now={now}", *extra]
-
-    def entries(self):
-        """The map as postmap -s reads it."""
-        done = subprocess.run([pb.find_tool("postmap"), "-c", str(self.conf), "-s",
-                               f"hash:{self.map}"], capture_output=True, text=True)
-        if not (self.map.parent / "pop-before-smtp.db").exists():
-            return {}
-        assert done.returncode == 0, done.stderr
-        return dict(line.split(None, 1) for line in done.stdout.splitlines())
-
-    def snapshot(self):
-        return snapshot(self)
+pytestmark = pytest.mark.tools
 
 
 @pytest.fixture
 def site(tmp_path, postmap):
     return Site(tmp_path)
-
-
-def invoke(*args, env=None):
-    return CliRunner().invoke(pb.cli, list(args), env=env, catch_exceptions=False)
 
 
 def lines_read(result):
@@ -375,106 +259,6 @@ def test_check_patterns_reads_the_journal(site):
     assert site.snapshot() == {}
 
 
-def test_the_trust_rule_alone():
-    pattern = pb.load_pattern(os.path.join(pb.shipped_patterns_dir(), "dovecot.toml"))
-    fields = {k.encode(): v.encode() for k, v in DOVECOT.items()}
-    assert pb.journal_refusal(fields, pattern) is None
-    deleted = {**fields, b"_EXE": b"/usr/lib/dovecot/log (deleted)"}   # after an upgrade
-    assert pb.journal_refusal(deleted, pattern) is None
-    no_unit = {k: v for k, v in fields.items() if k != b"_SYSTEMD_UNIT"}  # not under systemd
-    assert pb.journal_refusal(no_unit, pattern) is None
-    other = {**fields, b"_EXE": b"/tmp/usr/lib/dovecot/log"}
-    assert "_EXE=/tmp/usr/lib/dovecot/log" in pb.journal_refusal(other, pattern)
-    assert "_UID=(none)" in pb.journal_refusal({**fields, b"_UID": b""}, pattern)
-
-
-def test_journal_keys_in_pattern_files_are_checked(tmp_path):
-    good = (Path(pb.shipped_patterns_dir()) / "dovecot.toml").read_text()
-    for bad, message in (("journal_exe = ['log']", "not an absolute path"),
-                         ("journal_users = 'root'", "must be a list"),
-                         ("journal_units = []", "must be a list")):
-        path = tmp_path / "x.toml"
-        text = "".join(l for l in good.splitlines(keepends=True) if not l.startswith("journal_"))
-        path.write_text(bad + "\n" + text)
-        with pytest.raises(pb.PbsmtpError, match=message):
-            pb.load_pattern(str(path))
-
-
-# A real journald: logger writes as root and as nobody ###################
-
-JOURNALD_SCRIPT = """\
-set -e
-# A private /run: journald's sockets, its volatile store (bound to $1) and a
-# drop-in that keeps it off the kernel log and the host's syslog.
-mount -t tmpfs -o mode=0755 pbsmtp-run /run
-mkdir -p /run/systemd/journal /run/log/journal /run/systemd/journald.conf.d
-mount --bind "$1" /run/log/journal
-printf '[Journal]\\nStorage=volatile\\nReadKMSG=no\\nForwardToSyslog=no\\nForwardToWall=no\\nForwardToConsole=no\\nForwardToKMsg=no\\n' > /run/systemd/journald.conf.d/pbsmtp.conf
-"$3" &
-journald=$!
-for i in $(seq 100); do [ -S /run/systemd/journal/socket ] && [ -S /run/systemd/journal/dev-log ] && break; sleep 0.1; done
-# Each logger keeps running for a second after its line (it waits for more
-# input): journald reads _EXE from /proc/PID/exe, which a sender that has
-# already exited no longer has.
-DEVLOG=/run/systemd/journal/dev-log
-NOBODY="setpriv --reuid=nobody --regid=nogroup --clear-groups"
-{ echo "imap-login: Login: user=<r>, method=PLAIN, rip=192.0.2.50, lip=192.0.2.1"; sleep 1; } | logger -u $DEVLOG -t dovecot & p1=$!
-{ echo "imap-login: Login: user=<r>, method=PLAIN, rip=192.0.2.51, lip=192.0.2.1"; sleep 1; } | logger -u $DEVLOG -t dovecot --id=4242 & p2=$!
-{ echo "imap-login: Login: user=<x>, method=PLAIN, rip=203.0.113.66, lip=192.0.2.1"; sleep 1; } | $NOBODY logger -u $DEVLOG -t dovecot & p3=$!
-{ echo "Session from 203.0.113.67"; sleep 1; } | $NOBODY logger -u $DEVLOG -t popa3d --id=31337 & p4=$!
-wait $p1 $p2 $p3 $p4
-sleep 0.5
-journalctl --sync || true
-kill -TERM $journald
-wait $journald || true
-"""
-
-
-def test_a_real_journald_records_who_wrote_a_line(site, tmp_path):
-    for tool, package in (("unshare", "util-linux"), ("setpriv", "util-linux"),
-                          ("logger", "bsdutils"), ("mount", "mount")):
-        require(tool, package)
-    journald = require_file(JOURNALD_PATHS, "systemd")
-    if os.geteuid() != 0:
-        pytest.skip("a private journald needs root (mount namespace)")
-    store = tmp_path / "journald"
-    store.mkdir()
-    work = tmp_path / "work"
-    work.mkdir()
-    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "/bin/sh",
-                           "-c", JOURNALD_SCRIPT, "sh", str(store), str(work), journald],
-                          capture_output=True, text=True, timeout=60)
-    if done.returncode != 0 and "unshare" in done.stderr:
-        pytest.skip(f"no private mount namespace here: {done.stderr.strip()}")
-    assert done.returncode == 0, done.stderr
-    written = subprocess.run([require("journalctl", "systemd"), "-D", str(store), "-o", "export",
-                              "--output-fields=SYSLOG_IDENTIFIER,_EXE,_UID,MESSAGE"],
-                             capture_output=True)
-    nobody = str(pwd.getpwnam("nobody").pw_uid).encode()
-    assert b"_UID=" + nobody in written.stdout and b"_EXE=/usr/bin/logger" in written.stdout
-    # A pattern that trusts root's logger, as a stand-in for a daemon's own binary.
-    patterns = tmp_path / "trusting"
-    patterns.mkdir()
-    dovecot = (site.patterns / "dovecot.toml").read_text()
-    (patterns / "dovecot.toml").write_text(dovecot.replace(
-        "journal_exe = ['/usr/lib/dovecot/log',", "journal_exe = ['/usr/bin/logger',"))
-    shutil.copy(site.patterns / "popa3d.toml", patterns)
-    args = [a for a in site.args("--debug") if not a.startswith(("--journal-directory",
-                                                                 "--patterns-dir", "--now"))]
-    shipped = invoke(*args, f"--journal-directory={store}", f"--patterns-dir={site.patterns}",
-                     f"--now={time.time()}", "--dry-run")
-    assert shipped.exit_code == 0, shipped.output
-    assert "would add" not in shipped.output        # logger is never Dovecot
-    assert shipped.output.count("refused journal entry") == 4
-    trusting = invoke(*args, f"--journal-directory={store}", f"--patterns-dir={patterns}",
-                      f"--now={time.time()}", "--dry-run")
-    assert trusting.exit_code == 0, trusting.output
-    added = sorted(l.split()[2] for l in trusting.output.splitlines()
-                   if l.startswith("would add"))
-    assert added == ["192.0.2.50", "192.0.2.51"]    # root's lines; never nobody's
-    assert f"_UID={nobody.decode()} is not one of dovecot's journal_users" in trusting.output
-
-
 def test_a_vanished_cursor_with_nothing_newer_is_forgotten_once(site):
     site.journal.write((NOW - 5000, dovecot_login("192.0.2.10"), DOVECOT), name="old.journal")
     assert invoke(*site.args(now=NOW - 4900)).exit_code == 0
@@ -502,7 +286,6 @@ def test_fields_inside_a_message_stay_in_the_message(site):
 
 @pytest.mark.slow
 def test_sigkill_at_any_point_rereads_and_the_next_run_catches_up(site):
-    from test_faults import KILL_AT_EVENT
     site.journal.write((NOW - 300, dovecot_login("192.0.2.10"), DOVECOT))
     assert invoke(*site.args()).exit_code == 0
     site.journal.write((NOW - 100, dovecot_login("192.0.2.20"), DOVECOT),

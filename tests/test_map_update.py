@@ -8,6 +8,8 @@ import pytest
 import pbsmtp_batch as pb
 from conftest import NOW, require_map_type, write_main_cf
 
+pytestmark = pytest.mark.tools
+
 
 @pytest.fixture
 def conf(tmp_path, postmap):

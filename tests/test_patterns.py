@@ -17,6 +17,8 @@ import pytest
 import pbsmtp_batch as pb
 from conftest import NOW
 
+pytestmark = pytest.mark.unit
+
 PATTERNS_DIR = Path(__file__).resolve().parent.parent / "patterns"
 
 # The guard: adding or removing a family must be deliberate.

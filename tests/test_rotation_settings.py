@@ -17,9 +17,10 @@ import time
 
 import pytest
 
-import pbsmtp_batch as pb
 from conftest import require
-from test_rotation import held, lab  # noqa: F401 (the fixture)
+from rotation import held
+
+pytestmark = pytest.mark.tools
 
 
 def rotate(lab, directives):
@@ -202,25 +203,6 @@ def test_corrupt_zstd_file_is_a_warning_naming_it_and_why(lab):
     assert re.search(r"skipped rotated log \S+mail\.log\.1\.zst: cannot be decompressed "
                      r"\(zstd: .+\)", result.stderr), result.stderr
     lab.check()
-
-
-def test_rotated_names_of_every_form_sort_by_age(tmp_path):
-    """Numbered (higher is older) before dated (by the date's digits);
-    extension and compressext stripped; other logs' files ignored."""
-    old = tmp_path / "old"
-    old.mkdir()
-    names = ["mail.log.3.zst", "mail.2.log.lz4", "mail.log.1", "mail.log_20261120",
-             "mail.log-2026-11-21.gz", "mail.log.20261122.xz", "mail-20261123.log.bz2",
-             "mail.log.tmp", "mail.logger.1", "mail.err.1", "mail.log.1.gz.1", "mail.log.Z"]
-    for n in names:
-        (tmp_path / n).write_text("")
-    (old / "mail.log.4.Z").write_text("")
-    (old / "mail.log-20261124").write_text("")
-    found = pb.rotated_logs(str(tmp_path / "mail.log"), ["old"])
-    assert [os.path.relpath(p, tmp_path) for p in found] == [
-        "old/mail.log.4.Z", "mail.log.3.zst", "mail.2.log.lz4", "mail.log.1",
-        "mail.log_20261120", "mail.log-2026-11-21.gz", "mail.log.20261122.xz",
-        "mail-20261123.log.bz2", "old/mail.log-20261124"]
 
 
 def test_rotated_dir_from_the_environment(lab, monkeypatch):

@@ -2,32 +2,22 @@
 --dumpconfig, the patterns overlay, the pattern tester and human times.
 All through click's CliRunner against the real postmap and postconf."""
 
-import json
 import re
 import shlex
 import shutil
 import time
 from pathlib import Path
 
-import click
 import pytest
 from click.testing import CliRunner
 
 import pbsmtp_batch as pb
 from conftest import NOW, dovecot_login, syslog_time
+from runs import invoke, query
+
+pytestmark = pytest.mark.tools
 
 README = Path(__file__).resolve().parent.parent / "README"
-
-
-def invoke(*args, env=None, input=None):
-    return CliRunner().invoke(pb.cli, list(args), env=env, input=input, catch_exceptions=False)
-
-
-def query(site, ip):
-    import subprocess
-    done = subprocess.run([pb.find_tool("postmap"), "-c", str(site.conf), "-q", ip,
-                           f"hash:{site.map}"], capture_output=True, text=True)
-    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def readme_block(after: str) -> str:
@@ -80,14 +70,6 @@ def test_every_classic_option_is_accepted(site, tmp_path):
                     f"--postfix-config={site.conf}")
     assert f'logfile = "{site.log}"' in dumped.output
     assert invoke("--version").output == f"pbsmtp-batch, version {pb.__version__}\n"
-
-
-def test_daemon_is_a_usage_error_that_says_what_to_use():
-    result = CliRunner().invoke(pb.cli, ["--daemon=/run/pop-before-smtp.pid"])
-    assert result.exit_code == 2
-    error = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(error) == 1
-    assert "not a daemon" in error[0] and "cron" in error[0] and "path unit" in error[0]
 
 
 PERL_CONFIGS = {
@@ -152,21 +134,6 @@ def test_an_unwritable_logto_fails_before_anything_changes(site, tmp_path):
 ###############################################################################
 # PBSMTP_* variables ##########################################################
 ###############################################################################
-
-def readme_variables() -> set[str]:
-    text = README.read_text()
-    block = text[text.index("<!-- environment variables:"):
-                 text.index("<!-- end of environment variables -->")]
-    return set(re.findall(r"`([A-Z][A-Z0-9_]+)`", block))
-
-
-def test_the_readme_lists_exactly_the_variables_of_the_command():
-    derived = set()
-    for param in pb.cli.params:
-        derived.update(pb.option_envvars(param))
-    assert "PBSMTP_LIST" not in derived and "PBSMTP_DRY_RUN" not in derived
-    assert readme_variables() == derived
-
 
 def test_every_variable_of_every_option_works(site):
     """Each repeatable option is read from its documented (singular) name."""
@@ -249,25 +216,9 @@ def test_dumpconfig_output_is_a_config_file(site, tmp_path):
     assert dumped_settings(second)["grace"] == ("77", f"config file {config}")
 
 
-def test_dumpconfig_warns_when_mynetworks_cannot_be_read(tmp_path):
-    result = CliRunner().invoke(pb.cli, ["--dumpconfig", f"--postfix-config={tmp_path}/none",
-                                         f"--logfile={tmp_path}/log"])
-    assert result.exit_code == 0
-    assert "# postfix instance: cannot be read" in result.stdout
-    assert "pbsmtp-batch: warning: cannot read Postfix's mynetworks" in result.stderr
-
-
 ###############################################################################
 # Patterns overlay ############################################################
 ###############################################################################
-
-@pytest.fixture
-def admin_dir(tmp_path, monkeypatch):
-    """The admin's overlay directory, pointed at a temp dir in-process only."""
-    path = tmp_path / "admin-patterns"
-    monkeypatch.setattr(pb, "ADMIN_PATTERNS_DIR", str(path))
-    return path
-
 
 MYPOP = """\
 description = "a site's own POP server"
@@ -282,12 +233,6 @@ line = 'Nov 24 23:00:00 mail mypop[7]: user carol logged in from 198.51.100.9'
 ip = '198.51.100.9'
 user = 'carol'
 """
-
-
-def test_without_an_admin_directory_the_shipped_set_is_used(admin_dir):
-    shipped = sorted(p.stem for p in Path(pb.shipped_patterns_dir()).glob("*.toml"))
-    assert [src.name for src in pb.pattern_files()] == shipped
-    assert {src.origin for src in pb.pattern_files()} == {"shipped"}
 
 
 def test_the_admin_directory_adds_replaces_and_disables(admin_dir, site):
@@ -350,55 +295,6 @@ def test_a_broken_admin_file_is_one_error_naming_it(admin_dir, site):
 # The pattern tester ##########################################################
 ###############################################################################
 
-CAROL = "Nov 24 23:00:00 mail newpop[7]: user carol logged in from 198.51.100.9"
-
-
-def test_check_patterns_reads_standard_input_and_single_lines(tmp_path):
-    text = dovecot_login(NOW - 60, "192.0.2.10") + CAROL + "\n"
-    result = invoke("--check-patterns", "--logfile=-", f"--now={NOW}", input=text)
-    assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
-    assert lines[1].split() == ["dovecot", "1", "1"]
-    assert "2 lines, 1 logins from 1 distinct addresses" in lines
-    assert f"  {CAROL}" in lines
-    result = invoke("--check-patterns", f"--line={CAROL}", f"--now={NOW}")
-    assert "1 lines, 0 logins from 0 distinct addresses" in result.output
-    assert "1 look like logins but matched no pattern:" in result.output
-    result = invoke("--check-patterns", f"--line={dovecot_login(NOW - 5, '2001:db8::5')}",
-                    f"--line={CAROL}", "--json", f"--now={NOW}")
-    data = json.loads(result.output)
-    assert data["lines"] == 2 and data["patterns"]["dovecot"]["addresses"] == ["2001:db8::5"]
-
-
-def test_check_patterns_counts_lines_without_a_time(tmp_path):
-    log = tmp_path / "log"
-    untimed = [f"mail dovecot: imap-login: Login: user=<u{i}>, rip=192.0.2.{i}, lip=192.0.2.1"
-               for i in range(8)]
-    log.write_text("\n".join(untimed) + "\n" + dovecot_login(NOW - 60, "192.0.2.10"))
-    result = invoke("--check-patterns", f"--logfile={log}", f"--now={NOW}")
-    lines = result.output.splitlines()
-    at = lines.index("8 lines without a time it can read (never a login), e.g.:")
-    assert lines[at + 1:] == [f"  {line}" for line in untimed[:pb.UNTIMED_EXAMPLES]]
-    data = json.loads(invoke("--check-patterns", f"--logfile={log}", "--json",
-                             f"--now={NOW}").output)
-    assert (data["untimed"], data["untimed_examples"]) == (8, untimed[:pb.UNTIMED_EXAMPLES])
-
-
-def test_check_patterns_lists_matched_patterns_unless_verbose(tmp_path):
-    log = tmp_path / "log"
-    near = [f"Nov 24 23:00:{i:02d} mail newpop[7]: user u{i} logged in from 198.51.100.{i}"
-            for i in range(25)]
-    log.write_text(dovecot_login(NOW - 60, "192.0.2.10") + "\n".join(near) + "\n")
-    short = invoke("--check-patterns", f"--logfile={log}", f"--now={NOW}").output
-    table = short.split("\n2")[0].splitlines()[1:]        # the rows before the totals
-    assert [row.split()[0] for row in table] == ["dovecot"]
-    assert "  ... and 5 more (-v shows all)" in short
-    assert sum(line.startswith("  Nov 24") for line in short.splitlines()) == 20
-    full = invoke("--check-patterns", f"--logfile={log}", "-v", f"--now={NOW}").output
-    assert "courier" in full and "... and" not in full
-    assert sum(line.startswith("  Nov 24") for line in full.splitlines()) == 25
-
-
 @pytest.mark.parametrize("args", [["--json"], ["--json", "--dry-run"], ["--line=x"],
                                   ["--logfile=-"]])
 def test_options_of_other_actions_alone_are_usage_errors(site, args):
@@ -425,44 +321,6 @@ def test_debug_prints_local_iso_times_in_the_local_zone(site, monkeypatch):
 ###############################################################################
 # The run line in syslog, and metrics #########################################
 ###############################################################################
-
-@pytest.mark.daemons
-def test_a_run_that_changed_the_map_logs_one_line_through_syslog(site, monkeypatch):
-    """A real rsyslogd (facility mail only) on a socket of its own."""
-    import os
-    import daemons
-    from conftest import require
-    require("rsyslogd")
-    workdir = daemons.make_workdir()
-    rsyslog = daemons.Rsyslog(workdir, template=daemons.TRADITIONAL)
-    try:
-        with rsyslog:
-            monkeypatch.setattr(pb, "SYSLOG_SOCKET", rsyslog.socket)
-            site.append(dovecot_login(NOW - 60, "192.0.2.10"), dovecot_login(NOW - 50, "192.0.2.11"),
-                        dovecot_login(NOW - 3000, "192.0.2.12"))
-            assert invoke(*site.args("--syslog")).output == ""
-            line = f"pbsmtp-batch[{os.getpid()}]: added=2 refreshed=0 expired=0 active=2 lines=3"
-            daemons.wait_for_log(rsyslog.maillog, line)
-            # Nothing changed: no line. A refresh and an expiry: one line.
-            invoke(*site.args("--syslog", now=NOW + 60))
-            site.append(dovecot_login(NOW + 1700, "192.0.2.11"))
-            invoke(*site.args("--syslog", now=NOW + 1745))
-            last = (f"pbsmtp-batch[{os.getpid()}]: added=0 refreshed=1 expired=1 active=1 "
-                    f"lines=1")
-            daemons.wait_for_log(rsyslog.maillog, last)
-            invoke(*site.args("--nosyslog", now=NOW + 3600))      # expires the last one
-            assert query(site, "192.0.2.11") is None
-            rsyslog.send("pbsmtp-harness", "flush")                # every earlier datagram is in
-            daemons.wait_for_log(rsyslog.maillog, "pbsmtp-harness")
-            lines = [l for l in daemons.read_text(rsyslog.maillog).splitlines()
-                     if "pbsmtp-batch[" in l]
-            assert len(lines) == 2 and lines[0].endswith(line) and lines[1].endswith(last)
-            # The run line in the mail log is never read as a login.
-            assert invoke(*site.args("--dry-run", f"--logfile={rsyslog.maillog}",
-                                     "--reprocess")).output.count("would add") == 0
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
 
 def metrics(path):
     values = {}

@@ -17,25 +17,12 @@ import subprocess
 import pytest
 
 import debs
-import test_daemon_imapproxy
-import test_daemon_logins as dl
-import test_daemon_perdition
+from conftest import require_harness
 
-pytestmark = pytest.mark.daemons
+pytestmark = pytest.mark.live
 
-# (packages, a file that exists once they are unpacked, cache tree): exactly
-# as the tests unpack them, so that the trees are shared.
-TREES = {
-    "cyrus": (dl.CYRUS_PACKAGES, "usr/sbin/cyrmaster", "root"),
-    "courier": (dl.COURIER_PACKAGES, "usr/lib/courier/courier/imaplogin", "courier"),
-    "solid-pop3d+popa3d": (dl.OTHER_PACKAGES, "usr/sbin/solid-pop3d", "other"),
-    "tcpd": (["tcpd"], "usr/sbin/tcpd", "tcpd"),
-    "nginx": (dl.NGINX_PACKAGES, "usr/lib/nginx/modules/ngx_mail_module.so", "nginx"),
-    "perdition": (test_daemon_perdition.PACKAGES, test_daemon_perdition.BINARY, "perdition"),
-    "imapproxy": (test_daemon_imapproxy.PACKAGES, test_daemon_imapproxy.BINARY, "imapproxy"),
-    "sendmail": (["sendmail-bin"], "usr/libexec/sendmail/sendmail", "sendmail-bin"),
-    "exim": (["exim4-daemon-light"], "usr/sbin/exim4", "exim4-daemon-light"),
-}
+# The trees the daemon tests unpack (tests/debs.py), so that the trees are shared.
+TREES = debs.TREES
 
 
 def elf_files(root):
@@ -69,9 +56,9 @@ def missing_libraries(root):
 
 @pytest.mark.parametrize("name", sorted(TREES))
 def test_unpacked_binaries_find_their_libraries(name):
-    dl.require_harness()                   # root, apt-get and dpkg, as the daemon tests
-    packages, marker, tree = TREES[name]
-    root = debs.unpacked(packages, marker, tree)
+    require_harness()                   # root, apt-get and dpkg, as the daemon tests
+    packages = TREES[name].packages
+    root = debs.tree(name)
     missing = missing_libraries(root)
     assert missing == {}, (f"{', '.join(packages)}: libraries not installed (add the "
                            f"package to ci/test-unpacked or its library to ci/test-packages)")

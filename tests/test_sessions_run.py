@@ -8,13 +8,14 @@ open sessions.
 """
 
 import json
-import subprocess
 
 import pytest
 from click.testing import CliRunner
 
 import pbsmtp_batch as pb
+import runs
 from conftest import NOW, syslog_time
+from runs import invoke, snapshot
 
 pytestmark = pytest.mark.tools
 
@@ -32,10 +33,6 @@ def end_line(epoch, session="Sess0000A1", user="alice", host="mail"):
             f"Disconnected: Logged out in=10 out=20\n")
 
 
-def invoke(*args, env=None):
-    return CliRunner().invoke(pb.cli, list(args), env=env, catch_exceptions=False)
-
-
 def ok(site, *extra, now=NOW, env=None):
     result = invoke(*site.args(*extra, now=now), env=env)
     assert (result.exit_code, result.stderr) == (0, ""), result.output
@@ -43,24 +40,11 @@ def ok(site, *extra, now=NOW, env=None):
 
 
 def query(site, ip=IP):
-    done = subprocess.run([pb.find_tool("postmap"), "-c", str(site.conf), "-q", ip,
-                           f"hash:{site.map}"], capture_output=True, text=True)
-    assert done.returncode in (0, 1), done.stderr
-    return done.stdout.strip() if done.returncode == 0 else None
+    return runs.query(site, ip)
 
 
 def sessions_file(site):
     return pb.StateDir(str(site.state)).log(str(site.log)).sessions
-
-
-def snapshot(site):
-    files = {}
-    for directory in (site.map.parent, site.state):
-        if directory.exists():
-            for path in sorted(directory.iterdir()):
-                if path.is_file() and path.name not in ("lock", pb.MAP_LOCK):
-                    files[str(path)] = path.read_bytes()
-    return files
 
 
 def test_open_session_keeps_the_address_until_its_end_then_grace(site):
@@ -160,7 +144,7 @@ def test_list_and_metrics_show_open_sessions(site, tmp_path):
     prom = tmp_path / "pbsmtp.prom"
     site.append(login_line(NOW - 60), login_line(NOW - 30, "2001:db8::10", "Sess0000C1"))
     ok(site, f"--metrics-file={prom}")
-    assert f"pbsmtp_batch_open_sessions 2\n" in prom.read_text()
+    assert "pbsmtp_batch_open_sessions 2\n" in prom.read_text()
     text = ok(site, "--list").output.splitlines()
     assert text[1].startswith("  session Sess0000A1 (dovecot, mail dovecot) user=alice "
                               "open since 2026-11-24T23:29:00+00:00 (age 1m00s), ends by "

@@ -8,22 +8,11 @@ import stat
 import subprocess
 
 import pytest
-from click.testing import CliRunner
 
-import pbsmtp_batch as pb
 from conftest import NOW, dovecot_login, require, write_main_cf
+from runs import invoke, query
 
 pytestmark = pytest.mark.tools
-
-
-def invoke(*args, env=None):
-    return CliRunner().invoke(pb.cli, list(args), env=env, catch_exceptions=False)
-
-
-def query(site, ip):
-    done = subprocess.run([pb.find_tool("postmap"), "-c", str(site.conf), "-q", ip,
-                           f"hash:{site.map}"], capture_output=True, text=True)
-    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def ok(result):
@@ -409,7 +398,7 @@ def test_check_postfix_refuses_other_mtas(site):
 
 
 def test_explain_reads_the_journal_and_names_forged_entries(site):
-    from journal_files import DOVECOT, LOGGER, Journal
+    from journal import DOVECOT, LOGGER, Journal
     journal = Journal(site.root / "journal")
     login = ("imap-login: Login: user=<alice>, method=PLAIN, rip=192.0.2.10, lip=192.0.2.1, "
              "mpid=4242, TLS, session=<AbCdEf012345>")

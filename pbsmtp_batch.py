@@ -254,7 +254,8 @@ class Prefix:
         kind, *parts = self.stamp
         if kind == "bsd":
             month, day, hms = parts
-            return bsd_time(_MONTHS[month], int(day), hms, self.now)
+            return _bsd_time_cached(_MONTHS[month], int(day), hms, self.now,
+                                    (os.environ.get("TZ"), time.tzname, time.timezone))
         if kind == "full":
             # journalctl short-full names the zone; only UTC/GMT are
             # unambiguous, anything else is the reader's local zone.
@@ -634,6 +635,12 @@ def bsd_time(month: int, day: int, hms: str, now: float) -> float | None:
         if when <= now + 86400:
             return when
     return None
+
+
+# A busy log repeats each second's stamp on many lines. The zone is part of
+# the key: the answer depends on TZ, which a process may change (tzset).
+_bsd_time_cached = functools.lru_cache(maxsize=4096)(
+    lambda month, day, hms, now, zone: bsd_time(month, day, hms, now))
 
 
 def iso_time(text: str) -> float | None:
@@ -3265,11 +3272,16 @@ def read_mynetworks(config_dir: str | None, say, required: bool = True
     return nets
 
 
+def quiet(msg: str) -> None:
+    """The ``say`` of a run without --debug: says nothing."""
+
+
 def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
                    mynetworks: Sequence[tuple[bool, Network]], opts: Options, now: float,
                    summary: Summary, say, pending: Pending | None = None) -> list[Login]:
     """The logins in these lines that may go into the map."""
     logins, exclusions = [], {}
+    talk = say is not quiet          # a quiet run formats no message per login
     for raw in lines:
         line = decode(raw)
         login, reason = match_login(line, patterns, now, pending)
@@ -3280,8 +3292,9 @@ def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
         # The cheap check first: in a first run or --reprocess most logins
         # found are older than the window, and need no network lookup.
         if login.when < now - opts.grace:
-            say(f"skipped {login.ip} ({login.pattern}): login at {human_time(login.when, now)} "
-                f"is older than the grace window")
+            if talk:
+                say(f"skipped {login.ip} ({login.pattern}): login at "
+                    f"{human_time(login.when, now)} is older than the grace window")
             continue
         if login.ip not in exclusions:
             exclusions[login.ip] = excluded_reason(login.ip, mynetworks, opts.ignore_nets,
@@ -3290,8 +3303,9 @@ def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
         if why:
             say(f"skipped {login.ip} ({login.pattern}): {why}")
             continue
-        say(f"login {login.ip} user={login.user} at {human_time(login.when, now, opts.grace)} "
-            f"({login.pattern})")
+        if talk:
+            say(f"login {login.ip} user={login.user} at "
+                f"{human_time(login.when, now, opts.grace)} ({login.pattern})")
         summary.logins += 1
         logins.append(login)
     return logins
@@ -4357,7 +4371,7 @@ def cli(ctx, logfile, rotated_dirs, journal, journal_directory, journal_match, d
             return
         metrics = MetricsFile(metrics_file) if metrics_file and opts.write else None
         started = time.monotonic()
-        say = (lambda msg: click.echo(f"debug: {printable(msg)}")) if debug else (lambda msg: None)
+        say = (lambda msg: click.echo(f"debug: {printable(msg)}")) if debug else quiet
         try:
             changes = ChangeLog(logto) if logto and opts.write else None
             record = (lambda plan: changes.record(plan, now)) if changes else (lambda p: None)

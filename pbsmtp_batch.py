@@ -248,14 +248,24 @@ class Prefix:
     pid: str | None
     message: str
 
-    @functools.cached_property
+    @property
     def when(self) -> float | None:
-        """Epoch seconds, or None when the line carries no usable time."""
+        """Epoch seconds, or None when the line carries no usable time.
+        Worked out once (functools.cached_property takes a lock per access
+        on Python 3.11, which costs more than the cached work)."""
+        try:
+            return self.__dict__["_when"]
+        except KeyError:
+            when = self._when()
+            object.__setattr__(self, "_when", when)
+            return when
+
+    def _when(self) -> float | None:
         kind, *parts = self.stamp
         if kind == "bsd":
             month, day, hms = parts
             return _bsd_time_cached(_MONTHS[month], int(day), hms, self.now,
-                                    (os.environ.get("TZ"), time.tzname, time.timezone))
+                                    (time.tzname, time.timezone, time.altzone))
         if kind == "full":
             # journalctl short-full names the zone; only UTC/GMT are
             # unambiguous, anything else is the reader's local zone.
@@ -925,15 +935,20 @@ def shares_ipv6_key(ip: str) -> bool:
     return longer.startswith(ip + ":")
 
 
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
 def excluded_reason(ip: str, mynetworks: Sequence[tuple[bool, Network]],
                     ignore: Sequence[Network], ipv6_shared_keys: bool = True) -> str | None:
     """Why this address must not be written to the map (None: write it)."""
     if not ipv6_shared_keys and shares_ipv6_key(ip):
         return "its key would also match other clients' shortened lookups (--ipv6-shared-keys=skip)"
-    addr = ipaddress.ip_address(ip)
+    # Which family is plain from the text (ip_address() would try IPv4 on
+    # every IPv6 address first, and pay for the exception).
+    addr = ipaddress.IPv6Address(ip) if ":" in ip else ipaddress.IPv4Address(ip)
     if addr.is_unspecified or addr.is_multicast:
         return "unspecified or multicast address"
-    if addr == ipaddress.IPv4Address("255.255.255.255"):
+    if addr == _BROADCAST:
         return "broadcast address"
     if any(addr in net for net in ignore if net.version == addr.version):
         return "in --ignore-net"

@@ -314,13 +314,24 @@ class Prefix:
     pid: str | None
     message: str
 
-    @functools.cached_property
+    @property
     def when(self) -> float | None:
-        """Epoch seconds, or None when the line carries no usable time."""
+        """Epoch seconds, or None when the line carries no usable time.
+        Worked out once (functools.cached_property takes a lock per access
+        on Python 3.11, which costs more than the cached work)."""
+        try:
+            return self.__dict__["_when"]
+        except KeyError:
+            when = self._when()
+            object.__setattr__(self, "_when", when)
+            return when
+
+    def _when(self) -> float | None:
         kind, *parts = self.stamp
         if kind == "bsd":
             month, day, hms = parts
-            return bsd_time(_MONTHS[month], int(day), hms, self.now)
+            return _bsd_time_cached(_MONTHS[month], int(day), hms, self.now,
+                                    (time.tzname, time.timezone, time.altzone))
         if kind == "full":
             # journalctl short-full names the zone; only UTC/GMT are
             # unambiguous, anything else is the reader's local zone.
@@ -399,6 +410,14 @@ class Plan:
     base_is_map: bool = False
     # What the open sessions did in this run (for --dry-run and --debug).
     sessions: SessionPlan | None = None
+    # Set by merge_update: then ``entries`` holds only the added and
+    # refreshed entries, the stored map is updated by exactly these changes
+    # (never rebuilt from entries), and this counts its entries afterwards.
+    active: int | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.entries) if self.active is None else self.active
 
     @property
     def changed(self) -> bool:
@@ -448,15 +467,27 @@ class PatternSource:
     origin: str                  # "shipped", "replaces the shipped one", "added", "disabled"
 
 
-def _disabled(path: str) -> bool:
-    """Whether an admin file only switches a pattern off (disabled = true)."""
+def read_toml(path: str, parsed: dict[str, dict] | None = None) -> dict:
+    """A pattern file's TOML, parsed once per load: ``parsed`` keeps what
+    was read (by path) for the rest of the same load."""
+    if parsed is not None and path in parsed:
+        return parsed[path]
     try:
         with open(path, "rb") as f:
-            value = tomllib.load(f).get("disabled", False)
+            data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
+        # tomllib's message already ends with "(at line N, column M)".
         raise PbsmtpError(f"pattern file {path}: {e}") from None
     except OSError as e:
         raise PbsmtpError(f"cannot read pattern file {path}: {e.strerror}") from None
+    if parsed is not None:
+        parsed[path] = data
+    return data
+
+
+def _disabled(path: str, parsed: dict[str, dict] | None = None) -> bool:
+    """Whether an admin file only switches a pattern off (disabled = true)."""
+    value = read_toml(path, parsed).get("disabled", False)
     if not isinstance(value, bool):
         raise PbsmtpError(f"pattern file {path}: disabled must be true or false")
     return value
@@ -471,7 +502,8 @@ def _toml_files(directory: str) -> dict[str, str]:
         raise PbsmtpError(f"cannot read patterns directory {directory}: {e.strerror}") from None
 
 
-def pattern_files(directory: str | None = None) -> list[PatternSource]:
+def pattern_files(directory: str | None = None,
+                  parsed: dict[str, dict] | None = None) -> list[PatternSource]:
     """The pattern files in use, by name.
 
     An explicit directory means exactly its files. Otherwise the shipped
@@ -490,7 +522,7 @@ def pattern_files(directory: str | None = None) -> list[PatternSource]:
     chosen: dict[str, PatternSource] = {}
     for where, layer in layers:
         for name, path in _toml_files(where).items():
-            if _disabled(path):
+            if _disabled(path, parsed):
                 chosen[name] = PatternSource(name, None, f"disabled by {path}")
             elif layer == "admin":
                 origin = "replaces the shipped one" if name in chosen else "added"
@@ -574,16 +606,9 @@ def session_tags(pattern: Pattern) -> tuple[str, ...]:
     return tuple(names) if all(_LITERAL_TAG.fullmatch(n) for n in names) else ()
 
 
-def load_pattern(path: str) -> Pattern:
+def load_pattern(path: str, parsed: dict[str, dict] | None = None) -> Pattern:
     """Read and check one pattern file; any problem names the file."""
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        # tomllib's message already ends with "(at line N, column M)".
-        raise PbsmtpError(f"pattern file {path}: {e}") from None
-    except OSError as e:
-        raise PbsmtpError(f"cannot read pattern file {path}: {e.strerror}") from None
+    data = read_toml(path, parsed)
 
     def need(key: str, kind: type) -> object:
         value = data.get(key)
@@ -699,7 +724,8 @@ def _logout_rules(data: object, path: str, compile_) -> LogoutRules:
 
 def load_patterns(directory: str | None, names: Sequence[str] = ()) -> list[Pattern]:
     """Every pattern file in use (see pattern_files), or only the named ones."""
-    files = {src.name: src.path for src in pattern_files(directory) if src.path}
+    parsed: dict[str, dict] = {}             # each file is read and parsed once
+    files = {src.name: src.path for src in pattern_files(directory, parsed) if src.path}
     if not files:
         where = directory or f"{default_patterns_dir()} and {ADMIN_PATTERNS_DIR}"
         raise PbsmtpError(f"no pattern files (*.toml) in use in {where}")
@@ -707,7 +733,7 @@ def load_patterns(directory: str | None, names: Sequence[str] = ()) -> list[Patt
     for name in names:
         if name not in files:
             raise PbsmtpError(f"no pattern '{name}' in {directory} (have: {', '.join(files)})")
-    return [load_pattern(files[n]) for n in (names or files)]
+    return [load_pattern(files[n], parsed) for n in (names or files)]
 
 
 ###############################################################################
@@ -802,6 +828,12 @@ def bsd_time(month: int, day: int, hms: str, now: float) -> float | None:
         if when <= now + 86400:
             return when
     return None
+
+
+# A busy log repeats each second's stamp on many lines. The zone is part of
+# the key: the answer depends on TZ, which a process may change (tzset).
+_bsd_time_cached = functools.lru_cache(maxsize=4096)(
+    lambda month, day, hms, now, zone: bsd_time(month, day, hms, now))
 
 
 def iso_time(text: str) -> float | None:
@@ -1212,6 +1244,7 @@ def shares_ipv6_key(ip: str) -> bool:
 
 
 IN_MYNETWORKS = "in mynetworks (relays anyway)"
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 
 def excluded_reason(ip: str, mynetworks: Sequence[tuple[bool, Network]],
@@ -1219,10 +1252,12 @@ def excluded_reason(ip: str, mynetworks: Sequence[tuple[bool, Network]],
     """Why this address must not be written to the map (None: write it)."""
     if not ipv6_shared_keys and shares_ipv6_key(ip):
         return "its key would also match other clients' shortened lookups (--ipv6-shared-keys=skip)"
-    addr = ipaddress.ip_address(ip)
+    # Which family is plain from the text (ip_address() would try IPv4 on
+    # every IPv6 address first, and pay for the exception).
+    addr = ipaddress.IPv6Address(ip) if ":" in ip else ipaddress.IPv4Address(ip)
     if addr.is_unspecified or addr.is_multicast:
         return "unspecified or multicast address"
-    if addr == ipaddress.IPv4Address("255.255.255.255"):
+    if addr == _BROADCAST:
         return "broadcast address"
     if any(addr in net for net in ignore if net.version == addr.version):
         return "in --ignore-net"
@@ -1749,6 +1784,31 @@ def update_map(dbfile: str, map_type: str, upserts: dict[str, int], deletes: Ite
                 os.unlink(base + suffix)
 
     return replace_file(target, build, label=f"map {target}")
+
+
+def query_map(dbfile: str, map_type: str, keys: Iterable[str],
+              config_dir: str | None) -> dict[str, str]:
+    """The values these keys have in the map (absent keys left out): one
+    postmap -q - for all of them, which reads only their buckets."""
+    keys = sorted(keys)
+    if not keys:
+        return {}
+    target = map_file(dbfile, map_type)
+    cmd = postfix_cmd("postmap", config_dir, "-q", "-", f"{map_type}:{dbfile}")
+    try:
+        done = subprocess.run(cmd, input="".join(k + "\n" for k in keys),
+                              capture_output=True, text=True, errors="replace")
+    except OSError as e:
+        raise PbsmtpError(f"cannot run {cmd[0]}: {e.strerror}") from None
+    # Exit 1 with nothing on stderr: none of the keys is there.
+    if done.returncode not in (0, 1) or done.stderr.strip():
+        detail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        raise PbsmtpError(f"looking up keys in map {target} (postmap -q) failed: {detail}")
+    found = {}
+    for row in done.stdout.splitlines():
+        key, _, value = row.partition("\t")
+        found[key] = value
+    return found
 
 
 class Store(Protocol):
@@ -4231,6 +4291,7 @@ def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
     window, while younger than --max-session) and the session ends, in log
     order, for pair_sessions."""
     logins, exclusions = [], {}
+    talk = say is not quiet          # a quiet run formats no message per login
     for raw in lines:
         line = decode(raw)
         login, reason = match_login(line, patterns, now, pending)
@@ -4249,8 +4310,9 @@ def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
         # found are older than the window, and need no network lookup.
         old = login.when < now - opts.grace
         if old and not (opens and login.when > now - opts.max_session):
-            say(f"skipped {login.ip} ({login.pattern}): login at {human_time(login.when, now)} "
-                f"is older than the grace window")
+            if talk:
+                say(f"skipped {login.ip} ({login.pattern}): login at "
+                    f"{human_time(login.when, now)} is older than the grace window")
             continue
         if login.ip not in exclusions:
             exclusions[login.ip] = excluded_reason(login.ip, mynetworks, opts.ignore_nets,
@@ -4262,11 +4324,13 @@ def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
         if opens:
             events.append(login)
         if old:
-            say(f"session of {login.ip} ({login.pattern}) opened at "
-                f"{human_time(login.when, now)}: older than the grace window")
+            if talk:
+                say(f"session of {login.ip} ({login.pattern}) opened at "
+                    f"{human_time(login.when, now)}: older than the grace window")
             continue
-        say(f"login {login.ip} user={login.user} at {human_time(login.when, now, opts.grace)} "
-            f"({login.pattern})")
+        if talk:
+            say(f"login {login.ip} user={login.user} at "
+                f"{human_time(login.when, now, opts.grace)} ({login.pattern})")
         summary.logins += 1
         logins.append(login)
     return logins
@@ -4293,24 +4357,48 @@ def load_mark(path: str) -> dict | None:
     return mark if isinstance(mark, dict) else None
 
 
-def save_mark(path: str, store: Store, plan: Plan, grace: int) -> None:
+def save_mark(path: str, store: Store, plan: Plan, grace: int,
+              earliest: int | None = None) -> None:
     """Remember which map this run left and when its first entry expires, so
-    that a run with no logins before then need not read it. Only a cache: if
-    it cannot be written, the next run reads the map."""
+    that a run with no logins before then need not read it (``earliest``:
+    the oldest time in the map, or earlier, when the plan does not hold
+    every entry). Only a cache: if it cannot be written, the next run reads
+    the map."""
     stamp = store_stamp(store)
-    mark = {"stamp": stamp, "grace": grace, "active": len(plan.entries),
+    if plan.active is None:
+        earliest = min(plan.entries.values()) if plan.entries else None
+    mark = {"stamp": stamp, "grace": grace, "active": plan.size,
             "map": map_file(store.dbfile, store.map_type) if stamp is not None else None,
-            "expires": min(plan.entries.values()) + grace if plan.entries else None}
+            "expires": earliest + grace if earliest is not None else None}
     with contextlib.suppress(OSError):
         if stamp is not None:
             write_atomically(path, json.dumps(mark) + "\n")
 
 
-def load_entries(path: str, stamp: list[int] | None) -> dict[str, int] | None:
-    """The map's entries as the last run wrote them, if the map is still
-    that version (same inode, size and mtime): reading them here spares a
-    postmap -s of the whole map and checking every key again. None when
-    the cache is missing, damaged, or of another version of the map."""
+# NAME.entries, beside the offset: the map's entries as the last run wrote
+# them, for the version of the map it left (its stamp). After a JSON header,
+# one "TIME ADDRESS" line per entry in time order, so that the entries due
+# to expire are the first lines and an update reads only those. A run that
+# updates the map appends its new times in order and leaves the line an
+# address had before it was refreshed; such a line is dropped when it comes
+# due. So every key of the map has a line with its value, and no address
+# leaves the map without its line coming due.
+ENTRIES_FORMAT = 2
+# Below this many entries, reading the whole cache costs less than the
+# postmap -q that merge_update needs to look up the changing keys.
+UPDATE_IN_PLACE_MIN = 10000
+
+
+@dataclasses.dataclass
+class EntriesCache:
+    path: str
+    active: int              # entries in the map
+    body: str                # "TIME ADDRESS" lines in time order
+
+
+def open_entries(path: str, stamp: list[int] | None) -> EntriesCache | None:
+    """The entries cache, if it is ours, whole and of the map's current
+    version (same inode, size and mtime); None otherwise."""
     if stamp is None:
         return None
     try:
@@ -4318,26 +4406,135 @@ def load_entries(path: str, stamp: list[int] | None) -> dict[str, int] | None:
         with os.fdopen(fd, "rb") as f:
             if os.fstat(f.fileno()).st_uid != os.geteuid():
                 return None
-            head, _, body = f.read().partition(b"\n")
-        if json.loads(head).get("stamp") != stamp:
+            head, _, body = f.read().decode("ascii").partition("\n")
+        header = json.loads(head)
+        if (header.get("format") != ENTRIES_FORMAT or header.get("stamp") != stamp
+                or not isinstance(header.get("active"), int) or body[-1:] not in ("", "\n")):
             return None
-        return {k.decode("ascii"): int(v)
-                for k, v in (row.split(b" ") for row in body.splitlines())}
+        return EntriesCache(path, header["active"], body)
     except (OSError, ValueError, AttributeError, UnicodeError):
         return None
 
 
-def save_entries(path: str, store: Store, plan: Plan) -> None:
+def cached_entries(cache: EntriesCache) -> dict[str, int] | None:
+    """Every entry of the cache, each address at its newest time; None if a
+    line is damaged."""
+    try:
+        entries = {}
+        for row in cache.body.splitlines():
+            when, ip = row.split(" ")
+            entries[ip] = int(when)
+        return entries if len(entries) == cache.active else None
+    except ValueError:
+        return None
+
+
+def due_lines(body: str, cutoff: float) -> tuple[list[tuple[int, str]], int]:
+    """The (time, address) lines of a cache body older than cutoff, and
+    where the lines that stay begin. Raises ValueError on a damaged line."""
+    due, pos = [], 0
+    while pos < len(body):
+        end = body.index("\n", pos)
+        when, ip = body[pos:end].split(" ")
+        if int(when) >= cutoff:
+            break
+        due.append((int(when), ip))
+        pos = end + 1
+    return due, pos
+
+
+def merge_update(cache: EntriesCache, logins: Iterable[Login], now: float, grace: int,
+                 lookup) -> tuple[Plan, str] | None:
+    """merge() for a map whose entries cache is current, touching only the
+    entries that change: the logins' addresses and the cache lines that
+    have come due, whose values ``lookup`` (keys -> {key: value}) reads
+    from the map itself. Returns the plan (``active`` set, ``entries`` only
+    what is added or refreshed) and the cache body after it; None when so
+    much changes that a rebuild is the better way. Raises ValueError when
+    the cache is damaged or disagrees with the map."""
+    cutoff = now - grace
+    due, keep = due_lines(cache.body, cutoff)
+    fresh: dict[str, int] = {}
+    for login in logins:
+        when = min(login.when, int(now))     # clock skew: never in the future
+        if when >= cutoff and when > fresh.get(login.ip, -1):
+            fresh[login.ip] = when
+    current = lookup({ip for _, ip in due} | fresh.keys())
+    if not all(value.isdigit() for value in current.values()):
+        raise ValueError("a map value is not an all-digit time")   # merge() drops such
+    plan = Plan(entries={}, base_is_map=True)
+    for when, ip in due:
+        if ip not in current:
+            raise ValueError(f"{ip} is in the cache, not in the map")
+        value = int(current[ip])
+        if value < cutoff:
+            plan.expired[ip] = value
+        elif not has_line(cache.body, value, ip, keep):
+            # A line left by a refresh: the newer one must be there, or
+            # the address would never come due.
+            raise ValueError(f"{ip} has no line for its time {value}")
+    for ip, when in fresh.items():
+        old = int(current[ip]) if ip in current else None
+        if old is not None and old < cutoff:
+            old = None                       # expired: added anew, as merge() does
+        if old is not None and when <= old:
+            continue
+        plan.entries[ip] = when
+        plan.expired.pop(ip, None)
+        (plan.refreshed if old is not None else plan.added)[ip] = when
+    plan.active = (cache.active - len(plan.expired)
+                   + sum(1 for ip in plan.added if ip not in current))
+    if len(plan.entries) + len(plan.expired) > max(100, plan.active // 4):
+        return None
+    return plan, insert_lines(cache.body[keep:], plan.entries)
+
+
+def insert_lines(body: str, entries: Mapping[str, int]) -> str:
+    """A cache body with these entries' lines put in time order, each found
+    by a binary search: the lines between are copied, not read."""
+    pieces, pos = [], 0
+    for ip, when in sorted(entries.items(), key=lambda entry: entry[1]):
+        at = first_line_after(body, when, pos)
+        pieces += [body[pos:at], f"{when} {ip}\n"]
+        pos = at
+    pieces.append(body[pos:])
+    return "".join(pieces)
+
+
+def has_line(body: str, when: int, ip: str, lo: int = 0) -> bool:
+    """Whether a cache body (from line start lo on) has the line "when ip"."""
+    start = first_line_after(body, when - 1, lo)
+    end = first_line_after(body, when, start)
+    return f"{when} {ip}\n" in body[start:end].splitlines(keepends=True)
+
+
+def first_line_after(body: str, when: int, lo: int = 0) -> int:
+    """Where the first line of a cache body (from line start lo on) whose
+    time is later than when begins; len(body) if there is none."""
+    hi = len(body)
+    while lo < hi:                           # lo: a line start; hi: one, or the end
+        start = body.rfind("\n", 0, (lo + hi) // 2) + 1
+        if int(body[start:body.index(" ", start)]) > when:
+            hi = start
+        else:
+            lo = body.index("\n", start) + 1
+    return lo
+
+
+def save_entries(path: str, store: Store, plan: Plan, body: str | None = None) -> None:
     """Remember the map's entries with the version of the map that holds
-    exactly them (call right after publishing the plan). Only a cache: if
-    it cannot be written, the next run reads the map."""
+    exactly them (call right after publishing the plan): the plan's, or
+    for an update (plan.active set) the cache body merge_update gave. Only
+    a cache: if it cannot be written, the next run reads the map."""
     stamp = store_stamp(store)
     if stamp is None:
         return
-    text = json.dumps({"stamp": stamp}) + "\n" + "".join(
-        f"{ip} {when}\n" for ip, when in plan.entries.items())
+    if body is None:
+        body = "".join(f"{when} {ip}\n" for ip, when in
+                       sorted(plan.entries.items(), key=lambda entry: entry[1]))
+    header = json.dumps({"format": ENTRIES_FORMAT, "stamp": stamp, "active": plan.size})
     with contextlib.suppress(OSError):
-        write_atomically(path, text)
+        write_atomically(path, header + "\n" + body)
 
 
 def publish(store: Store, plan: Plan, warn: Say, staged: Sequence[tuple[str, str]]) -> None:
@@ -4354,7 +4551,9 @@ def publish(store: Store, plan: Plan, warn: Say, staged: Sequence[tuple[str, str
             except OSError as e:
                 raise PbsmtpError(f"cannot write {path}: {e.strerror}") from None
         if plan.changed or not store.exists():
-            for w in store.publish(plan):
+            for w in (store.publish(plan) if plan.active is None else update_map(
+                    store.dbfile, store.map_type, {**plan.added, **plan.refreshed},
+                    plan.expired, store.config_dir)):
                 warn(w)
         for tmp, path in tmps:
             try:
@@ -4543,22 +4742,19 @@ def run(opts: Options, now: float | None = None, say: Say = quiet, warn: Say = q
                 publish(store, Plan(entries={}), warn, staged)
             return summary, Plan(entries={}, sessions=sessions)
 
-        cached = load_entries(files.entries, store_stamp(store))
-        base = read_store(store, opts, warn) if cached is None else cached
-        plan = merge(base or {}, logins, now, opts.grace, checked=cached is not None)
+        plan, body = merge_store(store, files.entries, logins, now, opts, manual, warn)
         apply_manual(plan, manual, now, opts.grace)
-        # A map set aside as unreadable is rebuilt whole, never updated.
-        plan.base_is_map = base is not None
         plan.sessions = sessions
         if plan.invalid:
             warn(f"dropped {len(plan.invalid)} map entries that are not an address "
                  f"with an all-digit time, e.g. {next(iter(plan.invalid))!r}")
         summary.added, summary.refreshed = len(plan.added), len(plan.refreshed)
-        summary.expired, summary.active = len(plan.expired), len(plan.entries)
+        summary.expired, summary.active = len(plan.expired), plan.size
         if opts.write:
             publish(store, plan, warn, staged)
-            save_mark(files.mark, store, plan, opts.grace)
-            save_entries(files.entries, store, plan)
+            save_mark(files.mark, store, plan, opts.grace,
+                      earliest=int(body[:body.find(" ")]) if body else None)
+            save_entries(files.entries, store, plan, body)
     return summary, plan
 
 
@@ -4603,6 +4799,33 @@ def report_sessions(plan: SessionPlan, now: float, opts: Options, say: Say, warn
     if plan.dropped:
         warn(f"more than {SESSIONS_MAX} open sessions: forgot the {plan.dropped} oldest "
              f"(their addresses expire a grace window after their last refresh)")
+
+
+def merge_store(store: Store, entries_file: str, logins: list[Login], now: float,
+                opts: Options, manual: Manual, warn: Say) -> tuple[Plan, str | None]:
+    """The plan for this run's logins and expiries. A Postfix map that can
+    be updated in place, with an entries cache of its current version, is
+    merged touching only what changes (the cache body after it is returned
+    too); else the entries are read whole (from the cache, or the store).
+    While a grant or revocation made by hand is in force, the entries are
+    read whole: apply_manual must see every entry of the map."""
+    updatable = (isinstance(store, PostfixMap) and store.map_type != "cdb" and store.exists()
+                 and not (manual.grants or manual.revokes))
+    cache = open_entries(entries_file, store_stamp(store)) if updatable else None
+    if cache is not None and cache.active >= UPDATE_IN_PLACE_MIN:
+        try:
+            done = merge_update(cache, logins, now, opts.grace, lambda keys: query_map(
+                store.dbfile, store.map_type, keys, store.config_dir))
+        except ValueError:
+            done, cache = None, None         # not to be trusted: read the map
+        if done is not None:
+            return done
+    cached = cached_entries(cache) if cache is not None else None
+    base = read_store(store, opts, warn) if cached is None else cached
+    plan = merge(base or {}, logins, now, opts.grace, checked=cached is not None)
+    # A map set aside as unreadable is rebuilt whole, never updated.
+    plan.base_is_map = base is not None
+    return plan, None
 
 
 def read_store(store: Store, opts: Options, warn: Say) -> dict[str, str] | None:

@@ -72,10 +72,14 @@ def test_a_plan_not_read_from_the_map_is_built_whole(tmp_path, conf):
     assert pb.read_map(dbfile, "hash", conf) == {"192.0.2.3": str(NOW)}
 
 
-def test_entries_cache_spares_reading_the_map_and_stays_exact(site):
+@pytest.mark.parametrize("in_place_from", [0, 10 ** 9], ids=["lookup", "whole"])
+def test_entries_cache_spares_reading_the_map_and_stays_exact(site, monkeypatch, in_place_from):
     """A run that finds logins merges into the entries the last run wrote,
     when the map is still that version; a map changed behind its back is
-    read again. Either way the map is what a full read would give."""
+    read again. Either way the map is what a full read would give; so too
+    whether the run reads the whole cache or looks up only the keys that
+    change (postmap -q), which a big map does."""
+    monkeypatch.setattr(pb, "UPDATE_IN_PLACE_MIN", in_place_from)
     from click.testing import CliRunner
     from conftest import dovecot_login
 
@@ -87,15 +91,42 @@ def test_entries_cache_spares_reading_the_map_and_stays_exact(site):
     site.append(dovecot_login(NOW - 100, "192.0.2.1"))
     assert run(NOW) == {"192.0.2.1": str(NOW - 100)}
     cache = next(site.state.glob("*.entries"))
-    assert cache.read_text().splitlines()[1:] == [f"192.0.2.1 {NOW - 100}"]
+    assert cache.read_text().splitlines()[1:] == [f"{NOW - 100} 192.0.2.1"]
     site.append(dovecot_login(NOW - 50, "192.0.2.2"))
     assert run(NOW) == {"192.0.2.1": str(NOW - 100), "192.0.2.2": str(NOW - 50)}
-    # The next run merges into the cached entries, not into a read of the
-    # map: a cached time (a state directory is trusted as far as it is
-    # private) that says 192.0.2.1 is long expired makes the run delete it.
-    cache.write_text(cache.read_text().replace(f"192.0.2.1 {NOW - 100}", f"192.0.2.1 {NOW - 5000}"))
+    # The cache lists the entries in time order, so that those due to
+    # expire are its first lines.
+    assert cache.read_text().splitlines()[1:] == [f"{NOW - 100} 192.0.2.1",
+                                                  f"{NOW - 50} 192.0.2.2"]
+    # The cache is trusted as far as the state directory is private: read
+    # whole, a cached time that says 192.0.2.1 is long expired makes the run
+    # delete it. Looked up, a due line that disagrees with the map (which
+    # has a later time, and the cache no line for it) is not trusted: the
+    # map is read, and nothing is lost.
+    lookup = in_place_from == 0
+    cache.write_text(cache.read_text().replace(f"{NOW - 100} 192.0.2.1", f"{NOW - 5000} 192.0.2.1"))
     site.append(dovecot_login(NOW - 40, "192.0.2.9"))
-    assert run(NOW) == {"192.0.2.2": str(NOW - 50), "192.0.2.9": str(NOW - 40)}
+    assert run(NOW) == {**({"192.0.2.1": str(NOW - 100)} if lookup else {}),
+                        "192.0.2.2": str(NOW - 50), "192.0.2.9": str(NOW - 40)}
+    site.append(dovecot_login(NOW - 30, "192.0.2.1"))
+    assert run(NOW) == {"192.0.2.1": str(NOW - 30), "192.0.2.2": str(NOW - 50),
+                        "192.0.2.9": str(NOW - 40)}
+    if lookup:
+        # 192.0.2.1's earlier line stays until it comes due, when the map's
+        # newer time keeps the address.
+        assert cache.read_text().splitlines()[1:] == [
+            f"{NOW - 100} 192.0.2.1", f"{NOW - 50} 192.0.2.2", f"{NOW - 40} 192.0.2.9",
+            f"{NOW - 30} 192.0.2.1"]
+    assert run(NOW + 1800 - 60) == {"192.0.2.1": str(NOW - 30), "192.0.2.2": str(NOW - 50),
+                                    "192.0.2.9": str(NOW - 40)}
+    assert cache.read_text().splitlines()[1:] == [
+        f"{NOW - 50} 192.0.2.2", f"{NOW - 40} 192.0.2.9", f"{NOW - 30} 192.0.2.1"]
+    assert run(NOW + 1800 - 35) == {"192.0.2.1": str(NOW - 30)}
+    site.append(dovecot_login(NOW - 10, "192.0.2.9"))
+    assert run(NOW) == {"192.0.2.1": str(NOW - 30), "192.0.2.9": str(NOW - 10)}
+    site.append(dovecot_login(NOW - 40, "192.0.2.2"))
+    assert run(NOW) == {"192.0.2.1": str(NOW - 30), "192.0.2.9": str(NOW - 10),
+                        "192.0.2.2": str(NOW - 40)}
     # Someone rewrites the map: the cache no longer describes it.
     pb.write_map(str(site.map), "hash", {"192.0.2.7": NOW - 10}, str(site.conf))
     site.append(dovecot_login(NOW - 5, "192.0.2.3"))

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+import pbsmtp_batch as pb
 from conftest import NOW, dovecot_login, require, write_main_cf
 from runs import invoke, query
 
@@ -61,6 +62,26 @@ def test_a_grant_relays_until_it_ends_and_the_runs_that_follow_keep_it(site):
     ok(invoke(*site.args(now=NOW + 7201)))
     assert query(site, "192.0.2.10") is None
     assert manual(site) == {"grants": {}, "revokes": {}}
+
+
+@pytest.mark.parametrize("in_place_from", [0, 10 ** 9])
+def test_a_login_newer_than_a_grant_is_kept_by_the_runs_that_follow(site, monkeypatch,
+                                                                     in_place_from):
+    """A grant never lowers a newer login's time, whether a run updates the
+    map in place or rebuilds it (a run merges in place only while no grant
+    or revocation is in force: apply_manual needs every entry)."""
+    monkeypatch.setattr(pb, "UPDATE_IN_PLACE_MIN", in_place_from)
+    ip, other = "192.0.2.10", "192.0.2.20"
+    site.append(dovecot_login(NOW - 10, other))
+    ok(invoke(*site.args()))
+    ok(invoke(*site.args(f"--grant={ip}", "--grant-for=600")))
+    assert query(site, ip) == str(NOW + 600 - 1800)
+    site.append(dovecot_login(NOW + 100, ip))
+    ok(invoke(*site.args(now=NOW + 110)))
+    assert query(site, ip) == str(NOW + 100)
+    site.append(dovecot_login(NOW + 200, other))
+    ok(invoke(*site.args(now=NOW + 210)))
+    assert (query(site, ip), query(site, other)) == (str(NOW + 100), str(NOW + 200))
 
 
 def test_a_grant_lasts_the_grace_window_by_default_and_grant_for_comes_from_everywhere(

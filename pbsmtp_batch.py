@@ -5164,6 +5164,17 @@ def explain(opts: Options, ip: str, now: float, echo, warn) -> None:
         echo(f"  by hand: revoked by {printable(revoke.by)} at {iso_local(revoke.at)}, out until "
              f"{until} ({state})")
 
+    try:
+        sessions = [s for s in open_sessions(opts) if s.ip == ip]
+    except PbsmtpError as e:
+        sessions = []
+        warn(str(e))
+    for s in sorted(sessions, key=lambda x: (x.start, x.key)):
+        echo(printable(f"  session: {s.key[3]} ({s.key[0]}, {s.key[1] or '-'} {s.key[2]}) "
+                       f"user={s.user} open since {human_time(s.start, now)}: keeps it in the "
+                       f"map until it ends, at the latest "
+                       f"{iso_local(s.start + opts.max_session)}"))
+
     notes: list[str] = []
     mynetworks = read_mynetworks(opts.postfix_config, notes.append, required=False)
     why = excluded_reason(ip, mynetworks, opts.ignore_nets, opts.ipv6_shared_keys)

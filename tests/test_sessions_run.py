@@ -73,6 +73,18 @@ def test_open_session_keeps_the_address_until_its_end_then_grace(site):
     assert query(site) is None
 
 
+def test_explain_names_the_open_session_that_keeps_an_address(site):
+    site.append(login_line(NOW - 60))
+    ok(site)
+    out = ok(site, f"--explain={IP}", now=NOW + 3600).output
+    assert ("  session: Sess0000A1 (dovecot, mail dovecot) user=alice open since "
+            "2026-11-24T23:29:00+00:00 (age 61m00s): keeps it in the map until it ends, "
+            "at the latest 2026-11-25T11:29:00+00:00\n") in out
+    site.append(end_line(NOW + 3700))
+    ok(site, now=NOW + 3710)
+    assert "session:" not in ok(site, f"--explain={IP}", now=NOW + 3720).output
+
+
 @pytest.mark.parametrize("how", ["option", "environment", "config"])
 def test_max_session_zero_turns_sessions_off(site, how, tmp_path):
     site.append(login_line(NOW - 60))

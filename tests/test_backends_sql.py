@@ -23,6 +23,7 @@ import pytest
 
 import daemons
 import pbsmtp_batch as pb
+import pbsmtp_stores as stores
 from conftest import NOW, Site, dovecot_login
 from test_backends import (assert_accepted, assert_refused, invoke, listed, local_args,
                            missing, postfix_with_map, run_ok, start_daemon, stop_daemon)
@@ -43,15 +44,15 @@ def test_sqlite_keeps_the_newest_login_and_purges(site):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"), dovecot_login(NOW - 50, "2001:db8::10"))
     run_ok(*site.args(*args))
     assert sqlite_rows(db) == {"192.0.2.10": NOW - 60, "2001:db8::10": NOW - 50}
-    assert oct(os.stat(db).st_mode & 0o777) == oct(pb.SqliteStore.MODE)
+    assert oct(os.stat(db).st_mode & 0o777) == oct(stores.SqliteStore.MODE)
     with sqlite3.connect(db) as conn:                     # rollback journal, not WAL
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     assert listed(site, *args, now=NOW) == {"192.0.2.10": NOW - 60, "2001:db8::10": NOW - 50}
     # Another writer refreshed a row since this host read it: the purge keeps it.
-    store = pb.SqliteStore(str(db))
+    store = stores.SqliteStore(str(db))
     plan = pb.merge(store.read(), [], NOW + pb.DEFAULT_GRACE - 15, pb.DEFAULT_GRACE)
     assert sorted(plan.expired) == ["192.0.2.10", "2001:db8::10"]
-    other = pb.SqliteStore(str(db), host="host-b")
+    other = stores.SqliteStore(str(db), host="host-b")
     other.publish(pb.merge(other.read(), [pb.Login("192.0.2.10", NOW + 100, "a", "dovecot")],
                            NOW + 100, pb.DEFAULT_GRACE))
     # An older login never lowers a newer one.
@@ -238,7 +239,7 @@ def mariadb():
     try:
         server.start()
         server.sql("CREATE DATABASE mail")
-        server.sql(pb.MYSQL_SCHEMA, database="mail")
+        server.sql(stores.MYSQL_SCHEMA, database="mail")
         server.sql(*MYSQL_ROLES)
         yield server
     finally:
@@ -275,10 +276,10 @@ def test_mysql_hosts_share_one_table(mariadb, site, tmp_path):
     assert listed(site, "--backend=mysql", f"--mysql-url={writer}", now=NOW) == \
         mysql_rows(mariadb)
     # Any host purges; a row refreshed since it was read is left alone.
-    store = pb.MysqlStore(writer, host="host-a")
+    store = stores.MysqlStore(writer, host="host-a")
     plan = pb.merge(store.read(), [], NOW + pb.DEFAULT_GRACE - 15, pb.DEFAULT_GRACE)
     assert sorted(plan.expired) == ["192.0.2.10", "2001:db8::10"]
-    store2 = pb.MysqlStore(writer, host="host-b")
+    store2 = stores.MysqlStore(writer, host="host-b")
     login = pb.Login("192.0.2.10", NOW + 100, "alice", "dovecot")
     store2.publish(pb.merge(store2.read(), [login], NOW + 100, pb.DEFAULT_GRACE))
     store.publish(plan)
@@ -323,19 +324,19 @@ def test_mysql_without_pymysql_names_the_package_and_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "pymysql", None)
     with pytest.raises(pb.PbsmtpError, match=r"Debian: python3-pymysql; in a venv: "
                                              r"pip install '\.\[mysql\]'"):
-        pb.MysqlStore("mysql://u@127.0.0.1/mail").read()
+        stores.MysqlStore("mysql://u@127.0.0.1/mail").read()
 
 
 def test_mysql_url_forms():
-    assert pb.parse_mysql_url("mysql://pbsmtp:p%40ss@db.example.com:3307/mail") == {
+    assert stores.parse_mysql_url("mysql://pbsmtp:p%40ss@db.example.com:3307/mail") == {
         "user": "pbsmtp", "password": "p@ss", "host": "db.example.com", "port": 3307,
         "database": "mail"}
-    assert pb.parse_mysql_url(
+    assert stores.parse_mysql_url(
         "mysql://pbsmtp@localhost/mail?read_default_file=/etc/pbsmtp-batch/my.cnf") == {
         "user": "pbsmtp", "host": "localhost", "database": "mail",
         "read_default_file": "/etc/pbsmtp-batch/my.cnf"}
     with pytest.raises(pb.PbsmtpError, match="unknown parameter 'ssl'"):
-        pb.parse_mysql_url("mysql://u@h/d?ssl=1")
+        stores.parse_mysql_url("mysql://u@h/d?ssl=1")
 
 
 def mysql_cf(port, grace):
@@ -345,7 +346,7 @@ def mysql_cf(port, grace):
 
 
 def test_the_readme_mysql_schema_is_the_one_tested():
-    assert pb.MYSQL_SCHEMA in README.read_text()
+    assert stores.MYSQL_SCHEMA in README.read_text()
 
 
 @pytest.mark.daemons

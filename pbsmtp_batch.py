@@ -17,6 +17,10 @@ Postfix then relays for those clients through
 ``check_client_access hash:/etc/postfix/pop-before-smtp`` in
 ``smtpd_relay_restrictions``.
 
+The other stores (Sendmail, qmail, Exim, PostgreSQL, MySQL, SQLite,
+memcached: ``--backend``) are in the companion module ``pbsmtp_stores``,
+which this one imports only when a run names one of them (BACKEND_NAMES).
+
 Exit codes: 0 success (also when another run holds the lock), 1 an error
 (one ``Error:`` line; the map and the offset are left as they were),
 2 a command-line usage error.
@@ -970,6 +974,127 @@ def merge(existing: Mapping[str, str] | Mapping[str, int], logins: Iterable[Logi
 
 
 ###############################################################################
+# Files: written whole beside the old version, then renamed over it ##########
+###############################################################################
+# Every file pbsmtp-batch writes (the map, the other stores' files, the state
+# files) is made complete under a temporary name in the same directory,
+# fsynced, and renamed over the old one, so readers and a crash see the old
+# version or the new one, never a torn one. There are two ways in, because
+# the two kinds of file differ in when the rename may happen and in who may
+# read them: replace_file() builds and renames in one step and keeps a
+# published file's mode and owner (smtpd reads the map after dropping
+# privileges); the run's state files, private to it, are staged
+# (stage_file) before the map is published and committed (commit_file)
+# only after it is in place, so that a crash in between re-reads lines
+# instead of losing them. The metrics file (MetricsFile) is renamed into
+# place too, without fsync: it is rewritten on every run. All of them name
+# their temporary file the same way (temp_name), so one sweeper
+# (remove_leftovers) clears what a killed run left.
+
+# ".NAME.PID.NS.new", and what a build derives from it (".src", ".upd.db"...):
+# the writer's PID tells a killed writer's file from a live one's.
+_TEMP_NAME = re.compile(r"\.(?P<base>.+?)\.(?P<pid>\d+)\.\d+\.new(?:\..*)?", re.DOTALL)
+
+
+def temp_name(path: str) -> str:
+    """A fresh name in path's directory for the next version of path."""
+    directory, base = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".{base}.{os.getpid()}.{time.monotonic_ns()}.new")
+
+
+def fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_leftovers(directory: str, base: str | None = None) -> None:
+    """Remove the temporary files (temp_name) of writers that were killed
+    before their rename: those of the file base, or with no base, of every
+    file in directory. A live writer's stay: its PID is in the name."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            m = _TEMP_NAME.fullmatch(name)
+            if not m or base is not None and m["base"] != base or int(m["pid"]) == os.getpid():
+                continue
+            try:
+                os.kill(int(m["pid"]), 0)
+            except ProcessLookupError:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(directory, name))
+            except PermissionError:
+                pass                # alive, under another user
+
+
+def replace_file(target: str, build, label: str | None = None) -> list[str]:
+    """Publish a new version of ``target`` atomically.
+
+    ``build(tmp)`` must create the complete new file at ``tmp`` (a fresh name
+    in the same directory); it is then fsynced, given the old file's mode and
+    owner, renamed over ``target``, and the directory is fsynced. Returns
+    warnings."""
+    directory, base = os.path.split(os.path.abspath(target))
+    warnings = []
+    remove_leftovers(directory, base)
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    tmp = temp_name(target)
+    try:
+        build(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, st.st_mode & 0o7777 if st else NEW_MAP_MODE)
+        if st and (os.stat(tmp).st_uid, os.stat(tmp).st_gid) != (st.st_uid, st.st_gid):
+            try:
+                os.chown(tmp, st.st_uid, st.st_gid)
+            except PermissionError:
+                warnings.append(f"cannot keep owner {st.st_uid}:{st.st_gid} of {target}")
+        commit_file(tmp, target)
+    except OSError as e:
+        raise PbsmtpError(f"cannot write {label or target}: {e.strerror or e}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return warnings
+
+
+def stage_file(path: str, text: str) -> str:
+    """Write text to a new private file (temp_name, mode 0600) beside path,
+    fsynced; returns its name, for commit_file.
+
+    The run stages its state before it publishes the map, so that a full or
+    failing state file system stops the run while nothing has changed; the
+    staged files are then renamed into place (commit_file).
+    """
+    tmp = temp_name(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def commit_file(tmp: str, path: str) -> None:
+    """Rename a complete, fsynced tmp over path, and make the rename durable."""
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path) or ".")
+
+
+def write_atomically(path: str, text: str) -> None:
+    commit_file(stage_file(path, text), path)
+
+
+###############################################################################
 # The map: postmap I/O ########################################################
 ###############################################################################
 
@@ -1050,66 +1175,6 @@ def read_map(dbfile: str, map_type: str, config_dir: str | None) -> dict[str, st
         key, _, value = line.partition("\t") if "\t" in line else line.partition(" ")
         entries[key] = value.strip()
     return entries
-
-
-def fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def remove_leftovers(directory: str, base: str) -> None:
-    """Remove the temporary files of runs that were killed before their
-    rename. Their names carry the writer's PID; a live writer's stay."""
-    prefix = f".{base}."
-    with contextlib.suppress(OSError):
-        for name in os.listdir(directory):
-            pid = name[len(prefix):].split(".", 1)[0] if name.startswith(prefix) else ""
-            if pid.isdigit() and int(pid) != os.getpid():
-                try:
-                    os.kill(int(pid), 0)
-                except ProcessLookupError:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(directory, name))
-                except PermissionError:
-                    pass                # alive, under another user
-
-
-def replace_file(target: str, build, label: str | None = None) -> list[str]:
-    """Publish a new version of ``target`` atomically.
-
-    ``build(tmp)`` must create the complete new file at ``tmp`` (a fresh name
-    in the same directory); it is then fsynced, given the old file's mode and
-    owner, renamed over ``target``, and the directory is fsynced. Returns
-    warnings."""
-    directory, base = os.path.split(os.path.abspath(target))
-    warnings = []
-    remove_leftovers(directory, base)
-    try:
-        st = os.stat(target)
-    except FileNotFoundError:
-        st = None
-    tmp = os.path.join(directory, f".{base}.{os.getpid()}.{time.monotonic_ns()}.new")
-    try:
-        build(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, st.st_mode & 0o7777 if st else NEW_MAP_MODE)
-        if st and (os.stat(tmp).st_uid, os.stat(tmp).st_gid) != (st.st_uid, st.st_gid):
-            try:
-                os.chown(tmp, st.st_uid, st.st_gid)
-            except PermissionError:
-                warnings.append(f"cannot keep owner {st.st_uid}:{st.st_gid} of {target}")
-        os.replace(tmp, target)
-        fsync_dir(directory)
-    except OSError as e:
-        raise PbsmtpError(f"cannot write {label or target}: {e.strerror or e}") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    return warnings
 
 
 def write_map(dbfile: str, map_type: str, entries: dict[str, int],
@@ -1198,9 +1263,10 @@ class Store(Protocol):
     exists()   whether there is anything yet (a missing Postfix map makes
                smtpd answer 451, so the first run must create it);
     check()    raise PbsmtpError early when publishing cannot work;
-    stamp()    what identifies the version of the file ``path`` that holds
-               the entries, for the map cache (see save_mark); None for a
-               store that other hosts write, which must always be read.
+    stamp()    for the map cache (see save_mark): what identifies the current
+               version of the file ``path`` that holds the entries; None
+               when there is none, and then every run reads the store (a
+               store that other hosts write must always be read).
     """
     needs_postfix: ClassVar[bool]
 
@@ -1449,40 +1515,6 @@ def load_offset(path: str) -> tuple[LogState | None, str | None]:
         if len(parts) == 2 and all(p.isdigit() for p in parts):
             return LogState(Offset(int(parts[0]), int(parts[1]))), None
     return None, f"offset file {path} is corrupt; re-reading the grace window"
-
-
-# Staged state files are named ".NAME.XXXXXXXX" beside NAME.
-STAGED_PREFIX = "."
-
-
-def stage_file(path: str, text: str) -> str:
-    """Write text, fsynced, to a new file beside path; returns its name.
-
-    The run stages its state before it publishes the map, so that a full or
-    failing state file system stops the run while nothing has changed; the
-    staged files are then renamed into place (commit_file).
-    """
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f"{STAGED_PREFIX}{os.path.basename(path)}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return tmp
-
-
-def commit_file(tmp: str, path: str) -> None:
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(path) or ".")
-
-
-def write_atomically(path: str, text: str) -> None:
-    commit_file(stage_file(path, text), path)
 
 
 def offset_text(logfile: str, state: LogState) -> str:
@@ -2761,17 +2793,6 @@ def publish(store: Store, plan: Plan, warn, staged: Sequence[tuple[str, str]]) -
                 os.unlink(tmp)
 
 
-def remove_staged_leftovers(state_dir: str) -> None:
-    """Staged state files of runs killed before their rename (call only
-    while holding the lock: then no other run is staging)."""
-    with contextlib.suppress(OSError):
-        for name in os.listdir(state_dir):
-            if name.startswith(STAGED_PREFIX) and any(f".{kind}." in name for kind in
-                                                      ("offset", "pending", "map", "entries")):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(state_dir, name))
-
-
 def run(opts: Options, now: float | None = None, say=lambda msg: None,
         warn=lambda msg: None) -> tuple[Summary, Plan | None]:
     """One pass. ``say`` gets --debug detail, ``warn`` what cron must mail.
@@ -2810,7 +2831,7 @@ def run(opts: Options, now: float | None = None, say=lambda msg: None,
                               f"it is stuck or far too slow; no log line was read, "
                               f"{purge_expired(store, opts, now, warn)}")
         if opts.flock:
-            remove_staged_leftovers(opts.state_dir)
+            remove_leftovers(opts.state_dir)
 
         if opts.journal:
             source, saved, offset_file = open_journal(opts, patterns, now, say, warn)
@@ -3433,9 +3454,11 @@ class MetricsFile:
                 value = values[name]
                 shown = int(value) if float(value).is_integer() else value
                 lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {shown}"]
-        directory = os.path.dirname(self.path) or "."
+        directory, base = os.path.split(os.path.abspath(self.path))
+        remove_leftovers(directory, base)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", dir=directory)
+            tmp = temp_name(self.path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             try:
                 with os.fdopen(fd, "w") as f:
                     f.write("\n".join(lines) + "\n")

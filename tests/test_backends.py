@@ -222,7 +222,7 @@ def test_sendmail_relays_for_the_access_db(site, makemap, monkeypatch, tmp_path)
 
 def test_sendmail_without_makemap_names_the_package(site, monkeypatch, tmp_path):
     monkeypatch.setattr(pb, "SBIN_DIRS", ())
-    monkeypatch.setattr(pb, "EXTRA_TOOL_DIRS", ())
+    monkeypatch.setattr(stores, "EXTRA_TOOL_DIRS", ())
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     result = CliRunner().invoke(pb.cli, site.args("--backend=sendmail"))

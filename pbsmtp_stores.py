@@ -38,6 +38,10 @@ class UnstampedStore:
         return None
 
 
+###############################################################################
+# Other MTAs' files: Sendmail, qmail, Exim ####################################
+###############################################################################
+
 SENDMAIL_TIME_TAG = "pbsmtp-batch:"     # never a tag sendmail looks up
 EXTRA_TOOL_DIRS = ("/usr/libexec/sendmail", "/usr/lib/sendmail")
 
@@ -236,6 +240,10 @@ class EximList(UnstampedStore):
     def check(self) -> None:
         check_dir(self.dbfile)
 
+
+###############################################################################
+# Tables: PostgreSQL, memcached, SQLite, MySQL ################################
+###############################################################################
 
 PGSQL_SCHEMA = """\
 CREATE TABLE pbsmtp_relay (

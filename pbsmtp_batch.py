@@ -22,6 +22,10 @@ Postfix then relays for those clients through
 ``check_client_access hash:/etc/postfix/pop-before-smtp`` in
 ``smtpd_relay_restrictions``.
 
+The other stores (Sendmail, qmail, Exim, PostgreSQL, MySQL, SQLite,
+memcached: ``--backend``) are in the companion module ``pbsmtp_stores``,
+which this one imports only when a run names one of them (BACKEND_NAMES).
+
 Exit codes: 0 success (also when another run holds the lock), 1 an error
 (one ``Error:`` line; the map and the offset are left as they were),
 2 a command-line usage error.
@@ -67,8 +71,6 @@ PENDING_SUFFIX = ".pending"    # two-line servers' address lines awaiting their 
 SESSIONS_SUFFIX = ".sessions"  # the sessions still open (pair_sessions)
 MARK_SUFFIX = ".map"           # the map cache: which map version the last run left
 ENTRIES_SUFFIX = ".entries"    # that map version's entries
-# Staged state files are named ".NAME.XXXXXXXX" beside NAME.
-STAGED_PREFIX = "."
 
 
 def log_source_name(logfile: str) -> str:
@@ -198,6 +200,7 @@ import fnmatch
 import functools
 import gzip
 import hashlib
+import importlib
 import io
 import ipaddress
 import lzma
@@ -213,7 +216,7 @@ import tomllib
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, ClassVar, Protocol
 
 import click
 
@@ -1573,6 +1576,124 @@ def unreadable_reason(chain: Sequence[tuple[str, os.stat_result]], uid: int,
         return (f"user {user} cannot read {path} (mode {stat.S_IMODE(st.st_mode):04o}, "
                 f"owner {st.st_uid}:{st.st_gid})")
     return None
+# Files: written whole beside the old version, then renamed over it ##########
+###############################################################################
+# Every file pbsmtp-batch writes (the map, the other stores' files, the state
+# files) is made complete under a temporary name in the same directory,
+# fsynced, and renamed over the old one, so readers and a crash see the old
+# version or the new one, never a torn one. There are two ways in, because
+# the two kinds of file differ in when the rename may happen and in who may
+# read them: replace_file() builds and renames in one step and keeps a
+# published file's mode and owner (smtpd reads the map after dropping
+# privileges); the run's state files, private to it, are staged
+# (stage_file) before the map is published and committed (commit_file)
+# only after it is in place, so that a crash in between re-reads lines
+# instead of losing them. The metrics file (MetricsFile) is renamed into
+# place too, without fsync: it is rewritten on every run. All of them name
+# their temporary file the same way (temp_name), so one sweeper
+# (remove_leftovers) clears what a killed run left.
+
+# ".NAME.PID.NS.new", and what a build derives from it (".src", ".upd.db"...):
+# the writer's PID tells a killed writer's file from a live one's.
+_TEMP_NAME = re.compile(r"\.(?P<base>.+?)\.(?P<pid>\d+)\.\d+\.new(?:\..*)?", re.DOTALL)
+
+
+def temp_name(path: str) -> str:
+    """A fresh name in path's directory for the next version of path."""
+    directory, base = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".{base}.{os.getpid()}.{time.monotonic_ns()}.new")
+
+
+def fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_leftovers(directory: str, base: str | None = None) -> None:
+    """Remove the temporary files (temp_name) of writers that were killed
+    before their rename: those of the file base, or with no base, of every
+    file in directory. A live writer's stay: its PID is in the name."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            m = _TEMP_NAME.fullmatch(name)
+            if not m or base is not None and m["base"] != base or int(m["pid"]) == os.getpid():
+                continue
+            try:
+                os.kill(int(m["pid"]), 0)
+            except ProcessLookupError:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(directory, name))
+            except PermissionError:
+                pass                # alive, under another user
+
+
+def replace_file(target: str, build, label: str | None = None) -> list[str]:
+    """Publish a new version of ``target`` atomically.
+
+    ``build(tmp)`` must create the complete new file at ``tmp`` (a fresh name
+    in the same directory); it is then fsynced, given the old file's mode and
+    owner, renamed over ``target``, and the directory is fsynced. Returns
+    warnings."""
+    directory, base = os.path.split(os.path.abspath(target))
+    warnings = []
+    remove_leftovers(directory, base)
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    tmp = temp_name(target)
+    try:
+        build(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, st.st_mode & 0o7777 if st else NEW_MAP_MODE)
+        if st and (os.stat(tmp).st_uid, os.stat(tmp).st_gid) != (st.st_uid, st.st_gid):
+            try:
+                os.chown(tmp, st.st_uid, st.st_gid)
+            except PermissionError:
+                warnings.append(f"cannot keep owner {st.st_uid}:{st.st_gid} of {target}")
+        commit_file(tmp, target)
+    except OSError as e:
+        raise PbsmtpError(f"cannot write {label or target}: {e.strerror or e}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return warnings
+
+
+def stage_file(path: str, text: str) -> str:
+    """Write text to a new private file (temp_name, mode 0600) beside path,
+    fsynced; returns its name, for commit_file.
+
+    The run stages its state before it publishes the map, so that a full or
+    failing state file system stops the run while nothing has changed; the
+    staged files are then renamed into place (commit_file).
+    """
+    tmp = temp_name(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def commit_file(tmp: str, path: str) -> None:
+    """Rename a complete, fsynced tmp over path, and make the rename durable."""
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path) or ".")
+
+
+def write_atomically(path: str, text: str) -> None:
+    commit_file(stage_file(path, text), path)
 
 
 ###############################################################################
@@ -1656,66 +1777,6 @@ def read_map(dbfile: str, map_type: str, config_dir: str | None) -> dict[str, st
         key, _, value = line.partition("\t") if "\t" in line else line.partition(" ")
         entries[key] = value.strip()
     return entries
-
-
-def fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def remove_leftovers(directory: str, base: str) -> None:
-    """Remove the temporary files of runs that were killed before their
-    rename. Their names carry the writer's PID; a live writer's stay."""
-    prefix = f".{base}."
-    with contextlib.suppress(OSError):
-        for name in os.listdir(directory):
-            pid = name[len(prefix):].split(".", 1)[0] if name.startswith(prefix) else ""
-            if pid.isdigit() and int(pid) != os.getpid():
-                try:
-                    os.kill(int(pid), 0)
-                except ProcessLookupError:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(directory, name))
-                except PermissionError:
-                    pass                # alive, under another user
-
-
-def replace_file(target: str, build, label: str | None = None) -> list[str]:
-    """Publish a new version of ``target`` atomically.
-
-    ``build(tmp)`` must create the complete new file at ``tmp`` (a fresh name
-    in the same directory); it is then fsynced, given the old file's mode and
-    owner, renamed over ``target``, and the directory is fsynced. Returns
-    warnings."""
-    directory, base = os.path.split(os.path.abspath(target))
-    warnings = []
-    remove_leftovers(directory, base)
-    try:
-        st = os.stat(target)
-    except FileNotFoundError:
-        st = None
-    tmp = os.path.join(directory, f".{base}.{os.getpid()}.{time.monotonic_ns()}.new")
-    try:
-        build(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, st.st_mode & 0o7777 if st else NEW_MAP_MODE)
-        if st and (os.stat(tmp).st_uid, os.stat(tmp).st_gid) != (st.st_uid, st.st_gid):
-            try:
-                os.chown(tmp, st.st_uid, st.st_gid)
-            except PermissionError:
-                warnings.append(f"cannot keep owner {st.st_uid}:{st.st_gid} of {target}")
-        os.replace(tmp, target)
-        fsync_dir(directory)
-    except OSError as e:
-        raise PbsmtpError(f"cannot write {label or target}: {e.strerror or e}") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    return warnings
 
 
 def write_map(dbfile: str, map_type: str, entries: dict[str, int],
@@ -1811,20 +1872,91 @@ def query_map(dbfile: str, map_type: str, keys: Iterable[str],
     return found
 
 
+
+###############################################################################
+# Stores: the interface and the registry; the Postfix map ####################
+###############################################################################
+
 class Store(Protocol):
     """Where the entries live. The batch logic knows only this interface.
 
+    needs_postfix  whether this host's Postfix is the store's reader, so that
+                   a run fails when postconf cannot tell mynetworks (a dry
+                   run only warns); for the others a host may have no
+                   Postfix at all, and mynetworks is left out if it is known;
+    from_options() the store that the command line and the config name;
     read()     every entry as {address: value}, values as stored (text);
     publish()  apply a Plan (its adds, refreshes and expiries, or simply its
                complete ``entries``) so that readers see all of it or none;
     exists()   whether there is anything yet (a missing Postfix map makes
                smtpd answer 451, so the first run must create it);
-    check()    raise PbsmtpError early when publishing cannot work.
+    check()    raise PbsmtpError early when publishing cannot work;
+    stamp()    for the map cache (see save_mark): what identifies the current
+               version of the file ``path`` that holds the entries; None
+               when there is none, and then every run reads the store (a
+               store that other hosts write must always be read).
     """
+    needs_postfix: ClassVar[bool]
+
+    @classmethod
+    def from_options(cls, opts: Options) -> Store: ...
     def read(self) -> dict[str, str]: ...
     def publish(self, plan: Plan) -> list[str]: ...
     def exists(self) -> bool: ...
     def check(self) -> None: ...
+    def stamp(self) -> list[int] | None: ...
+
+
+# Every --backend NAME, in the order --help lists them, with what it writes.
+# The Postfix map's class is below; the others live in the companion module
+# STORES_MODULE, imported on first use, so a run with the Postfix map never
+# loads them.
+BACKEND_NAMES = {
+    "postfix": "a postmap-built file map",
+    "sendmail": "access db",
+    "qmail": "tcp.smtp rules",
+    "exim": "iplsearch list",
+    "pgsql": "a shared PostgreSQL table",
+    "mysql": "a shared MariaDB/MySQL table",
+    "sqlite": "--dbfile is the SQLite file",
+    "memcache": "memcached keys with a TTL",
+}
+STORES_MODULE = "pbsmtp_stores"
+# --backend NAME -> its Store class, filled by @backend beside each class.
+BACKENDS: dict[str, type[Store]] = {}
+
+
+def backend(name: str):
+    """Class decorator: register a Store class as ``--backend NAME``."""
+    def register(cls):
+        assert name in BACKEND_NAMES, name
+        BACKENDS[name] = cls
+        return cls
+    return register
+
+
+def store_class(name: str) -> type[Store]:
+    """The Store class of a --backend name, importing STORES_MODULE if it
+    holds it."""
+    if name not in BACKENDS and name in BACKEND_NAMES:
+        # Run as a script this module is __main__: the companion's
+        # "import pbsmtp_batch" must find it, not load a second copy.
+        sys.modules.setdefault("pbsmtp_batch", sys.modules[__name__])
+        try:
+            importlib.import_module(STORES_MODULE)
+        except ModuleNotFoundError as e:
+            if e.name != STORES_MODULE:
+                raise
+            raise PbsmtpError(f"--backend {name} needs the module {STORES_MODULE}.py, which is "
+                              f"not installed beside {__file__}") from None
+    if name not in BACKENDS:
+        raise PbsmtpError(f"--backend {name!r} is not supported "
+                          f"(use one of {', '.join(BACKEND_NAMES)})")
+    return BACKENDS[name]
+
+
+def open_store(opts: Options) -> Store:
+    return store_class(opts.backend).from_options(opts)
 
 
 def check_dir(path: str, what: str = "directory") -> None:
@@ -1836,12 +1968,26 @@ def check_dir(path: str, what: str = "directory") -> None:
         raise PbsmtpError(f"cannot write {what} {directory}")
 
 
+@backend("postfix")
 @dataclasses.dataclass(frozen=True)
 class PostfixMap:
     """A Postfix file map (hash, btree, lmdb, cdb), always built by postmap."""
     dbfile: str
     map_type: str
     config_dir: str | None = None
+    needs_postfix: ClassVar[bool] = True
+
+    @classmethod
+    def from_options(cls, opts: Options) -> PostfixMap:
+        map_type = opts.map_type or default_map_type(opts.postfix_config)
+        if map_type not in MAP_SUFFIXES:
+            raise PbsmtpError(f"map type {map_type!r} is not supported "
+                              f"(use one of {', '.join(MAP_SUFFIXES)})")
+        return cls(opts.dbfile, map_type, opts.postfix_config)
+
+    @property
+    def path(self) -> str:
+        return map_file(self.dbfile, self.map_type)
 
     def read(self) -> dict[str, str]:
         return read_map(self.dbfile, self.map_type, self.config_dir)
@@ -1858,721 +2004,19 @@ class PostfixMap:
         return write_map(self.dbfile, self.map_type, plan.entries, self.config_dir)
 
     def exists(self) -> bool:
-        return os.path.exists(map_file(self.dbfile, self.map_type))
+        return os.path.exists(self.path)
 
     def check(self) -> None:
         check_dir(self.dbfile, "map directory")
 
-
-# Other stores register here by --backend name: a function of the Options.
-BACKENDS: dict[str, object] = {}
-
-
-def open_store(opts: "Options") -> Store:
-    if opts.backend != "postfix":
-        return BACKENDS[opts.backend](opts)
-    map_type = opts.map_type or default_map_type(opts.postfix_config)
-    if map_type not in MAP_SUFFIXES:
-        raise PbsmtpError(f"map type {map_type!r} is not supported "
-                          f"(use one of {', '.join(MAP_SUFFIXES)})")
-    return PostfixMap(opts.dbfile, map_type, opts.postfix_config)
-
-
-###############################################################################
-# Other stores: Sendmail, qmail, Exim, PostgreSQL, memcached, SQLite, MySQL ###
-###############################################################################
-# Each is a small class with the Store interface, registered in BACKENDS by its
-# --backend name. The file stores keep the login time next to each address (a
-# second key, an environment variable, the data field) because the value their
-# MTA needs is not a time; the shared stores keep it as the value itself.
-
-SENDMAIL_TIME_TAG = "pbsmtp-batch:"     # never a tag sendmail looks up
-EXTRA_TOOL_DIRS = ("/usr/libexec/sendmail", "/usr/lib/sendmail")
-
-
-def find_program(name: str, package: str) -> str:
-    return find_tool(name, package, EXTRA_TOOL_DIRS)
-
-
-def _write_text(text: str):
-    def build(tmp: str) -> None:
-        with open(tmp, "x") as f:
-            f.write(text)
-    return build
-
-
-@dataclasses.dataclass(frozen=True)
-class SendmailAccess:
-    """Sendmail's access db (FEATURE(`access_db')), built by ``makemap hash``.
-
-    Each address gets ``Connect:IP RELAY`` and ``pbsmtp-batch:IP EPOCH``, a
-    key sendmail never looks up, for the login time. An IPv6 address is
-    written as ``Connect:IPv6:ADDR`` twice: in the uncompressed form that
-    sendmail 8.16+ (IPV6_FULL, the default) looks up, and in the compressed
-    form of older builds. The db is pbsmtp-batch's own file, rebuilt whole
-    each time.
-    """
-    dbfile: str
-
-    @property
-    def path(self) -> str:
-        return self.dbfile + ".db"
-
-    def _makemap(self, *args: str) -> list[str]:
-        # makemap reads sendmail.cf only for TrustedUser; without one it fails.
-        cf = [] if os.path.exists("/etc/mail/sendmail.cf") else ["-C", "/dev/null"]
-        return [find_program("makemap", "sendmail-bin"), *cf, *args]
-
-    def read(self) -> dict[str, str]:
-        if not os.path.exists(self.path):
-            return {}
-        out = run_tool(self._makemap("-u", "hash", self.dbfile),
-                       f"reading {self.path} (makemap -u)")
-        relay, times = {}, {}
-        for line in out.splitlines():
-            key, _, value = line.partition("\t")
-            key = key.lower()                  # makemap folds keys; be sure
-            if key.startswith("connect:"):
-                ip = key[len("connect:"):]
-                ip = ip[5:] if ip.startswith("ipv6:") else ip
-                relay[normalise_ip(ip) or ip] = value.strip()
-            elif key.startswith(SENDMAIL_TIME_TAG):
-                times[key[len(SENDMAIL_TIME_TAG):]] = value.strip()
-        # An address without its time reads as its RHS, which merge() drops.
-        return {**relay, **times}
-
-    def publish(self, plan: Plan) -> list[str]:
-        lines = []
-        for ip, when in sorted(plan.entries.items()):
-            if ":" in ip:
-                groups = struct.unpack("!8H", socket.inet_pton(socket.AF_INET6, ip))
-                full = ":".join(f"{g:x}" for g in groups)
-                lines.append(f"Connect:IPv6:{full}\tRELAY\n")
-                lines.append(f"Connect:IPv6:{ip}\tRELAY\n" if full != ip else "")
-            else:
-                lines.append(f"Connect:{ip}\tRELAY\n")
-            lines.append(f"{SENDMAIL_TIME_TAG}{ip}\t{when}\n")
-        text = "".join(lines)
-
-        def build(tmp: str) -> None:
-            stem = tmp + ".mk"           # makemap appends ".db" to the name
-            try:
-                run_tool(self._makemap("hash", stem), f"building {self.path} (makemap)", input=text)
-                os.replace(stem + ".db", tmp)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(stem + ".db")
-        return replace_file(self.path, build)
-
-    def exists(self) -> bool:
-        return os.path.exists(self.path)
-
-    def check(self) -> None:
-        check_dir(self.path)
-        find_program("makemap", "sendmail-bin")
-
-
-# What pbsmtp-batch writes in tcp.smtp: the login time rides along as an
-# environment variable, which qmail-smtpd ignores.
-_QMAIL_RULE = re.compile(r'(?P<ip>[0-9.]+):allow,RELAYCLIENT="",PBSMTP_LOGIN="(?P<when>\d*)"')
-
-
-@dataclasses.dataclass(frozen=True)
-class QmailRules:
-    """tcpserver rules for qmail-smtpd: ``--dbfile`` is the text (tcp.smtp),
-    compiled by ``tcprules FILE.cdb FILE.tmp`` (its own atomic rename).
-
-    pbsmtp-batch owns only its lines, ``IP:allow,RELAYCLIENT="",PBSMTP_LOGIN="EPOCH"``,
-    at the end of the file; every other line (the site's own rules) is kept
-    as it is, and wins for the same address, since tcprules keeps the first
-    rule for a key. tcpserver (ucspi-tcp) is IPv4 only: IPv6 logins are not
-    written.
-    """
-    dbfile: str
-
-    @property
-    def cdb(self) -> str:
-        return self.dbfile + ".cdb"
-
-    def _lines(self) -> list[str]:
+    def stamp(self) -> list[int] | None:
+        """The map file is replaced by rename, so its inode changes on every
+        write."""
         try:
-            return Path(self.dbfile).read_text(encoding="utf-8", errors="replace").splitlines()
-        except FileNotFoundError:
-            return []
-        except OSError as e:
-            raise PbsmtpError(f"cannot read {self.dbfile}: {e.strerror}") from None
-
-    def read(self) -> dict[str, str]:
-        entries = {}
-        for line in self._lines():
-            m = _QMAIL_RULE.fullmatch(line.strip())
-            if m:
-                entries[m["ip"]] = m["when"]
-        return entries
-
-    def publish(self, plan: Plan) -> list[str]:
-        own = [line for line in self._lines() if not _QMAIL_RULE.fullmatch(line.strip())]
-        v6 = [ip for ip in plan.added if ":" in ip]
-        ours = [f'{ip}:allow,RELAYCLIENT="",PBSMTP_LOGIN="{when}"'
-                for ip, when in sorted(plan.entries.items()) if ":" not in ip]
-        text = "\n".join(own + ours) + "\n" if own or ours else ""
-        # The cdb first: if tcprules fails, neither file changes, and the
-        # offset is not committed, so the next run tries again.
-        run_tool([find_program("tcprules", "ucspi-tcp"), self.cdb, self.dbfile + ".tmp"],
-                 f"compiling {self.cdb} (tcprules)", input=text)
-        warnings = replace_file(self.dbfile, _write_text(text))
-        if v6:
-            warnings.append(f"tcpserver rules are IPv4 only: not written: {', '.join(v6)}")
-        return warnings
-
-    def exists(self) -> bool:
-        return os.path.exists(self.cdb)
-
-    def check(self) -> None:
-        check_dir(self.dbfile)
-        find_program("tcprules", "ucspi-tcp")
-
-
-@dataclasses.dataclass(frozen=True)
-class EximList:
-    """A plain address list for Exim's ``hosts = net-iplsearch;FILE``:
-    ``IP: EPOCH`` per line (IPv6 keys quoted, as iplsearch requires),
-    rewritten whole and renamed into place."""
-    dbfile: str
-
-    def read(self) -> dict[str, str]:
-        try:
-            text = Path(self.dbfile).read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return {}
-        except OSError as e:
-            raise PbsmtpError(f"cannot read {self.dbfile}: {e.strerror}") from None
-        entries = {}
-        for line in text.splitlines():
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            m = re.fullmatch(r'"([^"]*)"\s*:?\s*(.*)|([^\s:]+)\s*:?\s*(.*)', line)
-            key, value = (m[1], m[2]) if m[1] is not None else (m[3], m[4])
-            entries[key] = value.strip()
-        return entries
-
-    def publish(self, plan: Plan) -> list[str]:
-        lines = ["# pbsmtp-batch: POP/IMAP clients allowed to relay (address: login time)\n"]
-        for ip, when in sorted(plan.entries.items()):
-            lines.append(f'"{ip}": {when}\n' if ":" in ip else f"{ip}: {when}\n")
-        return replace_file(self.dbfile, _write_text("".join(lines)))
-
-    def exists(self) -> bool:
-        return os.path.exists(self.dbfile)
-
-    def check(self) -> None:
-        check_dir(self.dbfile)
-
-
-PGSQL_SCHEMA = """\
-CREATE TABLE pbsmtp_relay (
-    ip         text PRIMARY KEY,       -- as Postfix looks it up: text, not inet
-    last_login timestamptz NOT NULL,
-    host       text NOT NULL           -- the POP/IMAP host that saw the login
-);
-CREATE INDEX pbsmtp_relay_last_login ON pbsmtp_relay (last_login);
-"""
-_SQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?")
-
-
-class PgsqlStore:
-    """One PostgreSQL table shared by every POP/IMAP host (see PGSQL_SCHEMA).
-
-    Each host upserts its logins, keeping the newest time whoever wrote it,
-    and deletes a stale row only if it is still as old as when it was read,
-    so hosts never undo each other's work. Postfix's ``pgsql:`` query checks
-    the grace window itself, so a stale row never grants relay.
-    """
-
-    def __init__(self, dsn: str | None, table: str = "pbsmtp_relay",
-                 host: str | None = None):
-        if not dsn:
-            raise PbsmtpError("the pgsql backend needs --pg-dsn (or PBSMTP_PG_DSN), "
-                              "e.g. 'host=db.example.com dbname=mail user=pbsmtp'")
-        if not _SQL_NAME.fullmatch(table):
-            raise PbsmtpError(f"--pg-table {table!r} is not a plain [schema.]table name")
-        self.dsn, self.table = dsn, table
-        self.host = host or socket.gethostname()
-        self._conn = None
-
-    def _db(self):
-        if self._conn is None:
-            try:
-                import psycopg
-            except ImportError:
-                raise PbsmtpError("the pgsql backend needs psycopg 3 (Debian: python3-psycopg; "
-                                  "in a venv: pip install '.[pgsql]')") from None
-            try:
-                self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10,
-                                             application_name="pbsmtp-batch")
-            except psycopg.Error as e:
-                raise PbsmtpError(f"cannot connect to PostgreSQL: {_pg_message(e)}") from None
-        return self._conn
-
-    def _do(self, what: str, work):
-        db = self._db()
-        import psycopg
-        try:
-            return work(db)
-        except psycopg.errors.UndefinedTable as e:
-            raise PbsmtpError(f"PostgreSQL {what}: {_pg_message(e)} (create it with the "
-                              f"schema in the README)") from None
-        except psycopg.Error as e:
-            raise PbsmtpError(f"PostgreSQL {what} on {self.table}: {_pg_message(e)}") from None
-
-    def read(self) -> dict[str, str]:
-        sql = f"SELECT ip, extract(epoch FROM last_login)::bigint FROM {self.table}"
-        rows = self._do("read", lambda db: db.execute(sql).fetchall())
-        return {ip: str(when) for ip, when in rows}
-
-    def publish(self, plan: Plan) -> list[str]:
-        t = self.table
-        upsert = (f"INSERT INTO {t} AS t (ip, last_login, host) "
-                  f"VALUES (%s, to_timestamp(%s), %s) ON CONFLICT (ip) DO UPDATE SET "
-                  f"last_login = GREATEST(t.last_login, EXCLUDED.last_login), "
-                  f"host = CASE WHEN EXCLUDED.last_login > t.last_login "
-                  f"THEN EXCLUDED.host ELSE t.host END")
-        stale = f"DELETE FROM {t} WHERE ip = %s AND last_login <= to_timestamp(%s)"
-        invalid = f"DELETE FROM {t} WHERE ip = %s"
-        fresh, gone = sql_row_changes(plan, stale, invalid)
-
-        # Two transactions, each taking its row locks in address order, so
-        # hosts that publish at the same time cannot deadlock.
-        def work(db):
-            with db.transaction(), db.cursor() as cur:
-                if fresh:
-                    cur.executemany(upsert, [(ip, when, self.host) for ip, when in fresh])
-            with db.transaction(), db.cursor() as cur:
-                for sql, args in gone:
-                    cur.execute(sql, args)
-        self._do("update", work)
-        return []
-
-    def exists(self) -> bool:
-        return True          # a missing row is a plain "not found" for Postfix
-
-    def check(self) -> None:
-        self._do("check", lambda db: db.execute(
-            f"SELECT ip, last_login, host FROM {self.table} LIMIT 0"))
-
-
-def sql_row_changes(plan: Plan, stale_sql: str, invalid_sql: str
-                    ) -> tuple[list[tuple[str, int]], list[tuple[str, tuple]]]:
-    """A plan as rows to upsert, (ip, login time), and deletions, (sql, args):
-    each list in address order, so that hosts publishing at the same time
-    take their row locks in one order. An expired row is deleted only while
-    it is as old as this host saw it (stale_sql gets ip and that time); a
-    row that is not an address goes whatever its time (invalid_sql gets ip)."""
-    fresh = sorted({**plan.added, **plan.refreshed}.items())
-    gone = sorted([(ip, stale_sql, (ip, when)) for ip, when in plan.expired.items()]
-                  + [(ip, invalid_sql, (ip,)) for ip in plan.invalid])
-    return fresh, [(sql, args) for _, sql, args in gone]
-
-
-def _pg_message(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
-class MemcacheStore:
-    """memcached, read by Postfix's ``memcache:`` table.
-
-    Each address is the key ``PREFIX + IP`` (Postfix: ``key_format =
-    PREFIX%s``) with the login time as its value, set to expire when the
-    grace window ends: expiry needs no purge, and a stale entry cannot grant
-    relay. The key ``PREFIX#index`` lists the addresses, for --list and for
-    merging; hosts that share one memcached update it with gets/cas.
-    """
-    MAX_RELATIVE_TTL = 2592000   # memcached reads larger exptimes as epoch times
-
-    def __init__(self, server: str, prefix: str, grace: int, timeout: float = 5.0):
-        if any(c.isspace() for c in prefix) or len(prefix) > 200:
-            raise PbsmtpError(f"--memcache-prefix {prefix!r} cannot be a memcached key prefix")
-        self.server, self.prefix, self.grace, self.timeout = server, prefix, grace, timeout
-        self.index_key = prefix + "#index"
-        self._sock: socket.socket | None = None
-        self._buf = b""
-
-    # -- the text protocol --------------------------------------------------
-    def _connect(self) -> socket.socket:
-        if self._sock is None:
-            spec = self.server.removeprefix("inet:")
-            try:
-                if spec.startswith("unix:") or spec.startswith("/"):
-                    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                    s.settimeout(self.timeout)
-                    s.connect(spec.removeprefix("unix:"))
-                else:
-                    m = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\s]+):(\d+)|([^:\s]+)", spec)
-                    if not m:
-                        raise PbsmtpError(f"--memcache-server {self.server!r} is not "
-                                          f"HOST:PORT, [IPV6]:PORT or unix:/PATH")
-                    host = m[1] or m[3] or m[5]
-                    port = int(m[2] or m[4] or 11211)
-                    s = socket.create_connection((host, port), timeout=self.timeout)
-            except OSError as e:
-                raise PbsmtpError(f"cannot connect to memcached {self.server}: "
-                                  f"{e.strerror or e}") from None
-            self._sock, self._buf = s, b""
-        return self._sock
-
-    def _line(self) -> bytes:
-        while b"\r\n" not in self._buf:
-            chunk = self._sock.recv(65536)
-            if not chunk:
-                raise OSError("connection closed by memcached")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\r\n", 1)
-        return line
-
-    def _exact(self, n: int) -> bytes:
-        while len(self._buf) < n + 2:
-            chunk = self._sock.recv(65536)
-            if not chunk:
-                raise OSError("connection closed by memcached")
-            self._buf += chunk
-        data, self._buf = self._buf[:n], self._buf[n + 2:]
-        return data
-
-    def _call(self, command: str, data: bytes | None = None, values: bool = False):
-        """Send one command; return its status line, or for get/gets
-        {key: (value, cas)}."""
-        sock = self._connect()
-        try:
-            payload = command.encode() + b"\r\n"
-            if data is not None:
-                payload += data + b"\r\n"
-            sock.sendall(payload)
-            if not values:
-                reply = self._line().decode("ascii", "replace")
-                if reply.startswith(("ERROR", "CLIENT_ERROR", "SERVER_ERROR")):
-                    raise PbsmtpError(f"memcached {self.server}: {command.split()[0]}: {reply}")
-                return reply
-            found = {}
-            while True:
-                line = self._line().decode("ascii", "replace")
-                if line == "END":
-                    return found
-                parts = line.split()
-                if parts[:1] != ["VALUE"] or len(parts) < 4:
-                    raise PbsmtpError(f"memcached {self.server}: unexpected reply {line!r}")
-                value = self._exact(int(parts[3]))
-                found[parts[1]] = (value.decode("utf-8", "replace"),
-                                   parts[4] if len(parts) > 4 else None)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                sock.close()
-            self._sock = None
-            raise PbsmtpError(f"memcached {self.server}: {e.strerror or e}") from None
-
-    def _get(self, keys: Sequence[str], cas: bool = False) -> dict:
-        found = {}
-        for i in range(0, len(keys), 100):
-            verb = "gets" if cas else "get"
-            found.update(self._call(f"{verb} {' '.join(keys[i:i + 100])}", values=True))
-        return found
-
-    # -- the Store interface ------------------------------------------------
-    def _index(self) -> tuple[dict[str, int], str | None]:
-        got = self._get([self.index_key], cas=True).get(self.index_key)
-        if got is None:
-            return {}, None
-        entries = {}
-        for line in got[0].splitlines():
-            ip, _, when = line.partition(" ")
-            if when.isdigit():
-                entries[ip] = int(when)
-        return entries, got[1]
-
-    def read(self) -> dict[str, str]:
-        index, _ = self._index()
-        keys = [self.prefix + ip for ip in sorted(index)]
-        values = self._get(keys) if keys else {}
-        # What Postfix would find: an address whose key has expired is gone.
-        return {key[len(self.prefix):]: value for key, (value, _) in values.items()}
-
-    def publish(self, plan: Plan) -> list[str]:
-        now = time.time()
-        for ip, when in sorted({**plan.added, **plan.refreshed}.items()):
-            left = int(when + self.grace - now)
-            if left <= 0:
-                continue
-            exptime = left if left <= self.MAX_RELATIVE_TTL else when + self.grace
-            value = str(when).encode()
-            reply = self._call(f"set {self.prefix}{ip} 0 {exptime} {len(value)}", value)
-            if reply != "STORED":
-                raise PbsmtpError(f"memcached {self.server}: set {ip}: {reply}")
-        for ip in sorted(plan.invalid):
-            if ip and not any(c.isspace() for c in ip):
-                self._call(f"delete {self.prefix}{ip}")
-        # The index: merged with what other hosts wrote meanwhile (cas).
-        for _ in range(20):
-            index, cas = self._index()
-            for ip, when in {**plan.added, **plan.refreshed}.items():
-                index[ip] = max(index.get(ip, 0), when)
-            keep = {ip: when for ip, when in index.items()
-                    if when + self.grace > now and ip not in plan.invalid}
-            data = "".join(f"{ip} {when}\n" for ip, when in sorted(keep.items())).encode()
-            if cas is None:
-                reply = self._call(f"add {self.index_key} 0 0 {len(data)}", data)
-            else:
-                reply = self._call(f"cas {self.index_key} 0 0 {len(data)} {cas}", data)
-            if reply == "STORED":
-                return []
-            if reply not in ("EXISTS", "NOT_STORED", "NOT_FOUND"):
-                raise PbsmtpError(f"memcached {self.server}: index update: {reply}")
-        raise PbsmtpError(f"memcached {self.server}: index kept changing; try again")
-
-    def exists(self) -> bool:
-        return True          # a missing key is a plain "not found" for Postfix
-
-    def check(self) -> None:
-        self._call("version")
-
-
-SQLITE_SCHEMA = """\
-CREATE TABLE IF NOT EXISTS pbsmtp_relay (
-    ip         TEXT PRIMARY KEY,      -- as Postfix looks it up
-    last_login INTEGER NOT NULL,      -- epoch seconds: all digits, which access(5) reads as OK
-    host       TEXT NOT NULL          -- the POP/IMAP host that saw the login
-);
-CREATE INDEX IF NOT EXISTS pbsmtp_relay_last_login ON pbsmtp_relay (last_login);
-"""
-# Writers wait this long for a reader's or another writer's lock.
-SQLITE_BUSY_MS = 10000
-
-
-class SqliteStore:
-    """One SQLite file (--dbfile), read by Postfix's ``sqlite:`` map, updated
-    row by row instead of rebuilt.
-
-    The same rules as PgsqlStore: an upsert keeps the newest login, a purge
-    deletes a row only while it is still as old as when it was read, and
-    Postfix's query checks the grace window itself. The database stays in
-    rollback-journal mode, not WAL: a WAL database can only be read by a
-    process that may write its -shm file beside it, which smtpd (user
-    postfix, maybe chrooted) cannot do in a root-owned directory; with a
-    rollback journal a reader needs only read access to the file. Writers
-    wait SQLITE_BUSY_MS for the lock (busy timeout), and each publish is one
-    short write transaction.
-    """
-    MODE = 0o644                 # smtpd reads the file after dropping privileges
-
-    def __init__(self, path: str, host: str | None = None):
-        self.path = path
-        self.host = host or socket.gethostname()
-
-    def _db(self, create: bool = False):
-        import sqlite3
-        if not create and not os.path.exists(self.path):
+            st = os.stat(self.path)
+        except OSError:
             return None
-        try:
-            if create and not os.path.exists(self.path):
-                with contextlib.suppress(FileExistsError):
-                    os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.MODE))
-            db = sqlite3.connect(self.path, timeout=SQLITE_BUSY_MS / 1000,
-                                 isolation_level=None)
-            db.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
-            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
-                db.execute("PRAGMA journal_mode = DELETE")
-            if create:
-                db.executescript(SQLITE_SCHEMA)
-            return db
-        except (sqlite3.Error, OSError) as e:
-            raise PbsmtpError(f"SQLite database {self.path}: {e}") from None
-
-    def _do(self, what: str, work, create: bool = False):
-        import sqlite3
-        db = self._db(create)
-        if db is None:
-            return None
-        try:
-            return work(db)
-        except sqlite3.Error as e:
-            raise PbsmtpError(f"SQLite {what} of {self.path}: {e}") from None
-        finally:
-            db.close()
-
-    def read(self) -> dict[str, str]:
-        rows = self._do("read", lambda db: db.execute(
-            "SELECT ip, last_login FROM pbsmtp_relay").fetchall()) or []
-        return {ip: str(when) for ip, when in rows}
-
-    def publish(self, plan: Plan) -> list[str]:
-        fresh, gone = sql_row_changes(
-            plan, "DELETE FROM pbsmtp_relay WHERE ip = ? AND last_login <= ?",
-            "DELETE FROM pbsmtp_relay WHERE ip = ?")
-
-        def work(db):
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(
-                    "INSERT INTO pbsmtp_relay (ip, last_login, host) VALUES (?, ?, ?) "
-                    "ON CONFLICT (ip) DO UPDATE SET "
-                    "host = CASE WHEN excluded.last_login > last_login "
-                    "THEN excluded.host ELSE host END, "
-                    "last_login = max(last_login, excluded.last_login)",
-                    [(ip, when, self.host) for ip, when in fresh])
-                for sql, args in gone:
-                    db.execute(sql, args)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        self._do("update", work, create=True)
-        return []
-
-    def exists(self) -> bool:
-        return os.path.exists(self.path)
-
-    def check(self) -> None:
-        check_dir(self.path)
-        self._do("check", lambda db: db.execute(
-            "SELECT ip, last_login, host FROM pbsmtp_relay LIMIT 0"))
-
-
-MYSQL_SCHEMA = """\
-CREATE TABLE pbsmtp_relay (
-    ip         VARCHAR(45) CHARACTER SET ascii NOT NULL PRIMARY KEY,  -- as Postfix looks it up
-    last_login BIGINT NOT NULL,       -- epoch seconds: no time zone to get wrong
-    host       VARCHAR(255) NOT NULL, -- the POP/IMAP host that saw the login
-    KEY pbsmtp_relay_last_login (last_login)
-) ENGINE=InnoDB;
-"""
-
-
-def parse_mysql_url(url: str) -> dict:
-    """``mysql://USER[:PASSWORD]@HOST[:PORT]/DB[?unix_socket=PATH&read_default_file=FILE]``
-    as PyMySQL's connect() arguments."""
-    import urllib.parse
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("mysql", "mariadb") or not parts.path.strip("/"):
-        raise PbsmtpError("--mysql-url must look like mysql://USER:PASSWORD@HOST[:PORT]/DATABASE "
-                          "(or ?unix_socket=/PATH, ?read_default_file=/PATH)")
-    args: dict = {"database": urllib.parse.unquote(parts.path.strip("/"))}
-    if parts.username:
-        args["user"] = urllib.parse.unquote(parts.username)
-    if parts.password is not None:
-        args["password"] = urllib.parse.unquote(parts.password)
-    if parts.hostname:
-        args["host"] = parts.hostname
-    if parts.port:
-        args["port"] = parts.port
-    for key, value in urllib.parse.parse_qsl(parts.query):
-        if key not in ("unix_socket", "read_default_file", "read_default_group"):
-            raise PbsmtpError(f"--mysql-url: unknown parameter {key!r} (use unix_socket, "
-                              f"read_default_file or read_default_group)")
-        args[key] = value
-    return args
-
-
-class MysqlStore:
-    """One MariaDB/MySQL table shared by every POP/IMAP host (MYSQL_SCHEMA),
-    read by Postfix's ``mysql:`` map; the same rules as PgsqlStore: upserts
-    keep the newest login, a purge deletes a row only while it is still as
-    old as when it was read, and Postfix's query checks the grace window."""
-
-    def __init__(self, url: str | None, table: str = "pbsmtp_relay", host: str | None = None):
-        if not url:
-            raise PbsmtpError("the mysql backend needs --mysql-url (or PBSMTP_MYSQL_URL), "
-                              "e.g. 'mysql://pbsmtp:PASSWORD@db.example.com/mail'")
-        if not _SQL_NAME.fullmatch(table):
-            raise PbsmtpError(f"--mysql-table {table!r} is not a plain [database.]table name")
-        self.args, self.table = parse_mysql_url(url), table
-        self.host = host or socket.gethostname()
-        self._conn = None
-
-    def _db(self):
-        if self._conn is None:
-            try:
-                import pymysql
-            except ImportError:
-                raise PbsmtpError("the mysql backend needs PyMySQL (Debian: python3-pymysql; "
-                                  "in a venv: pip install '.[mysql]')") from None
-            try:
-                self._conn = pymysql.connect(**self.args, connect_timeout=10, autocommit=True,
-                                             charset="utf8mb4")
-            except pymysql.Error as e:
-                raise PbsmtpError(f"cannot connect to MySQL: {_mysql_message(e)}") from None
-        return self._conn
-
-    def _do(self, what: str, work):
-        db = self._db()
-        import pymysql
-        try:
-            return work(db)
-        except pymysql.err.ProgrammingError as e:
-            hint = (" (create it with the schema in the README)"
-                    if e.args and e.args[0] == 1146 else "")
-            raise PbsmtpError(f"MySQL {what} on {self.table}: {_mysql_message(e)}{hint}") from None
-        except pymysql.Error as e:
-            raise PbsmtpError(f"MySQL {what} on {self.table}: {_mysql_message(e)}") from None
-
-    def read(self) -> dict[str, str]:
-        def work(db):
-            with db.cursor() as cur:
-                cur.execute(f"SELECT ip, last_login FROM {self.table}")
-                return cur.fetchall()
-        return {ip: str(when) for ip, when in self._do("read", work)}
-
-    def publish(self, plan: Plan) -> list[str]:
-        t = self.table
-        # MySQL applies the SET list left to right: host is decided while
-        # last_login still holds the stored time.
-        upsert = (f"INSERT INTO {t} (ip, last_login, host) VALUES (%s, %s, %s) "
-                  f"ON DUPLICATE KEY UPDATE "
-                  f"host = IF(VALUES(last_login) > last_login, VALUES(host), host), "
-                  f"last_login = GREATEST(last_login, VALUES(last_login))")
-        fresh, gone = sql_row_changes(plan, f"DELETE FROM {t} WHERE ip = %s AND last_login <= %s",
-                                      f"DELETE FROM {t} WHERE ip = %s")
-
-        # Two transactions, each taking its row locks in address order, so
-        # hosts that publish at the same time cannot deadlock.
-        def work(db):
-            for statements in ([(upsert, (ip, when, self.host)) for ip, when in fresh],
-                               gone):
-                if not statements:
-                    continue
-                db.begin()
-                try:
-                    with db.cursor() as cur:
-                        for sql, args in statements:
-                            cur.execute(sql, args)
-                    db.commit()
-                except BaseException:
-                    db.rollback()
-                    raise
-        self._do("update", work)
-        return []
-
-    def exists(self) -> bool:
-        return True          # a missing row is a plain "not found" for Postfix
-
-    def check(self) -> None:
-        def work(db):
-            with db.cursor() as cur:
-                cur.execute(f"SELECT ip, last_login, host FROM {self.table} LIMIT 0")
-        self._do("check", work)
-
-
-def _mysql_message(e: Exception) -> str:
-    if len(e.args) >= 2 and isinstance(e.args[0], int):
-        return f"({e.args[0]}) {str(e.args[1]).strip().splitlines()[0]}"
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-BACKENDS["sendmail"] = lambda opts: SendmailAccess(opts.dbfile)
-BACKENDS["qmail"] = lambda opts: QmailRules(opts.dbfile)
-BACKENDS["exim"] = lambda opts: EximList(opts.dbfile)
-BACKENDS["pgsql"] = lambda opts: PgsqlStore(opts.pg_dsn, opts.pg_table)
-BACKENDS["memcache"] = lambda opts: MemcacheStore(opts.memcache_server, opts.memcache_prefix,
-                                                  opts.grace)
-BACKENDS["sqlite"] = lambda opts: SqliteStore(opts.dbfile)
-BACKENDS["mysql"] = lambda opts: MysqlStore(opts.mysql_url, opts.mysql_table)
+        return [st.st_ino, st.st_size, st.st_mtime_ns]
 
 
 ###############################################################################
@@ -2698,36 +2142,6 @@ def load_offset(path: str) -> tuple[LogState | None, str | None]:
         if len(parts) == 2 and all(p.isdigit() for p in parts):
             return LogState(Offset(int(parts[0]), int(parts[1]))), None
     return None, f"offset file {path} is corrupt; re-reading the grace window"
-
-
-def stage_file(path: str, text: str) -> str:
-    """Write text, fsynced, to a new file beside path; returns its name.
-
-    The run stages its state before it publishes the map, so that a full or
-    failing state file system stops the run while nothing has changed; the
-    staged files are then renamed into place (commit_file).
-    """
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f"{STAGED_PREFIX}{os.path.basename(path)}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return tmp
-
-
-def commit_file(tmp: str, path: str) -> None:
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(path) or ".")
-
-
-def write_atomically(path: str, text: str) -> None:
-    commit_file(stage_file(path, text), path)
 
 
 def offset_text(logfile: str, state: LogState) -> str:
@@ -3986,10 +3400,9 @@ class Options:
     # store: where and how the entries are written
     backend: str = opt(
         "--backend", default="postfix", show_default=True, metavar="NAME",
-        callback=_choice("--backend", ["postfix", *BACKENDS]), group="store",
-        help="Where the entries go: postfix (a postmap-built file map), sendmail "
-             "(access db), qmail (tcp.smtp rules), exim (iplsearch list), pgsql, "
-             "mysql, sqlite (--dbfile is the SQLite file) or memcache. See the README.")
+        callback=_choice("--backend", list(BACKEND_NAMES)), group="store",
+        help="Where the entries go: " + ", ".join(
+            f"{name} ({what})" for name, what in BACKEND_NAMES.items()) + ". See the README.")
     pg_dsn: str | None = opt(
         "--pg-dsn", default=None, metavar="DSN", group="store",
         help="pgsql: libpq connection string or URI (also $PBSMTP_PG_DSN).")
@@ -4169,19 +3582,6 @@ class StateDir:
         """The files of the source this run reads."""
         return self.journal(opts.journal_directory) if opts.journal else self.log(opts.logfile)
 
-    def remove_staged_leftovers(self) -> None:
-        """Staged state files of runs killed before their rename (see
-        stage_file; call only while holding the lock: then no other run is
-        staging)."""
-        suffixes = (OFFSET_SUFFIX, PENDING_SUFFIX, SESSIONS_SUFFIX, MARK_SUFFIX, ENTRIES_SUFFIX)
-        with contextlib.suppress(OSError):
-            for name in os.listdir(self.path):
-                if name.startswith(STAGED_PREFIX) and (
-                        name.startswith(f"{STAGED_PREFIX}{MANUAL_NAME}.")
-                        or any(f"{suffix}." in name for suffix in suffixes)):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(self.path, name))
-
 
 @dataclasses.dataclass(frozen=True)
 class Holder:
@@ -4336,19 +3736,6 @@ def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
     return logins
 
 
-def store_stamp(store: Store) -> list[int] | None:
-    """What identifies the map file's current version (it is replaced by
-    rename, so the inode changes on every write); None for stores that other
-    hosts write, which must always be read."""
-    if not isinstance(store, PostfixMap):
-        return None
-    try:
-        st = os.stat(map_file(store.dbfile, store.map_type))
-    except OSError:
-        return None
-    return [st.st_ino, st.st_size, st.st_mtime_ns]
-
-
 def load_mark(path: str) -> dict | None:
     try:
         mark = json.loads(read_state_file(path) or "null")
@@ -4364,11 +3751,11 @@ def save_mark(path: str, store: Store, plan: Plan, grace: int,
     the oldest time in the map, or earlier, when the plan does not hold
     every entry). Only a cache: if it cannot be written, the next run reads
     the map."""
-    stamp = store_stamp(store)
+    stamp = store.stamp()
     if plan.active is None:
         earliest = min(plan.entries.values()) if plan.entries else None
     mark = {"stamp": stamp, "grace": grace, "active": plan.size,
-            "map": map_file(store.dbfile, store.map_type) if stamp is not None else None,
+            "map": store.path if stamp is not None else None,
             "expires": earliest + grace if earliest is not None else None}
     with contextlib.suppress(OSError):
         if stamp is not None:
@@ -4526,7 +3913,7 @@ def save_entries(path: str, store: Store, plan: Plan, body: str | None = None) -
     exactly them (call right after publishing the plan): the plan's, or
     for an update (plan.active set) the cache body merge_update gave. Only
     a cache: if it cannot be written, the next run reads the map."""
-    stamp = store_stamp(store)
+    stamp = store.stamp()
     if stamp is None:
         return
     if body is None:
@@ -4629,7 +4016,7 @@ def prepare(opts: Options, say: Say = quiet, warn: Say = quiet) -> Setup:
     store = open_store(opts)
     # Only a run that writes a Postfix map needs Postfix; a dry run before
     # Postfix is configured warns once and leaves nothing out.
-    needs_postfix = opts.backend == "postfix"
+    needs_postfix = store.needs_postfix
     mynetworks = read_mynetworks(opts.postfix_config, warn if needs_postfix else say,
                                  required=needs_postfix and opts.write)
     if opts.write:
@@ -4653,7 +4040,7 @@ def log_read_errors(logfile: str) -> Iterator[None]:
 def map_as_left(mark: dict | None, store: Store, grace: int, now: float) -> bool:
     """Whether the map cache says the store is the version the last run left,
     written with this grace, and none of its entries is due to expire."""
-    return (mark is not None and mark.get("stamp") == store_stamp(store)
+    return (mark is not None and mark.get("stamp") == store.stamp()
             and mark.get("grace") == grace
             and (mark.get("expires") is None or now < mark["expires"]))
 
@@ -4685,7 +4072,7 @@ def run(opts: Options, now: float | None = None, say: Say = quiet, warn: Say = q
                               f"it is stuck or far too slow; no log line was read, "
                               f"{purge_expired(store, opts, now, warn)}")
         if opts.flock:
-            state.remove_staged_leftovers()
+            remove_leftovers(state.path)
 
         if opts.journal:
             source, saved = open_journal(opts, patterns, now, say, warn, files.offset)
@@ -4811,7 +4198,7 @@ def merge_store(store: Store, entries_file: str, logins: list[Login], now: float
     read whole: apply_manual must see every entry of the map."""
     updatable = (isinstance(store, PostfixMap) and store.map_type != "cdb" and store.exists()
                  and not (manual.grants or manual.revokes))
-    cache = open_entries(entries_file, store_stamp(store)) if updatable else None
+    cache = open_entries(entries_file, store.stamp()) if updatable else None
     if cache is not None and cache.active >= UPDATE_IN_PLACE_MIN:
         try:
             done = merge_update(cache, logins, now, opts.grace, lambda keys: query_map(
@@ -5026,9 +4413,8 @@ def change_by_hand(opts: Options, action: str, ip: str, seconds: int | None, now
         raise PbsmtpError(f"--{action} changes the map: it cannot be a dry run "
                           f"(--dry-run, --nowrite)")
     store = open_store(opts)
-    needs_postfix = opts.backend == "postfix"
-    mynetworks = read_mynetworks(opts.postfix_config, warn if needs_postfix else lambda m: None,
-                                 required=needs_postfix)
+    mynetworks = read_mynetworks(opts.postfix_config, warn if store.needs_postfix else quiet,
+                                 required=store.needs_postfix)
     why = excluded_reason(ip, mynetworks, opts.ignore_nets, opts.ipv6_shared_keys)
     if why == IN_MYNETWORKS:
         warn(f"{ip} is in Postfix's mynetworks, which relays anyway: nothing to {action}")
@@ -5362,7 +4748,7 @@ def check_postfix(opts: Options) -> list[Finding]:
                                                f"(key_format must be {opts.memcache_prefix}%s)"))
         if opts.backend in ("pgsql", "mysql", "sqlite"):
             table_name = opts.pg_table if opts.backend == "pgsql" else (
-                opts.mysql_table if opts.backend == "mysql" else "pbsmtp_relay")
+                opts.mysql_table if opts.backend == "mysql" else DEFAULT_TABLE)
             if table_name not in settings.get("query", ""):
                 findings.append(Finding(False, f"{cf}: the query does not read the table "
                                                f"{table_name}"))
@@ -5791,9 +5177,11 @@ class MetricsFile:
                 value = values[name]
                 shown = int(value) if float(value).is_integer() else value
                 lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {shown}"]
-        directory = os.path.dirname(self.path) or "."
+        directory, base = os.path.split(os.path.abspath(self.path))
+        remove_leftovers(directory, base)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", dir=directory)
+            tmp = temp_name(self.path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             try:
                 with os.fdopen(fd, "w") as f:
                     f.write("\n".join(lines) + "\n")
@@ -5882,7 +5270,8 @@ def dump_config(ctx: click.Context, opts: Options, echo: Say, warn: Say) -> None
     except PbsmtpError as e:
         echo("# postfix instance: cannot be read")
         warn(f"cannot read Postfix's mynetworks ({e}); "
-             + ("a run would fail" if opts.backend == "postfix" else "only --ignore-net applies"))
+             + ("a run would fail" if store_class(opts.backend).needs_postfix
+                else "only --ignore-net applies"))
     if opts.backend == "postfix":
         try:
             map_type = opts.map_type or default_map_type(opts.postfix_config)

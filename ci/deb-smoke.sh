@@ -93,7 +93,8 @@ for f in /usr/bin/pbsmtp-batch /etc/pbsmtp-batch.conf /etc/cron.d/pbsmtp-batch \
          /etc/default/pbsmtp-batch /var/lib/pbsmtp-batch /usr/share/pbsmtp-batch \
          /usr/share/man/man8/pbsmtp-batch.8.gz /usr/share/doc/pbsmtp-batch \
          /lib/systemd/system/pbsmtp-batch.service /usr/lib/systemd/system/pbsmtp-batch.service \
-         /usr/lib/python3/dist-packages/pbsmtp_batch.py; do
+         /usr/lib/python3/dist-packages/pbsmtp_batch.py \
+         /usr/lib/python3/dist-packages/pbsmtp_stores.py; do
     [ ! -e "$f" ] || fail "$f is left after purge"
 done
 [ -f /etc/postfix/pop-before-smtp.db ] || fail "purge removed the admin's map"

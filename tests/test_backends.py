@@ -27,6 +27,7 @@ from click.testing import CliRunner
 import daemons
 import debs
 import pbsmtp_batch as pb
+import pbsmtp_stores as stores
 from conftest import NOW, dovecot_login, noise, require, unavailable
 from relay import RELAY_RCPT
 from runs import invoke, listed, run_ok
@@ -134,7 +135,7 @@ def test_sendmail_relays_for_the_access_db(site, makemap, monkeypatch, tmp_path)
 
 def test_sendmail_without_makemap_names_the_package(site, monkeypatch, tmp_path):
     monkeypatch.setattr(pb, "SBIN_DIRS", ())
-    monkeypatch.setattr(pb, "EXTRA_TOOL_DIRS", ())
+    monkeypatch.setattr(stores, "EXTRA_TOOL_DIRS", ())
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     result = CliRunner().invoke(pb.cli, site.args("--backend=sendmail"))
@@ -299,15 +300,15 @@ def test_sqlite_keeps_the_newest_login_and_purges(site):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"), dovecot_login(NOW - 50, "2001:db8::10"))
     run_ok(*site.args(*args))
     assert sqlite_rows(db) == {"192.0.2.10": NOW - 60, "2001:db8::10": NOW - 50}
-    assert oct(os.stat(db).st_mode & 0o777) == oct(pb.SqliteStore.MODE)
+    assert oct(os.stat(db).st_mode & 0o777) == oct(stores.SqliteStore.MODE)
     with sqlite3.connect(db) as conn:                     # rollback journal, not WAL
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     assert listed(site, *args, now=NOW) == {"192.0.2.10": NOW - 60, "2001:db8::10": NOW - 50}
     # Another writer refreshed a row since this host read it: the purge keeps it.
-    store = pb.SqliteStore(str(db))
+    store = stores.SqliteStore(str(db))
     plan = pb.merge(store.read(), [], NOW + pb.DEFAULT_GRACE - 15, pb.DEFAULT_GRACE)
     assert sorted(plan.expired) == ["192.0.2.10", "2001:db8::10"]
-    other = pb.SqliteStore(str(db), host="host-b")
+    other = stores.SqliteStore(str(db), host="host-b")
     other.publish(pb.merge(other.read(), [pb.Login("192.0.2.10", NOW + 100, "a", "dovecot")],
                            NOW + 100, pb.DEFAULT_GRACE))
     # An older login never lowers a newer one.

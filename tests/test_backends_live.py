@@ -24,6 +24,7 @@ import pytest
 
 import daemons
 import pbsmtp_batch as pb
+import pbsmtp_stores as stores
 from conftest import NOW, dovecot_login, require, unavailable
 from relay import assert_accepted, assert_refused, postfix_with_map
 from runs import invoke, listed, local_args, run_ok
@@ -141,7 +142,7 @@ def pg():
         with psycopg.connect(server.dsn(), autocommit=True) as db:
             db.execute("CREATE DATABASE mail")
         with psycopg.connect(server.dsn(dbname="mail"), autocommit=True) as db:
-            db.execute(pb.PGSQL_SCHEMA)
+            db.execute(stores.PGSQL_SCHEMA)
             db.execute(PG_ROLES)
         yield server
     finally:
@@ -179,10 +180,10 @@ def test_pgsql_hosts_share_one_table(pg, site, tmp_path):
     assert listed(site, "--backend=pgsql", f"--pg-dsn={pg.dsn(dbname='mail')}",
                   now=NOW) == pg_rows(pg)
     # Any host purges; a row refreshed since it was read is left alone.
-    store = pb.PgsqlStore(pg.dsn(user="pbsmtp", dbname="mail"))
+    store = stores.PgsqlStore(pg.dsn(user="pbsmtp", dbname="mail"))
     plan = pb.merge(store.read(), [], NOW + pb.DEFAULT_GRACE - 15, pb.DEFAULT_GRACE)
     assert sorted(plan.expired) == ["192.0.2.10", "2001:db8::10"]
-    store2 = pb.PgsqlStore(pg.dsn(user="pbsmtp", dbname="mail"))
+    store2 = stores.PgsqlStore(pg.dsn(user="pbsmtp", dbname="mail"))
     login = pb.Login("192.0.2.10", NOW + 100, "alice", "dovecot")
     store2.publish(pb.merge(store2.read(), [login], NOW + 100, pb.DEFAULT_GRACE))
     store.publish(plan)
@@ -307,8 +308,8 @@ def test_memcache_entries_expire_by_ttl(memcached, site):
 def test_memcache_index_is_merged_between_hosts(memcached):
     prefix = f"m{os.getpid()}:"
     now = int(time.time())
-    a = pb.MemcacheStore(memcached, prefix, 600)
-    b = pb.MemcacheStore(memcached, prefix, 600)
+    a = stores.MemcacheStore(memcached, prefix, 600)
+    b = stores.MemcacheStore(memcached, prefix, 600)
     a.publish(pb.merge(a.read(), [pb.Login("192.0.2.1", now - 5, None, "x")], now, 600))
     seen_by_b = b.read()
     a.publish(pb.merge(a.read(), [pb.Login("192.0.2.2", now - 4, None, "x")], now, 600))

@@ -24,6 +24,7 @@ import pytest
 
 import daemons
 import pbsmtp_batch as pb
+import pbsmtp_stores as stores
 from conftest import NOW, Site, dovecot_login, require_map_type, unavailable
 from relay import assert_accepted, assert_refused, postfix_with_map
 from runs import invoke, listed, local_args, run_ok
@@ -178,7 +179,7 @@ def mariadb():
     try:
         server.start()
         server.sql("CREATE DATABASE mail")
-        server.sql(pb.MYSQL_SCHEMA, database="mail")
+        server.sql(stores.MYSQL_SCHEMA, database="mail")
         server.sql(*MYSQL_ROLES)
         yield server
     finally:
@@ -214,10 +215,10 @@ def test_mysql_hosts_share_one_table(mariadb, site, tmp_path):
     assert listed(site, "--backend=mysql", f"--mysql-url={writer}", now=NOW) == \
         mysql_rows(mariadb)
     # Any host purges; a row refreshed since it was read is left alone.
-    store = pb.MysqlStore(writer, host="host-a")
+    store = stores.MysqlStore(writer, host="host-a")
     plan = pb.merge(store.read(), [], NOW + pb.DEFAULT_GRACE - 15, pb.DEFAULT_GRACE)
     assert sorted(plan.expired) == ["192.0.2.10", "2001:db8::10"]
-    store2 = pb.MysqlStore(writer, host="host-b")
+    store2 = stores.MysqlStore(writer, host="host-b")
     login = pb.Login("192.0.2.10", NOW + 100, "alice", "dovecot")
     store2.publish(pb.merge(store2.read(), [login], NOW + 100, pb.DEFAULT_GRACE))
     store.publish(plan)

@@ -74,6 +74,7 @@ def test_the_package_holds_what_an_admin_needs(built):
     names = {line.split()[-1].lstrip(".") for line in dpkg_deb("-c", deb).splitlines()}
     units = unit_dir(tree).relative_to(tree)
     wanted = {"/usr/bin/pbsmtp-batch", "/usr/lib/python3/dist-packages/pbsmtp_batch.py",
+              "/usr/lib/python3/dist-packages/pbsmtp_stores.py",
               "/usr/share/man/man8/pbsmtp-batch.8.gz", "/etc/pbsmtp-batch.conf",
               "/etc/cron.d/pbsmtp-batch", "/etc/default/pbsmtp-batch",
               "/usr/share/doc/pbsmtp-batch/examples/maillog",

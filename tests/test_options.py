@@ -74,14 +74,3 @@ def test_state_files_keep_their_names():
     assert state.journal("/var/log/journal/remote/").pending == \
         "/s/journal_var_log_journal_remote.pending"
     assert pb.offset_path("/s", "/var/log/mail.log") == "/s/var_log_mail.log.offset"
-
-
-def test_only_staged_state_files_are_swept(tmp_path):
-    names = [".var_log_mail.log.offset.k2j3h4", ".journal.pending.x1", ".m.map.abc",
-             ".m.entries.q", ".m.sessions.z9", ".manual.y7", "manual",
-             "var_log_mail.log.offset", "lock", ".other.tmp", ".m.offsetx"]
-    for name in names:
-        (tmp_path / name).write_text("")
-    pb.StateDir(str(tmp_path)).remove_staged_leftovers()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["var_log_mail.log.offset", "lock", "manual", ".other.tmp", ".m.offsetx"])

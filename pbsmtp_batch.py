@@ -69,7 +69,7 @@ MANUAL_NAME = "manual"         # the grants and revocations made by hand (--gran
 OFFSET_SUFFIX = ".offset"      # the committed position: a log offset or a journal cursor
 PENDING_SUFFIX = ".pending"    # two-line servers' address lines awaiting their success line
 SESSIONS_SUFFIX = ".sessions"  # the sessions still open (pair_sessions)
-MARK_SUFFIX = ".map"           # the map cache: which map version the last run left
+MAP_CACHE_SUFFIX = ".map"           # the map cache: which map version the last run left
 ENTRIES_SUFFIX = ".entries"    # that map version's entries
 
 
@@ -149,8 +149,8 @@ def idle_run(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
         base = os.path.join(state_dir, log_source_name(logfile))
         offset_st, offset_text = _own_file(base + OFFSET_SUFFIX)
         saved = json.loads(offset_text)
-        mark_st, mark_text = _own_file(base + MARK_SUFFIX)
-        mark = json.loads(mark_text)
+        cache_st, cache_text = _own_file(base + MAP_CACHE_SUFFIX)
+        cache = json.loads(cache_text)
         lock = os.path.join(state_dir, LOCK_NAME)
         if os.path.lexists(lock):
             lock_st = _own_file(lock)[0]
@@ -164,19 +164,19 @@ def idle_run(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
                 and log.st_ino == saved["inode"] and log.st_size == saved["offset"]
                 and log.st_mtime_ns <= offset_st.st_mtime_ns):
             return False
-        target, dbfile, map_type = mark["map"], opts["dbfile"], opts.get("map-type")
+        target, dbfile, map_type = cache["map"], opts["dbfile"], opts.get("map-type")
         suffixes = [MAP_SUFFIXES[map_type]] if map_type else set(MAP_SUFFIXES.values())
         if map_type is None:
             # The map type comes from main.cf's default_database_type: a
             # main.cf changed since the map was written may name another.
             conf = opts.get("postfix-config") or "/etc/postfix"
-            if os.stat(os.path.join(conf, "main.cf")).st_mtime_ns > mark_st.st_mtime_ns:
+            if os.stat(os.path.join(conf, "main.cf")).st_mtime_ns > cache_st.st_mtime_ns:
                 return False
         m = os.stat(target)
         return (target in [dbfile + x for x in suffixes]
-                and [m.st_ino, m.st_size, m.st_mtime_ns] == mark["stamp"]
-                and mark["grace"] == int(grace)
-                and (mark["expires"] is None or now < mark["expires"])
+                and [m.st_ino, m.st_size, m.st_mtime_ns] == cache["stamp"]
+                and cache["grace"] == int(grace)
+                and (cache["expires"] is None or now < cache["expires"])
                 and os.access(os.path.dirname(os.path.abspath(dbfile)), os.W_OK | os.X_OK))
     except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError):
         return False
@@ -1891,7 +1891,7 @@ class Store(Protocol):
     exists()   whether there is anything yet (a missing Postfix map makes
                smtpd answer 451, so the first run must create it);
     check()    raise PbsmtpError early when publishing cannot work;
-    stamp()    for the map cache (see save_mark): what identifies the current
+    stamp()    for the map cache (see save_map_cache): what identifies the current
                version of the file ``path`` that holds the entries; None
                when there is none, and then every run reads the store (a
                store that other hosts write must always be read).
@@ -3543,7 +3543,7 @@ class SourceFiles:
     offset: str          # the committed offset (a log) or cursor (a journal)
     pending: str         # two-line servers' address lines awaiting their success line
     sessions: str        # the sessions still open (load_sessions, sessions_text)
-    mark: str            # the map cache (load_mark, save_mark)
+    map_cache: str       # which map version the last run left (load_map_cache)
     entries: str         # the entries cache (load_entries, save_entries)
 
 
@@ -3570,7 +3570,7 @@ class StateDir:
     def source(self, name: str) -> SourceFiles:
         base = os.path.join(self.path, name)
         return SourceFiles(base + OFFSET_SUFFIX, base + PENDING_SUFFIX, base + SESSIONS_SUFFIX,
-                           base + MARK_SUFFIX, base + ENTRIES_SUFFIX)
+                           base + MAP_CACHE_SUFFIX, base + ENTRIES_SUFFIX)
 
     def log(self, logfile: str) -> SourceFiles:
         return self.source(log_source_name(logfile))
@@ -3736,15 +3736,15 @@ def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
     return logins
 
 
-def load_mark(path: str) -> dict | None:
+def load_map_cache(path: str) -> dict | None:
     try:
-        mark = json.loads(read_state_file(path) or "null")
+        cache = json.loads(read_state_file(path) or "null")
     except (OSError, ValueError):
         return None
-    return mark if isinstance(mark, dict) else None
+    return cache if isinstance(cache, dict) else None
 
 
-def save_mark(path: str, store: Store, plan: Plan, grace: int,
+def save_map_cache(path: str, store: Store, plan: Plan, grace: int,
               earliest: int | None = None) -> None:
     """Remember which map this run left and when its first entry expires, so
     that a run with no logins before then need not read it (``earliest``:
@@ -3754,12 +3754,12 @@ def save_mark(path: str, store: Store, plan: Plan, grace: int,
     stamp = store.stamp()
     if plan.active is None:
         earliest = min(plan.entries.values()) if plan.entries else None
-    mark = {"stamp": stamp, "grace": grace, "active": plan.size,
+    cache = {"stamp": stamp, "grace": grace, "active": plan.size,
             "map": store.path if stamp is not None else None,
             "expires": earliest + grace if earliest is not None else None}
     with contextlib.suppress(OSError):
         if stamp is not None:
-            write_atomically(path, json.dumps(mark) + "\n")
+            write_atomically(path, json.dumps(cache) + "\n")
 
 
 # NAME.entries, beside the offset: the map's entries as the last run wrote
@@ -3924,7 +3924,8 @@ def save_entries(path: str, store: Store, plan: Plan, body: str | None = None) -
         write_atomically(path, header + "\n" + body)
 
 
-def publish(store: Store, plan: Plan, warn: Say, staged: Sequence[tuple[str, str]]) -> None:
+def publish_with_state(store: Store, plan: Plan, warn: Say,
+                       staged: Sequence[tuple[str, str]]) -> None:
     """Write the map, then the state: the state files are staged first, so a
     full state file system fails the run before the map changed, and renamed
     into place after it. The pending addresses go before the offset: a crash
@@ -4037,12 +4038,12 @@ def log_read_errors(logfile: str) -> Iterator[None]:
         raise PbsmtpError(f"cannot read a rotated log of {logfile}: {e}") from None
 
 
-def map_as_left(mark: dict | None, store: Store, grace: int, now: float) -> bool:
+def map_as_left(cache: dict | None, store: Store, grace: int, now: float) -> bool:
     """Whether the map cache says the store is the version the last run left,
     written with this grace, and none of its entries is due to expire."""
-    return (mark is not None and mark.get("stamp") == store.stamp()
-            and mark.get("grace") == grace
-            and (mark.get("expires") is None or now < mark["expires"]))
+    return (cache is not None and cache.get("stamp") == store.stamp()
+            and cache.get("grace") == grace
+            and (cache.get("expires") is None or now < cache["expires"]))
 
 
 def run(opts: Options, now: float | None = None, say: Say = quiet, warn: Say = quiet,
@@ -4118,15 +4119,15 @@ def run(opts: Options, now: float | None = None, say: Say = quiet, warn: Say = q
         found = len(logins)
         manual, logins = by_hand(opts, now, logins, staged, say, warn)
         summary.logins -= found - len(logins)       # kept logins only
-        mark = load_mark(files.mark)
-        if saved is not None and not logins and map_as_left(mark, store, opts.grace, now):
+        cache = load_map_cache(files.map_cache)
+        if saved is not None and not logins and map_as_left(cache, store, opts.grace, now):
             # Nothing to add and nothing due to expire, and the map is the
             # one the last run left: reading and rewriting it would change
             # nothing, and on a quiet log that is most runs.
             say("no logins, and the map is as left with nothing due to expire: not read")
-            summary.active = mark.get("active", 0)
+            summary.active = cache.get("active", 0)
             if opts.write:
-                publish(store, Plan(entries={}), warn, staged)
+                publish_with_state(store, Plan(entries={}), warn, staged)
             return summary, Plan(entries={}, sessions=sessions)
 
         plan, body = merge_store(store, files.entries, logins, now, opts, manual, warn)
@@ -4138,8 +4139,8 @@ def run(opts: Options, now: float | None = None, say: Say = quiet, warn: Say = q
         summary.added, summary.refreshed = len(plan.added), len(plan.refreshed)
         summary.expired, summary.active = len(plan.expired), plan.size
         if opts.write:
-            publish(store, plan, warn, staged)
-            save_mark(files.mark, store, plan, opts.grace,
+            publish_with_state(store, plan, warn, staged)
+            save_map_cache(files.map_cache, store, plan, opts.grace,
                       earliest=int(body[:body.find(" ")]) if body else None)
             save_entries(files.entries, store, plan, body)
     return summary, plan
@@ -4453,7 +4454,7 @@ def change_by_hand(opts: Options, action: str, ip: str, seconds: int | None, now
             # Whatever its value (a grant's lies in the future), it goes.
             plan.expired[ip] = plan.entries.pop(ip)
         apply_manual(plan, manual, now, opts.grace)
-        publish(store, plan, warn, [(path, manual_text(manual))])
+        publish_with_state(store, plan, warn, [(path, manual_text(manual))])
     return plan, record
 
 

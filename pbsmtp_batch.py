@@ -1576,6 +1576,9 @@ def unreadable_reason(chain: Sequence[tuple[str, os.stat_result]], uid: int,
         return (f"user {user} cannot read {path} (mode {stat.S_IMODE(st.st_mode):04o}, "
                 f"owner {st.st_uid}:{st.st_gid})")
     return None
+
+
+###############################################################################
 # Files: written whole beside the old version, then renamed over it ##########
 ###############################################################################
 # Every file pbsmtp-batch writes (the map, the other stores' files, the state

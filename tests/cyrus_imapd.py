@@ -19,10 +19,13 @@ class Cyrus:
     """cyrmaster with imapd and pop3d on 127.0.0.1, users in a private sasldb.
 
     Runs as root; Cyrus itself becomes ``cyrus_user`` (nobody). syslog(3)
-    goes to the harness's rsyslogd through the private /dev/log."""
+    goes to the harness's rsyslogd through the private /dev/log.
+    *imap_options* are added to the imap service's line in cyrus.conf
+    (``maxchild=1``: one process serves every IMAP client, one at a time)."""
 
-    def __init__(self, root, workdir, devlog, users):
+    def __init__(self, root, workdir, devlog, users, imap_options=""):
         self.root = root
+        self.imap_options = imap_options
         self.workdir = workdir
         self.devlog = devlog
         self.users = users
@@ -80,7 +83,7 @@ START {{
   recover cmd="{bin_}/ctl_cyrusdb -C {self.conf} -r"
 }}
 SERVICES {{
-  imap cmd="{bin_}/imapd -C {self.conf}" listen="127.0.0.1:{self.imap_port}" prefork=0
+  imap cmd="{bin_}/imapd -C {self.conf}" listen="127.0.0.1:{self.imap_port}" prefork=0 {self.imap_options}
   pop3 cmd="{bin_}/pop3d -C {self.conf}" listen="127.0.0.1:{self.pop3_port}" prefork=0
   imaps cmd="{bin_}/imapd -s -C {self.conf}" listen="127.0.0.1:{self.imaps_port}" prefork=0
   pop3s cmd="{bin_}/pop3d -s -C {self.conf}" listen="127.0.0.1:{self.pop3s_port}" prefork=0

@@ -12,9 +12,9 @@ pbsmtp-batch, started by cron or a systemd path unit, does one pass:
    treats as OK), drops entries older than the grace window, and applies
    the grants and revocations made by hand (--grant, --revoke), which the
    state directory keeps; a login that names its session (Dovecot's
-   session=<ID>) keeps its address until the line that ends that session,
-   or --max-session, and the grace window runs from that end
-   (pair_sessions);
+   session=<ID>, Courier's address and port, Cyrus's process) keeps its
+   address until the line that ends that session, or --max-session, and
+   the grace window runs from that end (pair_sessions);
 5. writes the map atomically through postmap and rename, and only then
    commits the new log offset.
 
@@ -3907,7 +3907,7 @@ class Options:
     max_session: int = opt(
         "--max-session", default=DEFAULT_MAX_SESSION, type=str, show_default=True,
         metavar="SECONDS", callback=_positive_int("--max-session", "no sessions"), group="map",
-        help="A login whose end the log tells (a Dovecot IMAP session) keeps its "
+        help="A login whose end the log tells (a Dovecot, Courier or Cyrus session) keeps its "
              "address in the map until that end, then for --grace; a session with no "
              "end line ends this long after its login. 0: every login counts only "
              "for --grace.")

@@ -12,9 +12,9 @@ pbsmtp-batch, started by cron or a systemd path unit, does one pass:
    treats as OK), drops entries older than the grace window, and applies
    the grants and revocations made by hand (--grant, --revoke), which the
    state directory keeps; a login that names its session (Dovecot's
-   session=<ID>) keeps its address until the line that ends that session,
-   or --max-session, and the grace window runs from that end
-   (pair_sessions);
+   session=<ID>, Courier's address and port, Cyrus's process) keeps its
+   address until the line that ends that session, or --max-session, and
+   the grace window runs from that end (pair_sessions);
 5. writes the map atomically through postmap and rename, and only then
    commits the new log offset.
 
@@ -295,12 +295,20 @@ class LogoutRules:
     cut out (the client chooses every byte of it), and must occur exactly
     once; its ``session`` group is the id. A logout regex must match from
     the start of a line of the same program and give the same id; no token
-    of ``unique`` may occur twice in it."""
-    session: re.Pattern[str]
+    of ``unique`` may occur twice in it.
+
+    With ``process`` (key = "process": servers whose end lines name no
+    session, each process serving one client at a time, as Cyrus's) there
+    is no ``session`` regex: the session is the login line's process, its
+    host, program tag and PID, and an end line is a line of that same host,
+    program and PID that a logout regex matches from the start. Its id is
+    ``pid=PID``, taken from the tag, never from the message."""
+    session: re.Pattern[str] | None
     contains: tuple[str, ...]
     unique: tuple[str, ...]
     regexes: tuple[re.Pattern[str], ...]
     samples: tuple[Sample, ...]
+    process: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -672,21 +680,29 @@ def load_pattern(path: str, parsed: dict[str, dict] | None = None) -> Pattern:
         logout=_logout_rules(data.get("logout"), path, compile_) if "logout" in data else None,
         **journal,
     )
+    if pattern.logout is not None and pattern.logout.process and not pattern.pid:
+        raise PbsmtpError(f"pattern file {path}: [logout] key = \"process\" pairs by PID: "
+                          f"set pid = true")
     if address and not session_tags(pattern):
         raise PbsmtpError(f"pattern file {path}: a pattern with address lines needs a "
                           f"program of plain names joined by '|'")
     return pattern
 
 
-def logout_problems(source: str) -> list[str]:
+def logout_problems(source: str, process: bool = False) -> list[str]:
     """Why a logout regex cannot be trusted to end a session (empty: fine):
     it must start at the beginning of the message, capture ``session``, and
-    skip nothing greedily before it (a user name could carry a second id)."""
+    skip nothing greedily before it (a user name could carry a second id).
+    A regex of a table keyed by process names no id: the tag's PID is the
+    key, so it must not capture ``session`` at all."""
     problems = []
     if not source.startswith("^"):
         problems.append("does not start with ^ (anchor it right after the program tag)")
     head, sep, _ = source.partition("(?P<session>")
-    if not sep:
+    if process:
+        if sep:
+            problems.append('captures a session, but key = "process" takes the PID')
+    elif not sep:
         problems.append("has no (?P<session>...) group")
     elif _GREEDY.search(head):
         problems.append("has a greedy .* or .+ before the session group")
@@ -698,7 +714,7 @@ def _logout_rules(data: object, path: str, compile_) -> LogoutRules:
     where = f"pattern file {path}: [logout]"
     if not isinstance(data, dict):
         raise PbsmtpError(f"{where} must be a table")
-    unknown = sorted(set(data) - {"session", "contains", "unique", "regex", "sample"})
+    unknown = sorted(set(data) - {"session", "key", "contains", "unique", "regex", "sample"})
     if unknown:
         raise PbsmtpError(f"{where}: unknown key '{unknown[0]}'")
     for key in ("contains", "regex"):
@@ -709,20 +725,27 @@ def _logout_rules(data: object, path: str, compile_) -> LogoutRules:
     unique = data.get("unique", [])
     if not isinstance(unique, list) or not all(isinstance(x, str) and x for x in unique):
         raise PbsmtpError(f"{where}: 'unique' must be a list of strings")
+    key = data.get("key", "session")
+    if key not in ("session", "process"):
+        raise PbsmtpError(f"{where}: 'key' must be \"session\" or \"process\"")
+    process = key == "process"
     session = data.get("session")
-    if not isinstance(session, str) or "(?P<session>" not in session:
+    if process and session is not None:
+        raise PbsmtpError(f"{where}: key = \"process\" takes the PID: no 'session' regex")
+    if not process and (not isinstance(session, str) or "(?P<session>" not in session):
         raise PbsmtpError(f"{where}: 'session' must be a regex with a (?P<session>...) group")
     for source in data["regex"]:
-        problems = logout_problems(source)
+        problems = logout_problems(source, process)
         if problems:
             raise PbsmtpError(f"{where}: regex {source!r} {problems[0]}")
     samples = data.get("sample", [])
     if not isinstance(samples, list):
         raise PbsmtpError(f"{where}: 'sample' must be [[logout.sample]] tables")
-    return LogoutRules(session=compile_(session, "session"),
+    return LogoutRules(session=None if process else compile_(session, "session"),
                        contains=tuple(data["contains"]), unique=tuple(unique),
                        regexes=tuple(compile_(r, "logout") for r in data["regex"]),
-                       samples=tuple(_logout_sample(x, path) for x in samples))
+                       samples=tuple(_logout_sample(x, path) for x in samples),
+                       process=process)
 
 
 def load_patterns(directory: str | None, names: Sequence[str] = ()) -> list[Pattern]:
@@ -1037,11 +1060,17 @@ def match_login(line: str, patterns: Sequence[Pattern], now: float,
             user = m.groupdict().get("user")
             session = None
             if pattern.logout is not None:
-                sid = login_session(pattern.logout, prefix.message, m)
+                sid = (process_session(prefix.pid) if pattern.logout.process
+                       else login_session(pattern.logout, prefix.message, m))
                 if sid is not None:
                     session = (pattern.name, prefix.host or "", prefix.program, sid)
             return Login(ip, int(prefix.when), user, pattern.name, session), None
     return None, None
+
+
+def process_session(pid: str | None) -> str | None:
+    """The session id of a process-keyed login or end line: its tag's PID."""
+    return f"pid={pid}" if pid else None
 
 
 def login_session(rules: LogoutRules, message: str, login: re.Match[str]) -> str | None:
@@ -1090,9 +1119,10 @@ def match_logout(line: str, patterns: Sequence[Pattern], now: float
                 if prefix.message.count(token) > 1:
                     return None, (f"{pattern.name}: logout line with '{token}' more than "
                                   f"once (a crafted user name?)")
-            if prefix.when is None or not m["session"]:
+            sid = process_session(prefix.pid) if rules.process else m["session"]
+            if prefix.when is None or not sid:
                 return None, f"{pattern.name}: logout line without a usable time or id"
-            key = (pattern.name, prefix.host or "", prefix.program, m["session"])
+            key = (pattern.name, prefix.host or "", prefix.program, sid)
             return SessionEnd(key, int(prefix.when)), None
     return None, None
 
@@ -1124,10 +1154,13 @@ def pair_sessions(sessions: Mapping[SessionKey, Session], events: Iterable[Login
     """The open sessions after these events (in log order), and the logins
     that keep their addresses in the map.
 
-    A login with a session key opens (or reopens) that session; a
-    SessionEnd ends only the open session with exactly its key, and never
-    opens or extends one. An ended session gives a login at its end time,
-    so the grace window runs from there. A session still open is written
+    A login with a session key opens (or reopens) that session; a key
+    names one session at a time, so a login from another address on a key
+    that is open ends the session there at the login's time (a process
+    keyed by its PID serves its next client). A SessionEnd ends only the
+    open session with exactly its key, and never opens or extends one. An
+    ended session gives a login at its end time, so the grace window runs
+    from there. A session still open is written
     to the map again as a login at ``now`` once its last such time is half
     a grace window old (so a map read by a query that checks the grace
     window itself never lapses, and a quiet map is not rewritten every
@@ -1143,7 +1176,13 @@ def pair_sessions(sessions: Mapping[SessionKey, Session], events: Iterable[Login
                 continue
             old = open_.get(event.session)
             when = min(event.when, int(now))
-            seen = max(when, old.seen) if old is not None and old.ip == event.ip else when
+            if old is not None and old.ip != event.ip:
+                if when < old.start:
+                    continue      # an older login does not replace the newer session
+                plan.ended.append((old, min(when, old.start + max_session), "next login"))
+                opened.pop(event.session, None)
+                old = None
+            seen = max(when, old.seen) if old is not None else when
             session = Session(event.session, event.ip, event.user, when, seen)
             open_[event.session] = opened[event.session] = session
             continue
@@ -3285,7 +3324,7 @@ class Options:
     max_session: int = opt(
         "--max-session", default=DEFAULT_MAX_SESSION, type=str, show_default=True,
         metavar="SECONDS", callback=_positive_int("--max-session", "no sessions"), group="map",
-        help="A login whose end the log tells (a Dovecot IMAP session) keeps its "
+        help="A login whose end the log tells (a Dovecot, Courier or Cyrus session) keeps its "
              "address in the map until that end, then for --grace; a session with no "
              "end line ends this long after its login. 0: every login counts only "
              "for --grace.")

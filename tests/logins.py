@@ -237,3 +237,11 @@ def check(maillog, good, bad, family):
     for login in logins:
         assert login.user == good[login.ip], login
     assert map_after_run(maillog) == set(good), log
+
+
+def wait_until_listening(server):
+    """Every port of an IMAP+POP3 server that ``exercise`` uses."""
+    for port in (server.imap_port, server.pop3_port, server.imaps_port, server.pop3s_port):
+        daemons.wait_for_port("127.0.0.1", port, server.proc.pid)
+    if server.ipv6:
+        daemons.wait_for_port("::1", server.imap_port, server.proc.pid)

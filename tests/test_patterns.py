@@ -305,7 +305,7 @@ def test_logout_positive_negative_and_injection_samples(pattern):
     assert all(descs) and len(descs) == len(set(descs))
     # Every session a positive login sample opens is one that a logout regex can name.
     for regex in pattern.logout.regexes:
-        assert pb.logout_problems(regex.pattern) == []
+        assert pb.logout_problems(regex.pattern, pattern.logout.process) == []
         hits = [s for s in samples_ if s.session and regex.match(
             pb.parse_prefix(s.line, NOW).message)]
         assert hits, f"{pattern.path}: no logout sample for {regex.pattern}"

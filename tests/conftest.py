@@ -287,3 +287,22 @@ def harness(request):
     finally:
         rsyslog.stop()
         subprocess.run(["rm", "-rf", "--one-file-system", workdir], check=False)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(path, size): a small tmpfs on path, unmounted afterwards."""
+    mounted = []
+
+    def mount(path, size):
+        path.mkdir(exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
+                               str(path)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], check=False)

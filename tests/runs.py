@@ -61,6 +61,19 @@ def snapshot(site, *ignore):
     return files
 
 
+def fill(directory):
+    """Fill the file system of directory; returns the filler to remove."""
+    filler = directory / ".filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
 class Model:
     """Every login written, and what the map must hold at a given time."""
 

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 import pbsmtp_batch as pb
 from conftest import NOW, dovecot_login, noise, run_as_nobody
-from runs import KILL_AT_EVENT, Model, dump, snapshot
+from runs import KILL_AT_EVENT, Model, dump, fill, snapshot
 
 pytestmark = pytest.mark.tools
 
@@ -177,38 +177,6 @@ def test_sigkill_leftovers_are_cleaned_up_by_the_next_run(site):
 ###############################################################################
 # A full disk, a failed write #################################################
 ###############################################################################
-
-@pytest.fixture
-def tmpfs(tmp_path):
-    """mount(path, size): a small tmpfs on path, unmounted afterwards."""
-    mounted = []
-
-    def mount(path, size):
-        path.mkdir(exist_ok=True)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
-                               str(path)], capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-        mounted.append(path)
-        return path
-
-    yield mount
-    for path in reversed(mounted):
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(directory):
-    """Fill the file system of directory; returns the filler to remove."""
-    filler = directory / ".filler"
-    with open(filler, "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-                f.flush()
-        except OSError:
-            pass
-    return filler
-
 
 def logins(site, model, n, start, when=NOW - 5):
     lines = []

@@ -5,13 +5,12 @@ import json
 import os
 import pwd
 import stat
-import subprocess
 
 import pytest
 
 import pbsmtp_batch as pb
 from conftest import NOW, dovecot_login, require, write_main_cf
-from runs import invoke, query
+from runs import fill, invoke, query
 
 pytestmark = pytest.mark.tools
 
@@ -442,41 +441,10 @@ def test_explain_reads_the_journal_and_names_forged_entries(site):
 # Crash safety: state staged, map published, state committed ##################
 ###############################################################################
 
-@pytest.fixture
-def full_fs(tmp_path):
-    """fill(path, size): a small tmpfs on path, filled up; returns the filler
-    file (remove it to make room). Unmounted afterwards."""
-    mounted = []
-
-    def fill(path, size):
-        path.mkdir(exist_ok=True)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
-                               str(path)], capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-        mounted.append(path)
-        return path
-
-    yield fill
-    for path in reversed(mounted):
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill_up(directory):
-    filler = directory / ".filler"
-    with open(filler, "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError:
-            pass
-    return filler
-
-
-def test_a_grant_that_cannot_write_the_map_keeps_no_record(site, full_fs):
-    full_fs(site.map.parent, "128k")
+def test_a_grant_that_cannot_write_the_map_keeps_no_record(site, tmpfs):
+    tmpfs(site.map.parent, "128k")
     ok(invoke(*site.args("--grant=192.0.2.10")))
-    filler = fill_up(site.map.parent)
+    filler = fill(site.map.parent)
     before = snapshot(site)
     result = invoke(*site.args("--grant=192.0.2.11", now=NOW + 10))
     assert result.exit_code == 1
@@ -490,13 +458,13 @@ def test_a_grant_that_cannot_write_the_map_keeps_no_record(site, full_fs):
     assert query(site, "192.0.2.11") == str(NOW + 20)
 
 
-def test_a_revoke_that_cannot_stage_its_record_leaves_the_map_alone(site, full_fs):
+def test_a_revoke_that_cannot_stage_its_record_leaves_the_map_alone(site, tmpfs):
     site.append(dovecot_login(NOW - 60, "192.0.2.10"))
     ok(invoke(*site.args()))
-    full_fs(site.state, "64k")          # the state directory, empty and mounted afresh
+    tmpfs(site.state, "64k")          # the state directory, empty and mounted afresh
     os.chmod(site.state, 0o700)
     ok(invoke(*site.args()))
-    filler = fill_up(site.state)
+    filler = fill(site.state)
     result = invoke(*site.args("--revoke=192.0.2.10", now=NOW + 10))
     assert result.exit_code == 1
     assert result.stderr == (f"Error: cannot write {site.state}/manual: No space left on "

@@ -300,31 +300,35 @@ class LogoutRules:
     samples: tuple[Sample, ...]
 
 
-@dataclasses.dataclass(frozen=True)
 class Prefix:
     """What comes before the message of a log line.
 
     Its time is worked out only when asked for: most parsed lines turn out
-    not to be logins, and mktime() is the dearest part of parsing.
+    not to be logins, and mktime() is the dearest part of parsing. A plain
+    class with slots, not a frozen dataclass: one is built per candidate
+    line, and a frozen dataclass's __init__ (object.__setattr__ per field)
+    costs more than the parse. Nothing assigns to it after parsing.
     """
-    stamp: tuple[str, ...]       # ("bsd", month, day, hms), ("iso", text), ("full", text, zone)
-    now: float                   # the run's time, for the year of an RFC 3164 stamp
-    host: str | None
-    program: str
-    pid: str | None
-    message: str
+    __slots__ = ("stamp", "now", "host", "program", "pid", "message", "_time")
+
+    def __init__(self, stamp: tuple[str, ...], now: float, host: str | None, program: str,
+                 pid: str | None, message: str):
+        self.stamp = stamp           # ("bsd", month, day, hms), ("iso", text), ("full", text, zone)
+        self.now = now               # the run's time, for the year of an RFC 3164 stamp
+        self.host, self.program, self.pid, self.message = host, program, pid, message
+        self._time: tuple[float | None] | None = None
+
+    def __repr__(self) -> str:
+        return (f"Prefix({self.stamp!r}, {self.now!r}, {self.host!r}, {self.program!r}, "
+                f"{self.pid!r}, {self.message!r})")
 
     @property
     def when(self) -> float | None:
         """Epoch seconds, or None when the line carries no usable time.
-        Worked out once (functools.cached_property takes a lock per access
-        on Python 3.11, which costs more than the cached work)."""
-        try:
-            return self.__dict__["_when"]
-        except KeyError:
-            when = self._when()
-            object.__setattr__(self, "_when", when)
-            return when
+        Worked out once."""
+        if self._time is None:
+            self._time = (self._when(),)
+        return self._time[0]
 
     def _when(self) -> float | None:
         kind, *parts = self.stamp

@@ -1035,7 +1035,7 @@ def match_login(line: str, patterns: Sequence[Pattern], now: float,
                 return None, f"{pattern.name}: {text!r} is not a full IP address"
             if prefix.when is None:
                 return None, f"{pattern.name}: the line carries no usable time"
-            user = m.groupdict().get("user")
+            user = m["user"] if "user" in regex.groupindex else None
             session = None
             if pattern.logout is not None:
                 sid = login_session(pattern.logout, prefix.message, m)
@@ -4439,6 +4439,7 @@ def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
     window, while younger than --max-session) and the session ends, in log
     order, for pair_sessions."""
     logins, exclusions = [], {}
+    patterns = tuple(patterns)       # once: the matchers' caches are keyed by it
     talk = say is not quiet          # a quiet run formats no message per login
     for raw in lines:
         line = decode(raw)

@@ -2916,7 +2916,7 @@ class GrepLines:
         args: list[str | bytes] = [grep, "-a", "-b", "-i", "-F", "--color=never"]
         for anchor in anchors:
             args += ["-e", anchor]
-        self.base, self._pending, self._covered = base, None, None
+        self.base, self._pending, self._covered, self._last = base, None, None, -1
         os.lseek(fd, base, os.SEEK_SET)
         self._fd = fd
         self._proc = subprocess.Popen(args, stdin=fd, stdout=subprocess.PIPE,
@@ -2929,20 +2929,25 @@ class GrepLines:
             pass
 
     def _next(self) -> int | None:
-        """The next offset grep printed; None at the end of its output."""
+        """The next offset grep printed; None at the end of its output, -1
+        for output that is not grep's "OFFSET:LINE" with offsets rising (a
+        grep cut short mid-line, or another grep): none of it is trusted."""
         out = self._proc.stdout
         line = out.readline(MAX_LINE_BYTES)
+        if not line:
+            return None
         if not line.endswith(b"\n"):
             # A long line: its offset is in the first bytes; the rest is skipped.
             rest = line
             while rest and not rest.endswith(b"\n"):
                 rest = out.readline(MAX_LINE_BYTES)
             if not rest:
-                return None                 # an unfinished last line: grep was cut short
+                return -1
         offset, colon, _ = line.partition(b":")
-        if not colon or not offset.isdigit():
-            return None
-        return int(offset)
+        if not colon or not offset.isdigit() or int(offset) <= self._last:
+            return -1
+        self._last = int(offset)
+        return self._last
 
     def _finish(self) -> None:
         status = self._proc.wait()
@@ -2960,6 +2965,8 @@ class GrepLines:
             self._pending = None
             if offset is None:
                 self._finish()
+            elif offset < 0:
+                self._covered = -1
             elif offset >= end:
                 self._pending = offset      # grep has read past this block
                 return [block[s:block.find(b"\n", s)] for s in starts]

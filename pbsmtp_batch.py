@@ -311,31 +311,35 @@ class LogoutRules:
     process: bool = False
 
 
-@dataclasses.dataclass(frozen=True)
 class Prefix:
     """What comes before the message of a log line.
 
     Its time is worked out only when asked for: most parsed lines turn out
-    not to be logins, and mktime() is the dearest part of parsing.
+    not to be logins, and mktime() is the dearest part of parsing. A plain
+    class with slots, not a frozen dataclass: one is built per candidate
+    line, and a frozen dataclass's __init__ (object.__setattr__ per field)
+    costs more than the parse. Nothing assigns to it after parsing.
     """
-    stamp: tuple[str, ...]       # ("bsd", month, day, hms), ("iso", text), ("full", text, zone)
-    now: float                   # the run's time, for the year of an RFC 3164 stamp
-    host: str | None
-    program: str
-    pid: str | None
-    message: str
+    __slots__ = ("stamp", "now", "host", "program", "pid", "message", "_time")
+
+    def __init__(self, stamp: tuple[str, ...], now: float, host: str | None, program: str,
+                 pid: str | None, message: str):
+        self.stamp = stamp           # ("bsd", month, day, hms), ("iso", text), ("full", text, zone)
+        self.now = now               # the run's time, for the year of an RFC 3164 stamp
+        self.host, self.program, self.pid, self.message = host, program, pid, message
+        self._time: tuple[float | None] | None = None
+
+    def __repr__(self) -> str:
+        return (f"Prefix({self.stamp!r}, {self.now!r}, {self.host!r}, {self.program!r}, "
+                f"{self.pid!r}, {self.message!r})")
 
     @property
     def when(self) -> float | None:
         """Epoch seconds, or None when the line carries no usable time.
-        Worked out once (functools.cached_property takes a lock per access
-        on Python 3.11, which costs more than the cached work)."""
-        try:
-            return self.__dict__["_when"]
-        except KeyError:
-            when = self._when()
-            object.__setattr__(self, "_when", when)
-            return when
+        Worked out once."""
+        if self._time is None:
+            self._time = (self._when(),)
+        return self._time[0]
 
     def _when(self) -> float | None:
         kind, *parts = self.stamp
@@ -1057,7 +1061,7 @@ def match_login(line: str, patterns: Sequence[Pattern], now: float,
                 return None, f"{pattern.name}: {text!r} is not a full IP address"
             if prefix.when is None:
                 return None, f"{pattern.name}: the line carries no usable time"
-            user = m.groupdict().get("user")
+            user = m["user"] if "user" in regex.groupindex else None
             session = None
             if pattern.logout is not None:
                 sid = (process_session(prefix.pid) if pattern.logout.process
@@ -2320,6 +2324,143 @@ def candidate_lines(block: bytes, anchors: Sequence[bytes]) -> list[bytes]:
     return [block[s:block.find(b"\n", s)] for s in sorted(starts)]
 
 
+# The pre-filter of a plain file's span is GNU grep (Debian: essential
+# package grep) when it can run: one Aho-Corasick pass over the bytes for
+# every anchor at once, on the other CPU, where Python needs one pass per
+# anchor. -i in the C locale folds ASCII only, as bytes.lower() does, so it
+# selects the same lines as candidate_lines. grep's memory grows with its
+# longest line: past this limit it stops, and Python reads on.
+GREP_MEMORY = 256 << 20
+
+
+@functools.cache
+def grep_program() -> str | None:
+    """GNU grep, or None (then the Python pre-filter does its work)."""
+    return shutil.which("grep")
+
+
+class SpanReader:
+    """A plain file's bytes from pos up to a fixed end, by pread: lines
+    appended after the end are the next run's, and the file's own offset is
+    left to the grep that reads the same open file."""
+
+    def __init__(self, fd: int, pos: int, end: int):
+        self.fd, self.pos, self.end = fd, pos, end
+
+    def read(self, n: int) -> bytes:
+        n = min(n, self.end - self.pos)
+        if n <= 0:
+            return b""
+        data = os.pread(self.fd, n, self.pos)
+        self.pos += len(data)
+        return data
+
+
+class GrepLines:
+    """The lines of a plain file that ``grep -i -F`` finds holding one of the
+    anchors, from the file's current offset on (``base``), handed out block
+    by block (lines_in) in the blocks the caller read itself.
+
+    grep only narrows: a line is taken from the caller's own block, at an
+    offset grep printed. Where grep cannot vouch for a block (it failed,
+    stopped short of the block's end, or printed an offset that is no line
+    start in it), lines_in returns None and the caller's Python pre-filter
+    reads that block. Closing kills and waits for grep: no zombie.
+    """
+
+    def __init__(self, grep: str, fd: int, base: int, anchors: Sequence[bytes]):
+        args: list[str | bytes] = [grep, "-a", "-b", "-i", "-F", "--color=never"]
+        for anchor in anchors:
+            args += ["-e", anchor]
+        self.base, self._pending, self._covered, self._last = base, None, None, -1
+        os.lseek(fd, base, os.SEEK_SET)
+        self._fd = fd
+        self._proc = subprocess.Popen(args, stdin=fd, stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL, env={"LC_ALL": "C"},
+                                      close_fds=True)
+        try:
+            import resource                 # noqa: PLC0415
+            resource.prlimit(self._proc.pid, resource.RLIMIT_AS, (GREP_MEMORY, GREP_MEMORY))
+        except (OSError, ValueError):
+            pass
+
+    def _next(self) -> int | None:
+        """The next offset grep printed; None at the end of its output, -1
+        for output that is not grep's "OFFSET:LINE" with offsets rising (a
+        grep cut short mid-line, or another grep): none of it is trusted."""
+        out = self._proc.stdout
+        line = out.readline(MAX_LINE_BYTES)
+        if not line:
+            return None
+        if not line.endswith(b"\n"):
+            # A long line: its offset is in the first bytes; the rest is skipped.
+            rest = line
+            while rest and not rest.endswith(b"\n"):
+                rest = out.readline(MAX_LINE_BYTES)
+            if not rest:
+                return -1
+        offset, colon, _ = line.partition(b":")
+        if not colon or not offset.isdigit() or int(offset) <= self._last:
+            return -1
+        self._last = int(offset)
+        return self._last
+
+    def _finish(self) -> None:
+        status = self._proc.wait()
+        # How far grep read: the open file's offset, which it shares.
+        end = os.lseek(self._fd, 0, os.SEEK_CUR) - self.base
+        self._covered = end if status in (0, 1) else -1
+
+    def lines_in(self, block: bytes, start: int) -> list[bytes] | None:
+        """The candidate lines of block, which starts at byte start of the
+        file; None when grep cannot vouch for all of them."""
+        first, end = start - self.base, start - self.base + len(block)
+        starts: list[int] = []
+        while self._covered is None:
+            offset = self._pending if self._pending is not None else self._next()
+            self._pending = None
+            if offset is None:
+                self._finish()
+            elif offset < 0:
+                self._covered = -1
+            elif offset >= end:
+                self._pending = offset      # grep has read past this block
+                return [block[s:block.find(b"\n", s)] for s in starts]
+            elif offset >= first:           # (before: in a line skipped as over-long)
+                s = offset - first
+                if s and block[s - 1] != 10:
+                    self._covered = -1      # no line start: the file changed under us
+                    return None
+                starts.append(s)
+        if self._covered < end:
+            return None
+        return [block[s:block.find(b"\n", s)] for s in starts]
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        self._proc.stdout.close()
+
+    def __enter__(self) -> "GrepLines":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def grep_lines(fd: int, base: int, anchors: Sequence[bytes]) -> GrepLines | None:
+    """grep as the pre-filter of a plain file from base, or None when it
+    cannot run (then Python's is used)."""
+    grep = grep_program()
+    if grep is None or not anchors:
+        return None
+    try:
+        return GrepLines(grep, fd, base, anchors)
+    except OSError:
+        return None
+
+
 # Stems that most login literals share. A literal that contains one is
 # searched for by the stem; match_login then checks the literal itself.
 ANCHOR_STEMS = (b"login", b"logged in", b"auth", b"proxying")
@@ -2800,8 +2941,9 @@ class FileSource:
             raw.close()
         self._handles = {}
 
-    def _blocks(self, span: Span) -> Iterator[bytes]:
-        """One span's blocks of whole lines; its mark is appended to
+    def _blocks(self, span: Span) -> Iterator[tuple[bytes, list[bytes] | None]]:
+        """One span's blocks of whole lines, each with its candidate lines
+        when grep found them (else None); its mark is appended to
         self.marks once they are consumed (or reading it failed)."""
         log, raw = self.files[span.path], self._handles[span.path]
         f = decompressing(raw, span.path)
@@ -2810,10 +2952,22 @@ class FileSource:
             if span.start is Start.WINDOW:
                 pos = (window_start(raw, *self._window)
                        if self._window and not log.compressed else 0)
-            f.seek(pos)
-            for block, pos in complete_blocks(f, pos, log.compressed, self.stats):
-                if block:
-                    yield block
+            if log.compressed:
+                f.seek(pos)
+                for block, pos in complete_blocks(f, pos, True, self.stats):
+                    if block:
+                        yield block, None
+            else:
+                # The span ends where the survey found the file's end.
+                reader = SpanReader(raw.fileno(), pos, log.size)
+                with contextlib.ExitStack() as stack:
+                    found = grep_lines(raw.fileno(), pos, self.keywords)
+                    if found:
+                        stack.enter_context(found)
+                    for block, pos in complete_blocks(reader, pos, False, self.stats):
+                        if block:
+                            yield block, (found.lines_in(block, pos - len(block))
+                                          if found else None)
         except DECOMPRESS_ERRORS as e:
             if not log.compressed:
                 raise
@@ -2831,9 +2985,10 @@ class FileSource:
         skipped = 0
         try:
             for span in self.spans:
-                for block in self._blocks(span):
+                for block, found in self._blocks(span):
                     self.lines_read += block.count(b"\n")
-                    lines = (candidate_lines(block, self.keywords) if self.keywords
+                    lines = (found if found is not None
+                             else candidate_lines(block, self.keywords) if self.keywords
                              else block[:-1].split(b"\n"))
                     for line in lines:
                         if len(line) > MAX_LINE_BYTES:
@@ -3733,6 +3888,7 @@ def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
     window, while younger than --max-session) and the session ends, in log
     order, for pair_sessions."""
     logins, exclusions = [], {}
+    patterns = tuple(patterns)       # once: the matchers' caches are keyed by it
     talk = say is not quiet          # a quiet run formats no message per login
     for raw in lines:
         line = decode(raw)

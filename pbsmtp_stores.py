@@ -507,13 +507,28 @@ class MemcacheStore(UnstampedStore):
         for ip in sorted(plan.invalid):
             if ip and not any(c.isspace() for c in ip):
                 self.client.call(f"delete {self.prefix}{ip}")
+        # An expired entry whose key is still there (taken out early: a
+        # revocation) goes, unless another host has refreshed it since: a
+        # cas with a negative exptime expires it only if it is unchanged.
+        gone = set()
+        keys = [self.prefix + ip for ip in sorted(plan.expired)]
+        for key, (value, cas) in (self.client.get(keys, cas=True) if keys else {}).items():
+            ip = key[len(self.prefix):]
+            if not value.isdigit() or int(value) > plan.expired[ip]:
+                continue
+            reply = self.client.call(f"cas {key} 0 -1 {len(value)} {cas}", value.encode())
+            if reply == "STORED":
+                gone.add(ip)
+            elif reply not in ("EXISTS", "NOT_FOUND"):
+                raise PbsmtpError(f"memcached {self.server}: expire {ip}: {reply}")
         # The index: merged with what other hosts wrote meanwhile (cas).
         for _ in range(20):
             index, cas = self._index()
             for ip, when in {**plan.added, **plan.refreshed}.items():
                 index[ip] = max(index.get(ip, 0), when)
             keep = {ip: when for ip, when in index.items()
-                    if when + self.grace > now and ip not in plan.invalid}
+                    if when + self.grace > now and ip not in plan.invalid
+                    and not (ip in gone and when <= plan.expired[ip])}
             data = "".join(f"{ip} {when}\n" for ip, when in sorted(keep.items())).encode()
             if cas is None:
                 reply = self.client.call(f"add {self.index_key} 0 0 {len(data)}", data)

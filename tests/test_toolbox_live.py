@@ -149,6 +149,14 @@ def test_grant_and_check_postfix_with_the_memcache_backend(site):
         assert result.exit_code == 1
         assert (f"FAIL: {cf}: key_format = pbsmtp:%s, but --memcache-prefix is relay: "
                 f"(key_format must be relay:%s)") in result.stdout.splitlines()
+        # A revocation takes the key away at once (not when its TTL ends),
+        # and out of the index that --list reads.
+        ok(invoke(*args, "--revoke=192.0.2.10"))
+        found = subprocess.run([pb.find_tool("postmap"), "-c", str(site.conf), "-q",
+                                "192.0.2.10", f"memcache:{cf}"], capture_output=True,
+                               text=True)
+        assert (found.returncode, found.stdout) == (1, ""), found
+        assert "192.0.2.10" not in ok(invoke(*args, "--list")).stdout
     finally:
         if pid is not None:
             daemons.stop_pid(pid, proc)

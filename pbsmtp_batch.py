@@ -302,13 +302,18 @@ class LogoutRules:
     is no ``session`` regex: the session is the login line's process, its
     host, program tag and PID, and an end line is a line of that same host,
     program and PID that a logout regex matches from the start. Its id is
-    ``pid=PID``, taken from the tag, never from the message."""
+    ``pid=PID``, taken from the tag, never from the message.
+
+    ``programs``, when given, is the program tags whose logins open a
+    session (fullmatch); a login of any other (a server's POP3 daemon,
+    which logs no end when a client drops) counts for --grace only."""
     session: re.Pattern[str] | None
     contains: tuple[str, ...]
     unique: tuple[str, ...]
     regexes: tuple[re.Pattern[str], ...]
     samples: tuple[Sample, ...]
     process: bool = False
+    programs: re.Pattern[str] | None = None
 
 
 class Prefix:
@@ -718,7 +723,8 @@ def _logout_rules(data: object, path: str, compile_) -> LogoutRules:
     where = f"pattern file {path}: [logout]"
     if not isinstance(data, dict):
         raise PbsmtpError(f"{where} must be a table")
-    unknown = sorted(set(data) - {"session", "key", "contains", "unique", "regex", "sample"})
+    unknown = sorted(set(data) - {"session", "key", "contains", "unique", "regex", "sample",
+                                  "programs"})
     if unknown:
         raise PbsmtpError(f"{where}: unknown key '{unknown[0]}'")
     for key in ("contains", "regex"):
@@ -742,6 +748,9 @@ def _logout_rules(data: object, path: str, compile_) -> LogoutRules:
         problems = logout_problems(source, process)
         if problems:
             raise PbsmtpError(f"{where}: regex {source!r} {problems[0]}")
+    programs = data.get("programs")
+    if programs is not None and (not isinstance(programs, str) or not programs):
+        raise PbsmtpError(f"{where}: 'programs' must be a regex of program tags")
     samples = data.get("sample", [])
     if not isinstance(samples, list):
         raise PbsmtpError(f"{where}: 'sample' must be [[logout.sample]] tables")
@@ -749,7 +758,8 @@ def _logout_rules(data: object, path: str, compile_) -> LogoutRules:
                        contains=tuple(data["contains"]), unique=tuple(unique),
                        regexes=tuple(compile_(r, "logout") for r in data["regex"]),
                        samples=tuple(_logout_sample(x, path) for x in samples),
-                       process=process)
+                       process=process,
+                       programs=None if programs is None else compile_(programs, "programs"))
 
 
 def load_patterns(directory: str | None, names: Sequence[str] = ()) -> list[Pattern]:
@@ -1063,7 +1073,9 @@ def match_login(line: str, patterns: Sequence[Pattern], now: float,
                 return None, f"{pattern.name}: the line carries no usable time"
             user = m["user"] if "user" in regex.groupindex else None
             session = None
-            if pattern.logout is not None:
+            if pattern.logout is not None and (
+                    pattern.logout.programs is None
+                    or pattern.logout.programs.fullmatch(prefix.program or "")):
                 sid = (process_session(prefix.pid) if pattern.logout.process
                        else login_session(pattern.logout, prefix.message, m))
                 if sid is not None:

@@ -117,8 +117,10 @@ def idle_run(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
     not modified since that offset was committed, with no previous file that
     may get late lines; the map cache names the map, whose inode, size and
     mtime are as the last run left them, with the same grace, and its first
-    entry is not due to expire. Then a full run would read no line, merge
-    nothing and write nothing.
+    entry is not due to expire. Then a full run would read no line and
+    change no entry of the map. (An open session is written again only when
+    its entry comes due, which ends the idle runs: a file map's entry
+    relays whatever its time, so the session never lapses.)
     """
     opts = {"dbfile": DEFAULT_DBFILE, "state-dir": DEFAULT_STATE_DIR,
             "grace": str(DEFAULT_GRACE)}
@@ -3930,6 +3932,10 @@ def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
         why = exclusions[login.ip]
         if why:
             say(f"skipped {login.ip} ({login.pattern}): {why}")
+            if opens:
+                # Its key is taken (a process serves one client at a time):
+                # the session there ends, though this login opens none.
+                events.append(SessionEnd(login.session, login.when))
             continue
         if opens:
             events.append(login)
@@ -4302,12 +4308,20 @@ def run(opts: Options, now: float | None = None, say: Say = quiet, warn: Say = q
                                     pending, events)
             summary.lines = source.lines_read
             position = source.state()
-        was_open, problem = load_sessions(files.sessions)
-        if problem:
-            warn(problem)
+        # The run lock keeps --grant and --revoke out until the run ends.
+        manual, manual_text_now = by_hand(state.manual, now, opts.grace, warn)
+        found = len(logins)
+        logins = unrevoked(logins, manual, now, opts.grace, say)
+        summary.logins -= found - len(logins)       # kept logins only
+        was_open, sessions_problem = load_sessions(files.sessions)
+        if sessions_problem:
+            warn(sessions_problem)
         sessions = None
         if events is not None:
-            sessions = pair_sessions(was_open, events, now, opts.grace, opts.max_session)
+            still = sessions_still_allowed(was_open, manual, setup.mynetworks, opts, now, say)
+            events = [e for e in events if not isinstance(e, Login)
+                      or revoked_login(e, manual, now, opts.grace) is None]
+            sessions = pair_sessions(still, events, now, opts.grace, opts.max_session)
             report_sessions(sessions, now, opts, say, warn)
             logins = logins + sessions.logins
             summary.sessions = len(sessions.sessions)
@@ -4320,15 +4334,14 @@ def run(opts: Options, now: float | None = None, say: Say = quiet, warn: Say = q
         # crash between the two re-reads lines that open and end the same
         # sessions again.
         now_open = sessions.sessions if sessions is not None else {}
-        if now_open != was_open:
+        if now_open != was_open or sessions_problem:
             staged.insert(len(staged) - 1 if staged else 0,
                           (files.sessions, sessions_text(now_open)))
+        if manual_text_now is not None:
+            staged.append((state.manual, manual_text_now))
         # From here to the end the store is read, merged and written under
         # the map lock, which a run locked out by a stuck one takes to purge.
         held.enter_context(run_lock(state.map_lock, opts.flock, wait=True))
-        found = len(logins)
-        manual, logins = by_hand(opts, now, logins, staged, say, warn)
-        summary.logins -= found - len(logins)       # kept logins only
         cache = load_map_cache(files.map_cache)
         if saved is not None and not logins and map_as_left(cache, store, opts.grace, now):
             # Nothing to add and nothing due to expire, and the map is the
@@ -4356,30 +4369,53 @@ def run(opts: Options, now: float | None = None, say: Say = quiet, warn: Say = q
     return summary, plan
 
 
-def by_hand(opts: Options, now: float, logins: list[Login], staged: list[tuple[str, str]],
-            say: Say, warn: Say) -> tuple[Manual, list[Login]]:
-    """The grants and revocations in force for this run, and the logins that
-    no revocation keeps out. Those that ended are dropped from the state
-    file, staged with the run's other state files (a corrupt file is left
-    for the admin to see, with a warning on every run)."""
-    path = StateDir(opts.state_dir).manual
+def by_hand(path: str, now: float, grace: int, warn: Say) -> tuple[Manual, str | None]:
+    """The grants and revocations in force for this run, and the state
+    file's new text when some have ended (to stage with the run's other
+    state files), else None. A corrupt file is left for the admin to see,
+    with a warning on every run."""
     manual, problem = load_manual(path)
     if problem:
         warn(f"{problem}; no grant or revocation made by hand applies until it is "
              f"fixed or removed")
-    live = live_manual(manual, now, opts.grace)
-    if live != manual:
-        staged.append((path, manual_text(live)))
+    live = live_manual(manual, now, grace)
+    return live, (manual_text(live) if live != manual else None)
+
+
+def unrevoked(logins: Iterable[Login], manual: Manual, now: float, grace: int, say: Say
+              ) -> list[Login]:
+    """The logins that no revocation keeps out (revoked_login)."""
     kept = []
     for login in logins:
-        revoke = revoked_login(login, live, now, opts.grace)
+        revoke = revoked_login(login, manual, now, grace)
         if revoke is None:
             kept.append(login)
         else:
-            say(f"skipped {login.ip} ({login.pattern}): revoked by {revoke.by} at "
+            say(f"skipped {login.ip} ({login.pattern}): revoked by {printable(revoke.by)} at "
                 f"{iso_local(revoke.at)}" + ("" if revoke.until is None else
                                              f" until {iso_local(revoke.until)}"))
-    return live, kept
+    return kept
+
+
+def sessions_still_allowed(sessions: Mapping[SessionKey, Session], manual: Manual,
+                           mynetworks: Sequence[tuple[bool, Network]], opts: Options,
+                           now: float, say: Say) -> dict[SessionKey, Session]:
+    """The open sessions whose addresses may still be in the map. A
+    revocation ends the sessions that began before it (one for a time, every
+    session), and mynetworks, --ignore-net and --ipv6-shared-keys=skip end
+    those they cover now: an open session must never keep an address in the
+    map that a login could not put there. Their addresses then expire a
+    grace window after their last refresh (a revocation removes them now)."""
+    kept = {}
+    for key, s in sessions.items():
+        revoke = revoked_login(Login(s.ip, s.start, s.user, key[0]), manual, now, opts.grace)
+        why = (f"revoked by {printable(revoke.by)}" if revoke is not None else
+               excluded_reason(s.ip, mynetworks, opts.ignore_nets, opts.ipv6_shared_keys))
+        if why:
+            say(f"session {key[3]} of {s.ip} ({key[0]}) ended: {why}")
+        else:
+            kept[key] = s
+    return kept
 
 
 def report_sessions(plan: SessionPlan, now: float, opts: Options, say: Say, warn: Say
@@ -4559,12 +4595,15 @@ def session_effects(plan: SessionPlan | None, now: float, grace: int) -> list[st
     return [printable(line) for line in lines]
 
 
-def open_sessions(opts: Options) -> list[Session]:
-    """The open sessions the last run left for this log (or journal)."""
+def open_sessions(opts: Options, warn: Say) -> list[Session]:
+    """The open sessions the last run left for this log (or journal); none
+    when sessions are off (the next run forgets them)."""
+    if not opts.max_session:
+        return []
     sessions, problem = load_sessions(StateDir(opts.state_dir).files_for(opts).sessions)
     if problem:
-        raise PbsmtpError(problem)
-    return list(sessions.values()) if opts.max_session else []
+        warn(problem)
+    return list(sessions.values())
 
 
 ###############################################################################
@@ -4762,7 +4801,7 @@ def explain(opts: Options, ip: str, now: float, echo, warn) -> None:
              f"{until} ({state})")
 
     try:
-        sessions = [s for s in open_sessions(opts) if s.ip == ip]
+        sessions = [s for s in open_sessions(opts, warn) if s.ip == ip]
     except PbsmtpError as e:
         sessions = []
         warn(str(e))
@@ -4790,13 +4829,16 @@ def explain(opts: Options, ip: str, now: float, echo, warn) -> None:
          f"{len(logins) or 'none'}" + (f", the last {EXPLAIN_LINES}:" if len(logins) >
                                        EXPLAIN_LINES else ""))
     live = live_manual(manual, now, grace)
+    open_keys = {s.key for s in sessions}
     for login, line in logins[-EXPLAIN_LINES:]:
-        if login.when < now - grace:
-            verdict = f"too old: the grace window ended at {iso_local(login.when + grace)}"
-        elif why:
+        if why:
             verdict = f"left out: {why}"
         elif (r := revoked_login(login, live, now, grace)) is not None:
-            verdict = f"left out: revoked by {r.by} at {iso_local(r.at)}"
+            verdict = f"left out: revoked by {printable(r.by)} at {iso_local(r.at)}"
+        elif login.session in open_keys:
+            verdict = "counts: its session is open (above)"
+        elif login.when < now - grace:
+            verdict = f"too old: the grace window ended at {iso_local(login.when + grace)}"
         else:
             verdict = f"counts: relays until {iso_local(min(login.when, now) + grace)}"
         echo(f"    {iso_local(login.when)} user={printable(str(login.user))} "
@@ -5524,9 +5566,10 @@ def check_usage(ctx: click.Context, params: Mapping[str, object]) -> None:
         raise click.UsageError("--json goes with --list or --check-patterns", ctx)
     if params["line"] and not params["check_patterns"]:
         raise click.UsageError("--line goes with --check-patterns", ctx)
-    chosen = [option for option, name in (("--explain", "explain_ip"), ("--grant", "grant"),
-                                          ("--revoke", "revoke"),
-                                          ("--check-postfix", "postfix_check")) if params[name]]
+    # The modes (cli() runs one): an option left over must not be ignored.
+    chosen = [f.metadata["option"][0][0] for f in dataclasses.fields(Options)
+              if f.metadata["group"] == "mode" and f.metadata["action"]
+              and f.name not in ("as_json", "line") and params[f.name]]
     if len(chosen) > 1:
         raise click.UsageError(f"{' and '.join(chosen)}: one at a time", ctx)
     if params["logfile"] == "-" and not params["check_patterns"]:
@@ -5613,7 +5656,8 @@ def dry_run_report(plan: Plan, now: float, grace: int, echo: Say) -> None:
 
 def list_mode(opts: Options, now: float) -> None:
     """--list [--json]: the store's entries, their ages and time left."""
-    rows = list_entries(open_store(opts), now, opts.grace, open_sessions(opts), opts.max_session)
+    rows = list_entries(open_store(opts), now, opts.grace, open_sessions(opts, warning_printer()),
+                        opts.max_session)
     if opts.as_json:
         for row in rows:
             row["login_iso"] = None if row["login"] is None else iso_local(row["login"])

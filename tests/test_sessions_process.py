@@ -134,6 +134,24 @@ def test_the_next_login_of_the_process_ends_the_session():
     assert [s.ip for s in plan.opened] == ["192.0.2.20"]
 
 
+def test_the_next_login_from_an_excluded_address_ends_the_session():
+    """Webmail on localhost (in mynetworks) logs in on the process whose
+    client dropped: that login goes into no map and opens no session, and
+    still ends the session the process served before."""
+    lines = [cyrus_login(NOW - 3 * GRACE, "192.0.2.10", 6031),
+             cyrus_login(NOW - 120, "127.0.0.1", 6031, user="webmail")]
+    mynetworks, _ = pb.parse_mynetworks("127.0.0.0/8")
+    events = []
+    logins = pb.collect_logins(lines, PATTERNS, mynetworks,
+                               pb.Options(logfile="/dev/null", grace=GRACE), NOW, pb.Summary(),
+                               pb.quiet, None, events)
+    assert logins == []
+    plan = pair(events)
+    assert [(s.ip, when, why) for s, when, why in plan.ended] == [
+        ("192.0.2.10", NOW - 120, "logout")]
+    assert plan.sessions == {}
+
+
 def test_the_next_login_in_a_later_run_ends_the_session():
     a = login(NOW - 3 * GRACE, "192.0.2.10", 6031)
     first = pair([a], now=NOW - 2 * GRACE)

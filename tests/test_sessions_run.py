@@ -184,3 +184,56 @@ def test_a_user_name_carrying_an_end_line_ends_nothing(site):
     assert "logout line with ')<' more than once" in result.output
     assert query(site) == str(NOW + GRACE)
     assert len(json.load(open(sessions_file(site)))) == 1
+
+
+###############################################################################
+# What may keep an address in the map may end a session too ###################
+###############################################################################
+
+@pytest.mark.parametrize("revoke_for", [None, 600])
+def test_a_revocation_ends_the_session_it_came_after(site, revoke_for):
+    """A session that began before --revoke (a stolen password, still
+    connected) never brings the address back: not while the revocation
+    lasts, not after it."""
+    site.append(login_line(NOW - 60))
+    ok(site)
+    extra = [] if revoke_for is None else [f"--revoke-for={revoke_for}"]
+    ok(site, f"--revoke={IP}", *extra, now=NOW + 10)
+    assert query(site) is None
+    for later in (NOW + 20, NOW + GRACE, NOW + 2 * GRACE, NOW + 4 * 3600):
+        ok(site, now=later)
+        assert query(site) is None, later
+    assert json.load(open(sessions_file(site))) == []
+    # A new login after the revocation lifts it, and opens a session again.
+    site.append(login_line(NOW + 4 * 3600 + 5, session="Sess0000B2"))
+    ok(site, now=NOW + 4 * 3600 + 10)
+    assert query(site) == str(NOW + 4 * 3600 + 5)
+
+
+def test_ignore_net_ends_the_sessions_it_covers(site):
+    site.append(login_line(NOW - 60))
+    ok(site)
+    ok(site, "--ignore-net=192.0.2.0/24", now=NOW + 3600)
+    assert json.load(open(sessions_file(site))) == []
+    ok(site, "--ignore-net=192.0.2.0/24", now=NOW + 2 * 3600)
+    assert query(site) is None
+
+
+def test_a_damaged_sessions_file_is_repaired_by_the_next_run(site):
+    site.append(login_line(NOW - 60))
+    ok(site)
+    with open(sessions_file(site), "w") as f:
+        f.write("{not json")
+    result = invoke(*site.args(now=NOW + 60))
+    assert result.exit_code == 0 and "damaged" in result.stderr
+    assert json.load(open(sessions_file(site))) == []
+    assert invoke(*site.args(now=NOW + 120)).stderr == ""
+    listed = invoke(*site.args("--list", now=NOW + 130))
+    assert listed.exit_code == 0 and listed.stderr == ""
+
+
+def test_a_revoked_session_counts_no_login(site):
+    site.append(login_line(NOW - 60))
+    ok(site)
+    ok(site, f"--revoke={IP}", "--revoke-for=3600", now=NOW + 10)
+    assert " 0 logins" in ok(site, "-v", now=NOW + GRACE // 2).output

@@ -141,9 +141,19 @@ def test_grant_and_revoke_are_actions_not_read_from_the_environment(site, tmp_pa
     assert result.stderr.startswith(f"Error: config file {config}: unknown setting 'grant'")
 
 
-def test_one_action_at_a_time(site):
-    result = invoke(*site.args("--grant=192.0.2.10", "--revoke=192.0.2.11"))
-    assert result.exit_code == 2 and "--grant and --revoke: one at a time" in result.stderr
+@pytest.mark.parametrize("args, message", [
+    (["--grant=192.0.2.10", "--revoke=192.0.2.11"], "--grant and --revoke"),
+    (["--list", "--revoke=192.0.2.11"], "--list and --revoke"),
+    (["--dumpconfig", "--grant=192.0.2.10"], "--dumpconfig and --grant"),
+    (["--check-patterns", "--explain=192.0.2.10"], "--check-patterns and --explain"),
+])
+def test_one_mode_at_a_time(site, args, message):
+    """A mode left over is never ignored: a --revoke beside --list would
+    print the list and revoke nothing."""
+    before = snapshot(site)
+    result = invoke(*site.args(*args))
+    assert result.exit_code == 2 and f"{message}: one at a time" in result.stderr
+    assert snapshot(site) == before
 
 
 ###############################################################################

@@ -2054,10 +2054,12 @@ class PostfixMap:
 
     def publish(self, plan: Plan) -> list[str]:
         """An update of a copy when the plan says exactly what changed
-        (its entries were read from this map) and the type can be updated
-        in place; else a complete build."""
+        (its entries were read from this map, or it holds only the changes:
+        plan.active, see merge_update) and the type can be updated in place;
+        else a complete build."""
         changes = len(plan.added) + len(plan.refreshed) + len(plan.expired)
-        if (plan.base_is_map and not plan.invalid and self.map_type != "cdb"
+        if plan.active is not None or (
+                plan.base_is_map and not plan.invalid and self.map_type != "cdb"
                 and self.exists() and changes <= max(100, len(plan.entries) // 4)):
             return update_map(self.dbfile, self.map_type, {**plan.added, **plan.refreshed},
                               plan.expired, self.config_dir)
@@ -3755,7 +3757,7 @@ class SourceFiles:
     pending: str         # two-line servers' address lines awaiting their success line
     sessions: str        # the sessions still open (load_sessions, sessions_text)
     map_cache: str       # which map version the last run left (load_map_cache)
-    entries: str         # the entries cache (load_entries, save_entries)
+    entries: str         # the entries cache (open_entries, save_entries)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -3961,7 +3963,7 @@ def load_map_cache(path: str) -> dict | None:
 
 
 def save_map_cache(path: str, store: Store, plan: Plan, grace: int,
-              earliest: int | None = None) -> None:
+                   earliest: int | None = None) -> None:
     """Remember which map this run left and when its first entry expires, so
     that a run with no logins before then need not read it (``earliest``:
     the oldest time in the map, or earlier, when the plan does not hold
@@ -4155,9 +4157,7 @@ def publish_with_state(store: Store, plan: Plan, warn: Say,
             except OSError as e:
                 raise PbsmtpError(f"cannot write {path}: {e.strerror}") from None
         if plan.changed or not store.exists():
-            for w in (store.publish(plan) if plan.active is None else update_map(
-                    store.dbfile, store.map_type, {**plan.added, **plan.refreshed},
-                    plan.expired, store.config_dir)):
+            for w in store.publish(plan):
                 warn(w)
         for tmp, path in tmps:
             try:
@@ -4356,15 +4356,13 @@ def run(opts: Options, now: float | None = None, say: Say = quiet, warn: Say = q
         plan, body = merge_store(store, files.entries, logins, now, opts, manual, warn)
         apply_manual(plan, manual, now, opts.grace)
         plan.sessions = sessions
-        if plan.invalid:
-            warn(f"dropped {len(plan.invalid)} map entries that are not an address "
-                 f"with an all-digit time, e.g. {next(iter(plan.invalid))!r}")
+        warn_invalid(plan, warn)
         summary.added, summary.refreshed = len(plan.added), len(plan.refreshed)
         summary.expired, summary.active = len(plan.expired), plan.size
         if opts.write:
             publish_with_state(store, plan, warn, staged)
             save_map_cache(files.map_cache, store, plan, opts.grace,
-                      earliest=int(body[:body.find(" ")]) if body else None)
+                           earliest=int(body[:body.find(" ")]) if body else None)
             save_entries(files.entries, store, plan, body)
     return summary, plan
 
@@ -4460,6 +4458,14 @@ def merge_store(store: Store, entries_file: str, logins: list[Login], now: float
     # A map set aside as unreadable is rebuilt whole, never updated.
     plan.base_is_map = base is not None
     return plan, None
+
+
+def warn_invalid(plan: Plan, warn: Say) -> None:
+    """Map entries that were not an address with an all-digit time are
+    dropped: the admin hears of it once per run."""
+    if plan.invalid:
+        warn(f"dropped {len(plan.invalid)} map entries that are not an address "
+             f"with an all-digit time, e.g. {next(iter(plan.invalid))!r}")
 
 
 def read_store(store: Store, opts: Options, warn: Say) -> dict[str, str] | None:
@@ -4696,9 +4702,7 @@ def change_by_hand(opts: Options, action: str, ip: str, seconds: int | None, now
         base = read_store(store, opts, warn)
         plan = merge(base or {}, [], now, opts.grace)
         plan.base_is_map = base is not None
-        if plan.invalid:
-            warn(f"dropped {len(plan.invalid)} map entries that are not an address "
-                 f"with an all-digit time, e.g. {next(iter(plan.invalid))!r}")
+        warn_invalid(plan, warn)
         if action == "revoke" and ip in plan.entries:
             # Whatever its value (a grant's lies in the future), it goes.
             plan.expired[ip] = plan.entries.pop(ip)

@@ -61,8 +61,12 @@ def require_file(paths, package):
 
 
 def dovecot_login(ip, user="alice", verb="Login"):
+    """A Dovecot login message; its session id is the address's own, as
+    Dovecot's ids are unique (one id for two addresses would end the first
+    session at the second login)."""
+    sid = "".join(c for c in ip if c.isalnum())[-12:]
     return (f"imap-login: {verb}: user=<{user}>, method=PLAIN, rip={ip}, lip=192.0.2.1, "
-            f"mpid=4242, TLS, session=<AbCdEf012345>")
+            f"mpid=4242, TLS, session=<{sid}>")
 
 
 def export_field(name, value):

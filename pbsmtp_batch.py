@@ -22,9 +22,40 @@ Postfix then relays for those clients through
 ``check_client_access hash:/etc/postfix/pop-before-smtp`` in
 ``smtpd_relay_restrictions``.
 
-The other stores (Sendmail, qmail, Exim, PostgreSQL, MySQL, SQLite,
-memcached: ``--backend``) are in the companion module ``pbsmtp_stores``,
-which this one imports only when a run names one of them (BACKEND_NAMES).
+Layout, top to bottom, one banner per section:
+
+- constants (defaults, the state directory's file names) and tunables (the
+  bounds a run keeps: line lengths, waits, counts);
+- the idle run: a few stat calls tell that nothing changed, and the command
+  exits before click, the patterns or postconf are loaded (the only code
+  above the full run's imports);
+- errors, data, and text for people: PbsmtpError, the dataclasses passed
+  from step to step (Pattern, Login, Session, Plan ...), printable() and
+  local ISO times;
+- patterns: reading and checking the pattern files (the shipped set,
+  overlaid by /etc/pbsmtp-batch/patterns);
+- parsing (pure): syslog prefixes and times, addresses, match_login,
+  match_logout;
+- policy (pure): sessions (pair_sessions), the networks that never go into
+  the map, merge and purge, grants and revocations by hand, Postfix's
+  restriction lists;
+- files and tools: atomic writes (replace_file for published files,
+  stage_file and commit_file for state), private state-file reads, postmap
+  and postconf;
+- stores: the Store interface and the registry first (BACKENDS,
+  store_class), then the Postfix map. The other stores (Sendmail, qmail,
+  Exim, PostgreSQL, MySQL, SQLite, memcached) are in the companion module
+  ``pbsmtp_stores``, imported only when --backend names one of them;
+- sources: the Source interface, a log file and its rotations (plan_spans,
+  FileSource), the systemd journal (JournalReader);
+- settings: Options, one field per option, with the config file's rules;
+- run state: StateDir and its files (offset or cursor, pending addresses,
+  sessions, map cache, entries cache, grants), the locks;
+- the run: prepare() once per invocation, run() one pass, run_caught_up();
+- the support desk: --explain, --grant, --revoke, --check-postfix;
+- the pattern tester: --check-patterns;
+- the command line: cli(), one function per mode, the syslog line, the
+  metrics file, --dumpconfig.
 
 Exit codes: 0 success (also when another run holds the lock), 1 an error
 (one ``Error:`` line; the map and the offset are left as they were),
@@ -81,6 +112,75 @@ def log_source_name(logfile: str) -> str:
 def journal_source_name(directory: str | None) -> str:
     """The journal's: one for the system journal, one per --journal-directory."""
     return "journal" if directory is None else "journal_" + log_source_name(directory)
+
+
+###############################################################################
+# Tunables: how long, how much, how many ######################################
+###############################################################################
+
+# No regex ever sees a line longer than this: no server logs a login that
+# long (rsyslog's default maxMessageSize is 8 KiB), and with it every pattern's
+# time per line is bounded as well as linear.
+LINE_MAX = 8192
+
+# A syslog line may be cut at a buffer's size, and the part cut off is the
+# end, where a server says "failed" or writes the rest of an address. The
+# smallest such cut leaves a message of about 960 characters (RFC 3164's
+# 1024-byte packet, old syslogds, perdition 1.x's libvanessa-logger at 1023);
+# no whole login message comes near it (Dovecot's, with a 254-character user
+# name and every element, is under 500). So a longer message is never a login.
+LOGIN_MESSAGE_MAX = 900
+
+# Address lines wait this long for their success line, and no more than this
+# many wait at once: the state they are kept in must stay small.
+PENDING_SECONDS = 600
+PENDING_MAX = 10000
+
+# No more open sessions than this are kept (the state file stays small);
+# past it the oldest are forgotten, and their addresses expire a grace
+# window after their last refresh.
+SESSIONS_MAX = 20000
+
+# How much of a log's head identifies it after logrotate has renamed,
+# compressed or copied it.
+FINGERPRINT_BYTES = 1024
+
+# Blocks are read this big: large enough that the per-block Python work is
+# lost in the I/O, small enough to keep the reader's memory flat.
+BLOCK_BYTES = 1 << 20
+
+# No server writes a login line this long (rsyslog's default maximum message
+# is 8 KiB, journald's LineMax 48 KiB). A longer line is skipped, counted and
+# warned about once per run, and never reaches a regex; the carry of an
+# unfinished line is bounded by it, so memory stays flat whatever the bytes.
+MAX_LINE_BYTES = 1 << 16
+
+# Where a plain file's reading begins when the grace window is read again
+# (first run, --reprocess, the old file gone): where its lines reach the
+# window, less an hour for lines logged out of order.
+WINDOW_MARGIN = 3600
+
+# Below this many entries, reading the whole cache costs less than the
+# postmap -q that merge_update needs to look up the changing keys.
+UPDATE_IN_PLACE_MIN = 10000
+
+# A hundred years: more than any grace window or lock bound (a test may
+# accept decades-old sample lines), and far from the limits of time
+# arithmetic and of int().
+MAX_SECONDS = 100 * 366 * 86400
+
+# --explain reads this much of the log before the grace window too, so that
+# a login that has just aged out is shown as "too old", not as nothing.
+EXPLAIN_LOOKBACK = 86400
+
+# How many of the address's last login lines, and refused lines, it shows.
+EXPLAIN_LINES = 5
+
+# How long --grant and --revoke wait for a run that holds the lock.
+MANUAL_LOCK_PATIENCE = 30.0
+
+# How many lines without a time --check-patterns keeps as examples.
+UNTIMED_EXAMPLES = 5
 
 
 ###############################################################################
@@ -189,7 +289,6 @@ def idle_run(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
 if (__name__ == "__main__" or os.path.basename(sys.argv[0]) == "pbsmtp-batch") and idle_run(
         sys.argv[1:], os.environ):
     raise SystemExit(0)
-
 import bz2
 import contextlib
 import dataclasses
@@ -219,21 +318,20 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Protocol
-
 import click
-
 __version__ = "0.1.0"
-
 ADMIN_PATTERNS_DIR = "/etc/pbsmtp-batch/patterns"
+
 # cron's PATH is /usr/bin:/bin, but postmap and postconf live in /usr/sbin.
 SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
+
 # A new map is world-readable like Postfix's own tables: smtpd may read it
 # after dropping privileges.
 NEW_MAP_MODE = 0o644
 
 
 ###############################################################################
-# Errors and data #############################################################
+# Errors, data, and text for people ###########################################
 ###############################################################################
 
 class PbsmtpError(Exception):
@@ -444,6 +542,38 @@ class Plan:
     @property
     def changed(self) -> bool:
         return bool(self.added or self.refreshed or self.expired or self.invalid)
+
+
+# C0 controls, DEL and C1 controls (U+009B is a one-character CSI on many
+# terminals; rsyslog does not escape it in UTF-8 text).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """A log line made safe to print on a terminal: control characters as
+    \\xNN."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _age(seconds: int | None) -> str:
+    if seconds is None:
+        return "-"
+    sign, seconds = ("-" if seconds < 0 else ""), abs(seconds)
+    return f"{sign}{seconds // 60}m{seconds % 60:02d}s"
+
+
+def iso_local(epoch: float) -> str:
+    """An epoch as local ISO 8601 time with its UTC offset."""
+    return dt.datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
+
+
+def human_time(epoch: float, now: float, grace: int | None = None) -> str:
+    """A login time for people: local ISO time, its age and (given the grace
+    window) the time left."""
+    text = f"{iso_local(epoch)} (age {_age(int(now - epoch))}"
+    if grace is not None:
+        text += f", left {_age(int(epoch + grace - now))}"
+    return text + ")"
 
 
 ###############################################################################
@@ -816,12 +946,14 @@ _SYSLOG = re.compile(
     r"(?:\[ID \d+ [a-z0-9]+\.[a-z]+\] )?(?P<message>.*)",
     re.DOTALL)
 _TAG_FIRST = re.compile(_TAG + r"(?P<iso>" + _ISO + r") (?P<message>.*)", re.DOTALL)
+
 # nginx's own error_log file: "2026/11/24 23:01:02 [info] 8#8: *24819 ...". The
 # tag is nginx; the message keeps "[level] pid#tid: ..." so that a pattern
 # reads the same text as in nginx's syslog output, where nginx writes its own
 # time after the tag: "nginx: 2026/11/24 23:01:02 [info] 8#8: ...".
 _NGINX = re.compile(r"(?P<date>\d{4})/(?P<month>\d\d)/(?P<day>\d\d) (?P<hms>\d\d:\d\d:\d\d) "
                     r"(?P<message>\[[a-z]+\] (?P<pid>\d+)#\d+: .*)", re.DOTALL)
+
 # Zimbra's own log4j files, /opt/zimbra/log/mailbox.log and audit.log (layout
 # "%d %-5p [%t] [%z] %c{1} - %m"): "2026-11-24 23:01:02,123 INFO  [ImapServer-7]
 # [name=u;ip=A;oip=B;] imap - user u authenticated, ...". The thread's name is
@@ -831,6 +963,7 @@ _NGINX = re.compile(r"(?P<date>\d{4})/(?P<month>\d\d)/(?P<day>\d\d) (?P<hms>\d\d
 _LOG4J = re.compile(r"(?P<iso>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d{3} [A-Z]+ +"
                     r"\[(?P<program>[A-Za-z][A-Za-z0-9]*)-(?P<pid>\d+)\] (?P<message>\[.*)",
                     re.DOTALL)
+
 # The same log4j line forwarded through syslog (rsyslog's imfile with a tag
 # that has no colon): "Nov 24 23:01:02 mail mailboxlog 2026-11-24
 # 23:01:02,123 INFO  [ImapServer-7] [...] imap - user u authenticated, ...".
@@ -839,6 +972,7 @@ _SYSLOG_LOG4J = re.compile(
     r"(?:<\d{1,3}>)?(?:" + _ISO + r"|(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
     r" [ 0-3]?\d \d\d:\d\d:\d\d(?:\.\d+)?) +(?P<host>[^\s\[\]:<]+) [A-Za-z][\w.-]* "
     + _LOG4J.pattern, re.DOTALL)
+
 # Qpopper's own trace file (popper -d -t FILE), which has no tag: the program
 # is "qpopper-trace". Qpopper 4 (pop_log.c "%s.%03ld %.4s [%ld] %s"):
 # "Nov 24 12:53:46.123 2026 [7597] (v4.0.9) POP login by user ..."; Qpopper 3
@@ -948,32 +1082,6 @@ def normalise_ip(text: str) -> str | None:
     return socket.inet_ntop(socket.AF_INET6, packed)
 
 
-def match_sample(sample: Sample, patterns: Sequence[Pattern], now: float
-                 ) -> tuple[Login | None, str | None]:
-    """match_login for a pattern file's sample, after its earlier lines."""
-    pending: Pending = {}
-    for line in sample.before:
-        match_login(line, patterns, now, pending)
-    return match_login(sample.line, patterns, now, pending)
-
-
-def match_logout_sample(sample: Sample, patterns: Sequence[Pattern], now: float) -> str | None:
-    """The session id a [[logout.sample]] ends: after the login lines in its
-    ``before``, the id of the session that pairing really ended (so the
-    whole key counts); without them, the id the line names."""
-    end, _ = match_logout(sample.line, patterns, now)
-    if end is None or not sample.before:
-        return end and end.key[3]
-    logins = [login for login, _ in (match_login(b, patterns, now) for b in sample.before)
-              if login is not None and login.session is not None]
-    plan = pair_sessions({}, [*logins, end], end.when, 1, MAX_SESSION_SAMPLES)
-    return next((s.key[3] for s, _, why in plan.ended if why == "logout"), None)
-
-
-# Sample lines may be years old: their sessions may last that long.
-MAX_SESSION_SAMPLES = 100 * 366 * 86400
-
-
 # A run sees few distinct program tags, so which patterns can read a tag is
 # worked out once per tag. (Pattern compares by identity: cheap to hash.)
 @functools.lru_cache(maxsize=4096)
@@ -988,18 +1096,6 @@ def all_literals(patterns: tuple[Pattern, ...]) -> tuple[str, ...]:
     cannot be read by any pattern."""
     return tuple(sorted({k for p in patterns for k in (*p.contains, *session_tags(p))}))
 
-
-# No regex ever sees a line longer than this: no server logs a login that
-# long (rsyslog's default maxMessageSize is 8 KiB), and with it every pattern's
-# time per line is bounded as well as linear.
-LINE_MAX = 8192
-# A syslog line may be cut at a buffer's size, and the part cut off is the
-# end, where a server says "failed" or writes the rest of an address. The
-# smallest such cut leaves a message of about 960 characters (RFC 3164's
-# 1024-byte packet, old syslogds, perdition 1.x's libvanessa-logger at 1023);
-# no whole login message comes near it (Dovecot's, with a 254-character user
-# name and every element, is under 500). So a longer message is never a login.
-LOGIN_MESSAGE_MAX = 900
 
 # Pending address lines of two-line servers: (host, program, pid) -> (ip, time).
 Pending = dict[tuple[str, str, str], tuple[str, int]]
@@ -1145,12 +1241,6 @@ def match_logout(line: str, patterns: Sequence[Pattern], now: float
     return None, None
 
 
-# Address lines wait this long for their success line, and no more than this
-# many wait at once: the state they are kept in must stay small.
-PENDING_SECONDS = 600
-PENDING_MAX = 10000
-
-
 def trim_pending(pending: Pending, now: float) -> Pending:
     fresh = sorted(((when, key, ip) for key, (ip, when) in pending.items()
                     if when >= now - PENDING_SECONDS), reverse=True)[:PENDING_MAX]
@@ -1158,14 +1248,8 @@ def trim_pending(pending: Pending, now: float) -> Pending:
 
 
 ###############################################################################
-# Sessions: pair each login with its end (pure) ###############################
+# Policy: sessions, pair each login with its end (pure) #######################
 ###############################################################################
-
-# No more open sessions than this are kept (the state file stays small);
-# past it the oldest are forgotten, and their addresses expire a grace
-# window after their last refresh.
-SESSIONS_MAX = 20000
-
 
 def pair_sessions(sessions: Mapping[SessionKey, Session], events: Iterable[Login | SessionEnd],
                   now: float, grace: int, max_session: int) -> SessionPlan:
@@ -1232,7 +1316,7 @@ def pair_sessions(sessions: Mapping[SessionKey, Session], events: Iterable[Login
 
 
 ###############################################################################
-# Networks that never go into the map #########################################
+# Policy: networks that never go into the map (pure) ##########################
 ###############################################################################
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -1355,7 +1439,7 @@ def address_argument(text: str) -> str:
 
 
 ###############################################################################
-# The map: merge and purge (pure) #############################################
+# Policy: the map, merge and purge (pure) #####################################
 ###############################################################################
 
 def merge(existing: Mapping[str, str] | Mapping[str, int], logins: Iterable[Login], now: float,
@@ -1401,7 +1485,7 @@ def merge(existing: Mapping[str, str] | Mapping[str, int], logins: Iterable[Logi
 
 
 ###############################################################################
-# Grants and revocations by hand (pure) #######################################
+# Policy: grants and revocations by hand (pure) ###############################
 ###############################################################################
 
 @dataclasses.dataclass(frozen=True)
@@ -1489,13 +1573,14 @@ def apply_manual(plan: Plan, manual: Manual, now: float, grace: int) -> Plan:
 
 
 ###############################################################################
-# Postfix's restriction lists: is the map wired in? (pure) ####################
+# Policy: Postfix's restriction lists, is the map wired in? (pure) ############
 ###############################################################################
 
 # Restrictions that refuse a relay recipient (Postfix's postconf(5), the
 # smtpd_relay_restrictions entry): what must come after the map, never before.
 RELAY_REFUSERS = ("reject_unauth_destination", "defer_unauth_destination", "reject", "defer",
                   "defer_if_permit")
+
 # Restrictions besides check_*_access that take the next word as argument.
 _TAKES_ARGUMENT = re.compile(r"check_(?!relay_domains$)\w+|reject_rbl_client|reject_rhsbl_\w+|"
                              r"permit_dnswl_client|permit_rhswl_client")
@@ -1636,8 +1721,9 @@ def unreadable_reason(chain: Sequence[tuple[str, os.stat_result]], uid: int,
 
 
 ###############################################################################
-# Files: written whole beside the old version, then renamed over it ##########
+# Files: written whole beside the old version, then renamed over it ###########
 ###############################################################################
+
 # Every file pbsmtp-batch writes (the map, the other stores' files, the state
 # files) is made complete under a temporary name in the same directory,
 # fsynced, and renamed over the old one, so readers and a crash see the old
@@ -1652,6 +1738,7 @@ def unreadable_reason(chain: Sequence[tuple[str, os.stat_result]], uid: int,
 # place too, without fsync: it is rewritten on every run. All of them name
 # their temporary file the same way (temp_name), so one sweeper
 # (remove_leftovers) clears what a killed run left.
+
 
 # ".NAME.PID.NS.new", and what a build derives from it (".src", ".upd.db"...):
 # the writer's PID tells a killed writer's file from a live one's.
@@ -1756,8 +1843,53 @@ def write_atomically(path: str, text: str) -> None:
     commit_file(stage_file(path, text), path)
 
 
+def check_private(path: str, st: os.stat_result, what: str) -> None:
+    """Refuse a state directory or file that someone else could have
+    written: it must belong to the user running pbsmtp-batch and be neither
+    group- nor world-writable (OpenSSH's StrictModes, ``postfix check``)."""
+    if st.st_uid != os.geteuid():
+        raise PbsmtpError(f"{what} {path} belongs to uid {st.st_uid}, not to the user "
+                          f"running pbsmtp-batch (uid {os.geteuid()}): not trusted")
+    if st.st_mode & 0o022:
+        raise PbsmtpError(f"{what} {path} is group- or world-writable "
+                          f"(mode {stat.S_IMODE(st.st_mode):04o}): not trusted; "
+                          f"chmod go-w it")
+
+
+def open_state_file(path: str, flags: int = os.O_RDONLY, mode: int = 0o600) -> int | None:
+    """Open a file of the state directory without following a symbolic link
+    and check that it is a regular file of ours; None when it is absent
+    (and not created)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if os.path.islink(path):
+            raise PbsmtpError(f"state file {path} is a symbolic link: not trusted") from None
+        raise PbsmtpError(f"cannot open state file {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PbsmtpError(f"state file {path} is not a regular file: not trusted")
+        check_private(path, st, "state file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_state_file(path: str) -> str | None:
+    """A state file's text (see open_state_file); None when it is absent."""
+    fd = open_state_file(path)
+    if fd is None:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read().decode("utf-8", "replace")
+
+
 ###############################################################################
-# The map: postmap I/O ########################################################
+# Tools: Postfix's programs ###################################################
 ###############################################################################
 
 def find_tool(name: str, package: str = "postfix", extra_dirs: Sequence[str] = ()) -> str:
@@ -1788,6 +1920,102 @@ def postconf(name: str, config_dir: str | None) -> str:
     """A Postfix parameter, with $name references expanded (postconf -x)."""
     return run_tool(postfix_cmd("postconf", config_dir, "-xh", name),
                     f"postconf {name}").strip()
+
+
+def check_dir(path: str, what: str = "directory") -> None:
+    """Fail early when the directory that will hold path cannot be written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise PbsmtpError(f"{what} {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PbsmtpError(f"cannot write {what} {directory}")
+
+
+###############################################################################
+# Stores: the interface and the registry; the Postfix map #####################
+###############################################################################
+
+class Store(Protocol):
+    """Where the entries live. The batch logic knows only this interface.
+
+    needs_postfix  whether this host's Postfix is the store's reader, so that
+                   a run fails when postconf cannot tell mynetworks (a dry
+                   run only warns); for the others a host may have no
+                   Postfix at all, and mynetworks is left out if it is known;
+    from_options() the store that the command line and the config name;
+    read()     every entry as {address: value}, values as stored (text);
+    publish()  apply a Plan (its adds, refreshes and expiries, or simply its
+               complete ``entries``) so that readers see all of it or none;
+    exists()   whether there is anything yet (a missing Postfix map makes
+               smtpd answer 451, so the first run must create it);
+    check()    raise PbsmtpError early when publishing cannot work;
+    stamp()    for the map cache (see save_map_cache): what identifies the current
+               version of the file ``path`` that holds the entries; None
+               when there is none, and then every run reads the store (a
+               store that other hosts write must always be read).
+    """
+    needs_postfix: ClassVar[bool]
+
+    @classmethod
+    def from_options(cls, opts: Options) -> Store: ...
+    def read(self) -> dict[str, str]: ...
+    def publish(self, plan: Plan) -> list[str]: ...
+    def exists(self) -> bool: ...
+    def check(self) -> None: ...
+    def stamp(self) -> list[int] | None: ...
+
+
+# Every --backend NAME, in the order --help lists them, with what it writes.
+# The Postfix map's class is below; the others live in the companion module
+# STORES_MODULE, imported on first use, so a run with the Postfix map never
+# loads them.
+BACKEND_NAMES = {
+    "postfix": "a postmap-built file map",
+    "sendmail": "access db",
+    "qmail": "tcp.smtp rules",
+    "exim": "iplsearch list",
+    "pgsql": "a shared PostgreSQL table",
+    "mysql": "a shared MariaDB/MySQL table",
+    "sqlite": "--dbfile is the SQLite file",
+    "memcache": "memcached keys with a TTL",
+}
+STORES_MODULE = "pbsmtp_stores"
+
+# --backend NAME -> its Store class, filled by @backend beside each class.
+BACKENDS: dict[str, type[Store]] = {}
+
+
+def backend(name: str):
+    """Class decorator: register a Store class as ``--backend NAME``."""
+    def register(cls):
+        assert name in BACKEND_NAMES, name
+        BACKENDS[name] = cls
+        return cls
+    return register
+
+
+def store_class(name: str) -> type[Store]:
+    """The Store class of a --backend name, importing STORES_MODULE if it
+    holds it."""
+    if name not in BACKENDS and name in BACKEND_NAMES:
+        # Run as a script this module is __main__: the companion's
+        # "import pbsmtp_batch" must find it, not load a second copy.
+        sys.modules.setdefault("pbsmtp_batch", sys.modules[__name__])
+        try:
+            importlib.import_module(STORES_MODULE)
+        except ModuleNotFoundError as e:
+            if e.name != STORES_MODULE:
+                raise
+            raise PbsmtpError(f"--backend {name} needs the module {STORES_MODULE}.py, which is "
+                              f"not installed beside {__file__}") from None
+    if name not in BACKENDS:
+        raise PbsmtpError(f"--backend {name!r} is not supported "
+                          f"(use one of {', '.join(BACKEND_NAMES)})")
+    return BACKENDS[name]
+
+
+def open_store(opts: Options) -> Store:
+    return store_class(opts.backend).from_options(opts)
 
 
 def default_map_type(config_dir: str | None) -> str:
@@ -1932,102 +2160,6 @@ def query_map(dbfile: str, map_type: str, keys: Iterable[str],
     return found
 
 
-
-###############################################################################
-# Stores: the interface and the registry; the Postfix map ####################
-###############################################################################
-
-class Store(Protocol):
-    """Where the entries live. The batch logic knows only this interface.
-
-    needs_postfix  whether this host's Postfix is the store's reader, so that
-                   a run fails when postconf cannot tell mynetworks (a dry
-                   run only warns); for the others a host may have no
-                   Postfix at all, and mynetworks is left out if it is known;
-    from_options() the store that the command line and the config name;
-    read()     every entry as {address: value}, values as stored (text);
-    publish()  apply a Plan (its adds, refreshes and expiries, or simply its
-               complete ``entries``) so that readers see all of it or none;
-    exists()   whether there is anything yet (a missing Postfix map makes
-               smtpd answer 451, so the first run must create it);
-    check()    raise PbsmtpError early when publishing cannot work;
-    stamp()    for the map cache (see save_map_cache): what identifies the current
-               version of the file ``path`` that holds the entries; None
-               when there is none, and then every run reads the store (a
-               store that other hosts write must always be read).
-    """
-    needs_postfix: ClassVar[bool]
-
-    @classmethod
-    def from_options(cls, opts: Options) -> Store: ...
-    def read(self) -> dict[str, str]: ...
-    def publish(self, plan: Plan) -> list[str]: ...
-    def exists(self) -> bool: ...
-    def check(self) -> None: ...
-    def stamp(self) -> list[int] | None: ...
-
-
-# Every --backend NAME, in the order --help lists them, with what it writes.
-# The Postfix map's class is below; the others live in the companion module
-# STORES_MODULE, imported on first use, so a run with the Postfix map never
-# loads them.
-BACKEND_NAMES = {
-    "postfix": "a postmap-built file map",
-    "sendmail": "access db",
-    "qmail": "tcp.smtp rules",
-    "exim": "iplsearch list",
-    "pgsql": "a shared PostgreSQL table",
-    "mysql": "a shared MariaDB/MySQL table",
-    "sqlite": "--dbfile is the SQLite file",
-    "memcache": "memcached keys with a TTL",
-}
-STORES_MODULE = "pbsmtp_stores"
-# --backend NAME -> its Store class, filled by @backend beside each class.
-BACKENDS: dict[str, type[Store]] = {}
-
-
-def backend(name: str):
-    """Class decorator: register a Store class as ``--backend NAME``."""
-    def register(cls):
-        assert name in BACKEND_NAMES, name
-        BACKENDS[name] = cls
-        return cls
-    return register
-
-
-def store_class(name: str) -> type[Store]:
-    """The Store class of a --backend name, importing STORES_MODULE if it
-    holds it."""
-    if name not in BACKENDS and name in BACKEND_NAMES:
-        # Run as a script this module is __main__: the companion's
-        # "import pbsmtp_batch" must find it, not load a second copy.
-        sys.modules.setdefault("pbsmtp_batch", sys.modules[__name__])
-        try:
-            importlib.import_module(STORES_MODULE)
-        except ModuleNotFoundError as e:
-            if e.name != STORES_MODULE:
-                raise
-            raise PbsmtpError(f"--backend {name} needs the module {STORES_MODULE}.py, which is "
-                              f"not installed beside {__file__}") from None
-    if name not in BACKENDS:
-        raise PbsmtpError(f"--backend {name!r} is not supported "
-                          f"(use one of {', '.join(BACKEND_NAMES)})")
-    return BACKENDS[name]
-
-
-def open_store(opts: Options) -> Store:
-    return store_class(opts.backend).from_options(opts)
-
-
-def check_dir(path: str, what: str = "directory") -> None:
-    """Fail early when the directory that will hold path cannot be written."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise PbsmtpError(f"{what} {directory} does not exist")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise PbsmtpError(f"cannot write {what} {directory}")
-
-
 @backend("postfix")
 @dataclasses.dataclass(frozen=True)
 class PostfixMap:
@@ -2082,14 +2214,26 @@ class PostfixMap:
 
 
 ###############################################################################
-# The log: read what is new, across rotations; commit the offset #############
+# Sources: the interface; a log, its rotations, its blocks ####################
 ###############################################################################
 
-# How much of a log's head identifies it after logrotate has renamed,
-# compressed or copied it.
-FINGERPRINT_BYTES = 1024
+class Source(Protocol):
+    """Where log lines come from: the log file (FileSource) or the journal.
+
+    Iterating yields candidate lines, latin-1 text without the newline, in
+    log order (lines that cannot be a login may be left out); ``lines_read``
+    counts every line read; state() is what to commit once the map holding
+    their logins is durable.
+    """
+    lines_read: int
+
+    def __iter__(self) -> Iterator[str]: ...
+    def state(self) -> object: ...
+
+
 # logrotate's compress (and compresscmd) suffixes that Python reads itself.
 DECOMPRESS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
 # The compresscmd suffixes Python has no reader for (Debian 12 and 13 ship
 # Python 3.11 and 3.13: no compression.zstd): the Debian program that
 # decompresses them to standard output, and its package.
@@ -2166,103 +2310,6 @@ def rotated_logs(logfile: str, rotated_dirs: Sequence[str] = ()) -> list[str]:
         found += [(key, plain, os.path.join(where, name))
                   for key, plain, name in rotated_names(base, names)]
     return [path for *_, path in sorted(found)]
-
-
-def offset_path(state_dir: str, logfile: str) -> str:
-    """The offset file of a log (see StateDir)."""
-    return StateDir(state_dir).log(logfile).offset
-
-
-def _offset(data: object) -> Offset:
-    if not isinstance(data, dict):
-        raise TypeError("not an object")
-    mark = Offset(int(data["inode"]), int(data["offset"]), str(data.get("fingerprint", "")),
-                  int(data.get("length", 0)))
-    if min(mark.inode, mark.offset, mark.length) < 0:
-        raise ValueError("negative")
-    return mark
-
-
-def load_offset(path: str) -> tuple[LogState | None, str | None]:
-    """The committed state, or (None, warning) when it cannot be trusted.
-
-    Our format is JSON. pygtail's and logtail's two-line "inode\\noffset"
-    file is accepted too, so that switching from them resumes in place.
-    """
-    try:
-        text = read_state_file(path)
-    except OSError as e:
-        return None, f"cannot read offset file {path}: {e.strerror}"
-    if text is None:
-        return None, None
-    try:
-        data = json.loads(text)
-        previous = data.get("previous")
-        return LogState(_offset(data), _offset(previous) if previous else None), None
-    except (ValueError, TypeError, KeyError, AttributeError):
-        parts = text.split()
-        if len(parts) == 2 and all(p.isdigit() for p in parts):
-            return LogState(Offset(int(parts[0]), int(parts[1]))), None
-    return None, f"offset file {path} is corrupt; re-reading the grace window"
-
-
-def offset_text(logfile: str, state: LogState) -> str:
-    data = {"log": os.path.abspath(logfile), **dataclasses.asdict(state.current),
-            "previous": state.previous and dataclasses.asdict(state.previous)}
-    return json.dumps(data) + "\n"
-
-
-def load_pending(path: str, now: float) -> Pending:
-    """Address lines of two-line servers still waiting for their success
-    line; a missing or unreadable file just means none."""
-    try:
-        rows = json.loads(read_state_file(path) or "[]")
-        pending = {(str(h), str(p), str(i)): (str(ip), int(t)) for h, p, i, ip, t in rows}
-    except (OSError, ValueError, TypeError):
-        return {}
-    return trim_pending({k: v for k, v in pending.items() if normalise_ip(v[0]) == v[0]}, now)
-
-
-def pending_text(pending: Pending) -> str:
-    return json.dumps([[*key, ip, when] for key, (ip, when) in sorted(pending.items())]) + "\n"
-
-
-def load_sessions(path: str) -> tuple[dict[SessionKey, Session], str | None]:
-    """The open sessions the last run left, and a warning if the file was
-    there but unusable (then none are open: their addresses expire a grace
-    window after their last refresh, as without sessions)."""
-    try:
-        text = read_state_file(path)
-    except OSError as e:
-        return {}, f"cannot read {path}: {e.strerror}; open sessions forgotten"
-    if text is None:
-        return {}, None
-    try:
-        sessions = {}
-        for row in json.loads(text):
-            key = tuple(str(k) for k in row["key"])
-            ip, user = str(row["ip"]), row["user"]
-            if len(key) != 4 or normalise_ip(ip) != ip or not isinstance(user, (str, type(None))):
-                raise ValueError(row)
-            sessions[key] = Session(key, ip, user, int(row["start"]), int(row["seen"]))
-    except (ValueError, TypeError, KeyError):
-        return {}, f"{path} is damaged; open sessions forgotten"
-    return sessions, None
-
-
-def sessions_text(sessions: Mapping[SessionKey, Session]) -> str:
-    return json.dumps([{"key": list(s.key), "ip": s.ip, "user": s.user, "start": s.start,
-                        "seen": s.seen} for _, s in sorted(sessions.items())]) + "\n"
-
-
-# Blocks are read this big: large enough that the per-block Python work is
-# lost in the I/O, small enough to keep the reader's memory flat.
-BLOCK_BYTES = 1 << 20
-# No server writes a login line this long (rsyslog's default maximum message
-# is 8 KiB, journald's LineMax 48 KiB). A longer line is skipped, counted and
-# warned about once per run, and never reaches a regex; the carry of an
-# unfinished line is bounded by it, so memory stays flat whatever the bytes.
-MAX_LINE_BYTES = 1 << 16
 
 
 @dataclasses.dataclass
@@ -2596,14 +2643,8 @@ def window_start(f: BinaryIO, target: float, now: float) -> int:
 
 
 ###############################################################################
-# The file source: survey, plan the spans (pure), read them ###################
+# Sources: the file source: survey, plan the spans (pure), read them ##########
 ###############################################################################
-
-# Where a plain file's reading begins when the grace window is read again
-# (first run, --reprocess, the old file gone): where its lines reach the
-# window, less an hour for lines logged out of order.
-WINDOW_MARGIN = 3600
-
 
 class Start(enum.Enum):
     """Where a span's reading begins."""
@@ -2871,20 +2912,6 @@ def plan_spans(saved: LogState | None, log: LogFile, rotated: Sequence[LogFile],
     return spans, None
 
 
-class Source(Protocol):
-    """Where log lines come from: the log file (FileSource) or the journal.
-
-    Iterating yields candidate lines, latin-1 text without the newline, in
-    log order (lines that cannot be a login may be left out); ``lines_read``
-    counts every line read; state() is what to commit once the map holding
-    their logins is durable.
-    """
-    lines_read: int
-
-    def __iter__(self) -> Iterator[str]: ...
-    def state(self) -> object: ...
-
-
 class FileSource:
     """Every log line written since the saved state (see plan_spans), read
     in blocks through one pre-filter, whatever the span: the grown log, the
@@ -2899,7 +2926,7 @@ class FileSource:
     """
 
     def __init__(self, logfile: str, saved: LogState | None, cutoff: float,
-                 warn=lambda msg: None, keywords: Sequence[bytes] = (),
+                 warn=lambda msg: None, anchors: Sequence[bytes] = (),
                  now: float | None = None, rotated_dirs: Sequence[str] = ()):
         handles: dict[str, BinaryIO] = {}
         try:
@@ -2922,21 +2949,21 @@ class FileSource:
             raise
         if warning:
             warn(warning)
-        self._setup(spans, files, handles, warn, keywords,
+        self._setup(spans, files, handles, warn, anchors,
                     None if now is None else (cutoff - WINDOW_MARGIN, now))
 
     @classmethod
     def from_spans(cls, spans: Sequence[Span], files: dict[str, LogFile],
-                   keywords: Sequence[bytes] = ()) -> "FileSource":
+                   anchors: Sequence[bytes] = ()) -> "FileSource":
         self = cls.__new__(cls)
         handles: dict[str, BinaryIO] = {}
         for span in spans:
             handles[span.path] = open_regular(span.path)
-        self._setup(list(spans), files, handles, lambda msg: None, keywords, None)
+        self._setup(list(spans), files, handles, lambda msg: None, anchors, None)
         return self
 
-    def _setup(self, spans, files, handles, warn, keywords, window) -> None:
-        self.spans, self.files, self.keywords = spans, files, tuple(keywords)
+    def _setup(self, spans, files, handles, warn, anchors, window) -> None:
+        self.spans, self.files, self.anchors = spans, files, tuple(anchors)
         self.lines_read = 0
         self.marks: list[Offset] = []
         self.stats = ReadStats()
@@ -2977,7 +3004,7 @@ class FileSource:
                 # The span ends where the survey found the file's end.
                 reader = SpanReader(raw.fileno(), pos, log.size)
                 with contextlib.ExitStack() as stack:
-                    found = grep_lines(raw.fileno(), pos, self.keywords)
+                    found = grep_lines(raw.fileno(), pos, self.anchors)
                     if found:
                         stack.enter_context(found)
                     for block, pos in complete_blocks(reader, pos, False, self.stats):
@@ -3004,7 +3031,7 @@ class FileSource:
                 for block, found in self._blocks(span):
                     self.lines_read += block.count(b"\n")
                     lines = (found if found is not None
-                             else candidate_lines(block, self.keywords) if self.keywords
+                             else candidate_lines(block, self.anchors) if self.anchors
                              else block[:-1].split(b"\n"))
                     for line in lines:
                         if len(line) > MAX_LINE_BYTES:
@@ -3035,8 +3062,9 @@ def decode(line: str) -> str:
 
 
 ###############################################################################
-# The systemd journal: trusted senders, read by cursor ########################
+# Sources: the systemd journal: trusted senders, read by cursor ###############
 ###############################################################################
+
 # A syslog line's tag and PID (SYSLOG_IDENTIFIER, SYSLOG_PID) are the sender's
 # own word: `logger -t dovecot` by any local user writes one. journald adds
 # fields from the sender's kernel credentials, which the sender cannot set:
@@ -3046,16 +3074,19 @@ def decode(line: str) -> str:
 # prctl(PR_SET_NAME). So an entry counts only when the pattern for its
 # identifier names the executable it came from, and the user it ran as.
 
+
 # What a run asks journalctl for (--output-fields; __CURSOR and
 # __REALTIME_TIMESTAMP always come with the export format).
 JOURNAL_FIELDS = ("MESSAGE", "SYSLOG_IDENTIFIER", "SYSLOG_PID", "_PID", "_UID", "_EXE",
                   "_SYSTEMD_UNIT", "_HOSTNAME")
+
 # Where journald keeps the system journal: persistent, then volatile storage.
 JOURNAL_DIRS = ("/var/log/journal", "/run/log/journal")
 _CURSOR = re.compile(r"s=[0-9a-f]{32};i=[0-9a-f]+;b=[0-9a-f]{32};m=[0-9a-f]+;t=[0-9a-f]+;x=[0-9a-f]+")
 _JOURNAL_MATCH = re.compile(r"[A-Z0-9_]+=[^\n]*")             # journalctl(1) MATCHES
 _TAG_TEXT = re.compile(r"[^\s\[\]:]+")                         # what _TAG reads back
 _HOST_UNSAFE = re.compile(r"[\s\[\]:<]")
+
 # Every control character but TAB becomes "?", so that one entry is one line
 # and nothing in a MESSAGE can start a line of its own.
 _CONTROLS = bytes(range(256)).translate(
@@ -3142,29 +3173,6 @@ def export_entries(stream: BinaryIO) -> Iterator[dict[bytes, bytes]]:
             read(1)
     if fields:
         yield fields
-
-
-def load_cursor(path: str) -> tuple[str | None, str | None]:
-    """The committed cursor, or (None, warning) when it cannot be trusted."""
-    try:
-        data = json.loads(Path(path).read_text(errors="replace"))
-    except FileNotFoundError:
-        return None, None
-    except OSError as e:
-        return None, f"cannot read cursor file {path}: {e.strerror}"
-    except ValueError:
-        data = None
-    cursor = data.get("cursor") if isinstance(data, dict) else None
-    if cursor is None and isinstance(data, dict) and "cursor" in data:
-        return None, None
-    if not isinstance(cursor, str) or not _CURSOR.fullmatch(cursor):
-        return None, f"cursor file {path} is corrupt; re-reading the grace window"
-    return cursor, None
-
-
-def cursor_text(directory: str | None, cursor: str | None) -> str:
-    return json.dumps({"journal": directory and os.path.abspath(directory),
-                       "cursor": cursor}) + "\n"
 
 
 def journal_files(directory: str) -> list[str]:
@@ -3345,11 +3353,13 @@ def open_journal(opts: "Options", patterns: Sequence[Pattern], now: float, say: 
 ###############################################################################
 # Settings: every option, declared once #######################################
 ###############################################################################
+
 # Each field of Options is a command-line option: opt() gives the field its
 # click declaration, and the option groups below put them on the command.
 # A setting also comes from the config file (keys named like the long
 # options) and from PBSMTP_* variables (see option_envvars); an action only
 # from the command line.
+
 
 def _source(ctx: click.Context, param: click.Parameter) -> str:
     """Where a bad value came from, when that was the config file."""
@@ -3376,12 +3386,6 @@ def _positive_int(what: str, zero: str | None = None):
                                        f"(a hundred years), not {_short(value)}")
         return int(text)
     return check
-
-
-# A hundred years: more than any grace window or lock bound (a test may
-# accept decades-old sample lines), and far from the limits of time
-# arithmetic and of int().
-MAX_SECONDS = 100 * 366 * 86400
 
 
 def _short(value: object, limit: int = 40) -> str:
@@ -3681,74 +3685,125 @@ mode_options = option_group("mode")
 site_options = option_group("site")
 store_options = option_group("store")
 
-
-###############################################################################
-# The run #####################################################################
-###############################################################################
-
-@dataclasses.dataclass
-class Summary:
-    lines: int = 0
-    logins: int = 0
-    added: int = 0
-    refreshed: int = 0
-    expired: int = 0
-    active: int = 0
-    sessions: int = 0            # sessions open after the run
-    locked_out: bool = False     # another run held the lock
-
-    def line(self) -> str:
-        if self.locked_out:
-            return "pbsmtp-batch: another run holds the lock; nothing done"
-        return (f"pbsmtp-batch: {self.lines} lines read, {self.logins} logins, "
-                f"{self.added} added, {self.refreshed} refreshed, "
-                f"{self.expired} expired, {self.active} active")
+# Settings whose value is a number of seconds.
+_SECONDS = ("grace", "lock_timeout", "grant_for", "revoke_for", "max_session")
 
 
-def check_private(path: str, st: os.stat_result, what: str) -> None:
-    """Refuse a state directory or file that someone else could have
-    written: it must belong to the user running pbsmtp-batch and be neither
-    group- nor world-writable (OpenSSH's StrictModes, ``postfix check``)."""
-    if st.st_uid != os.geteuid():
-        raise PbsmtpError(f"{what} {path} belongs to uid {st.st_uid}, not to the user "
-                          f"running pbsmtp-batch (uid {os.geteuid()}): not trusted")
-    if st.st_mode & 0o022:
-        raise PbsmtpError(f"{what} {path} is group- or world-writable "
-                          f"(mode {stat.S_IMODE(st.st_mode):04o}): not trusted; "
-                          f"chmod go-w it")
+def _config_type(param: click.Parameter) -> tuple[type, str]:
+    """What a config-file value of this option must be, and how to say it."""
+    if param.is_flag or isinstance(param.type, click.types.BoolParamType):
+        return bool, "true or false (no quotes)"
+    if param.multiple:
+        return list, 'a list of strings, e.g. ["..."]'
+    if param.name in _SECONDS:
+        return int, "a whole number of seconds (no quotes)"
+    return str, 'a string in quotes'
 
 
-def open_state_file(path: str, flags: int = os.O_RDONLY, mode: int = 0o600) -> int | None:
-    """Open a file of the state directory without following a symbolic link
-    and check that it is a regular file of ours; None when it is absent
-    (and not created)."""
-    try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
-    except FileNotFoundError:
+# The classic daemon's config is Perl (pop-before-smtp-conf.pl). None of these
+# lines can be TOML, so a match is a Perl file, not a TOML syntax error.
+_PERL_CONFIG = re.compile(
+    r"\A#!.*\bperl\b"
+    r"|^\s*(?:use|require|no)\s+[A-Za-z][\w:]*[^=\n]*;"
+    r"|^\s*(?:my\s+|our\s+|local\s+)?[$@%][A-Za-z_]\w*(?:\{[^}\n]*\})?\s*[.|]?=[^=]"
+    r"|^\s*sub\s+\w+\s*(?:\{|$)",
+    re.MULTILINE)
+MIGRATION_SECTION = 'the README, "Migrating from the Perl pop-before-smtp"'
+
+
+def _config_callback(ctx: click.Context, param: click.Parameter, value: str | None):
+    """Load the config file (TOML, keys named like the long options) into
+    click's default_map, so that the command line and PBSMTP_* variables
+    still win over it."""
+    path = value or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    ctx.meta["pbsmtp.config"] = path
+    if path is None:
         return None
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as e:
-        if os.path.islink(path):
-            raise PbsmtpError(f"state file {path} is a symbolic link: not trusted") from None
-        raise PbsmtpError(f"cannot open state file {path}: {e.strerror}") from None
+        raise click.ClickException(f"cannot read config file {path}: {e.strerror}")
+    if _PERL_CONFIG.search(raw.decode("utf-8", "replace")):
+        raise click.ClickException(
+            f"config file {path} is the classic pop-before-smtp Perl config "
+            f"(pop-before-smtp-conf.pl); pbsmtp-batch reads TOML: see {MIGRATION_SECTION}")
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise PbsmtpError(f"state file {path} is not a regular file: not trusted")
-        check_private(path, st, "state file")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        data = tomllib.loads(raw.decode("utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise click.ClickException(f"config file {path}: {e}")
+    except UnicodeDecodeError:
+        raise click.ClickException(f"config file {path} is not UTF-8 text (TOML must be)")
+    # Keys are the long option names; "nowrite = true" works like --nowrite.
+    names, params = {}, {}
+    for param in ctx.command.params:
+        if isinstance(param, click.Option) and param.name not in (
+                "config", "now", "version", *BY_HAND_ACTIONS):
+            names.update({o.lstrip("-"): (param.name, True) for o in param.opts if o[:2] == "--"})
+            names.update({o.lstrip("-"): (param.name, False) for o in param.secondary_opts})
+            params[param.name] = param
+    default_map = {}
+    for key, val in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise click.ClickException(f"config file {path}: unknown setting '{key}'{hint}")
+        name, positive = names[key]
+        kind, expected = _config_type(params[name])
+        if not isinstance(val, kind) or (kind is int and isinstance(val, bool)) or (
+                kind is list and not all(isinstance(v, str) for v in val)):
+            raise click.ClickException(f"config file {path}: '{key}' must be {expected}, "
+                                       f"not {val!r}")
+        default_map[name] = val if positive else not val
+    ctx.default_map = {**(ctx.default_map or {}), **default_map}
+    # Which key of the file gave each setting, for errors about its value.
+    ctx.meta["pbsmtp.config_keys"] = {name: key for key, (name, _) in names.items()
+                                      if key in data}
+    return path
 
 
-def read_state_file(path: str) -> str | None:
-    """A state file's text (see open_state_file); None when it is absent."""
-    fd = open_state_file(path)
-    if fd is None:
+def _now(ctx, param, value):
+    if value is None:
         return None
-    with os.fdopen(fd, "rb") as f:
-        return f.read().decode("utf-8", "replace")
+    try:
+        return float(value)
+    except ValueError:
+        raise click.ClickException(f"--now {value!r} is not an epoch time")
 
+
+def _no_daemon(ctx, param, value):
+    if value is not None:
+        raise click.UsageError(
+            f"--daemon={value}: pbsmtp-batch is not a daemon; each run does one pass and "
+            f"exits. Start it from cron (cron.d/pbsmtp-batch) or with the systemd path unit "
+            f"(systemd/pbsmtp-batch.path): see the README, \"Cron mode or path mode\"", ctx)
+    return value
+
+
+# Options that say what to do in this invocation, not how runs behave (see
+# opt): not read from PBSMTP_* variables, not listed by --dumpconfig.
+ACTIONS = (*(f.name for f in dataclasses.fields(Options) if f.metadata["action"]),
+           "daemon", "now", "version", "help")
+
+# Those that look at or change one address, or check Postfix, are not keys of
+# the config file either: a grant there would be made again by every run.
+BY_HAND_ACTIONS = ("explain_ip", "grant", "revoke", "postfix_check")
+
+
+def option_envvars(param: click.Parameter, prefix: str = "PBSMTP") -> list[str]:
+    """The environment variables an option is read from (none for actions)."""
+    if not isinstance(param, click.Option) or param.name in ACTIONS:
+        return []
+    if param.envvar:
+        return [param.envvar] if isinstance(param.envvar, str) else list(param.envvar)
+    if not param.allow_from_autoenv:
+        return []
+    return [f"{prefix}_{param.name.upper()}"]
+
+
+###############################################################################
+# Run state: the state directory and its files ################################
+###############################################################################
 
 @dataclasses.dataclass(frozen=True)
 class SourceFiles:
@@ -3860,98 +3915,152 @@ def ensure_state_dir(state_dir: str) -> None:
         raise PbsmtpError(f"cannot write state directory {state_dir}")
 
 
-def postfix_not_configured(config_dir: str | None) -> str | None:
-    """Why Postfix's tools cannot read their configuration (None: they can).
-
-    A Debian machine where postfix was installed with "No configuration" has
-    no main.cf, and every postconf and postmap call then fails."""
-    main_cf = os.path.join(config_dir or "/etc/postfix", "main.cf")
-    if os.path.isfile(main_cf):
-        return None
-    return (f"Postfix is not configured: {main_cf} does not exist (Debian: "
-            f"dpkg-reconfigure postfix; or name the instance with --postfix-config=DIR)")
+def offset_path(state_dir: str, logfile: str) -> str:
+    """The offset file of a log (see StateDir)."""
+    return StateDir(state_dir).log(logfile).offset
 
 
-def read_mynetworks(config_dir: str | None, say: Say, required: bool = True
-                    ) -> list[tuple[bool, Network]]:
-    """Postfix's mynetworks. A host that feeds another MTA's table, or a
-    shared one, may have no Postfix at all, and a dry run may come before
-    Postfix is configured: then there is none to read (``say`` tells), and
-    leaving nothing out is harmless, since mynetworks relays anyway."""
+def _offset(data: object) -> Offset:
+    if not isinstance(data, dict):
+        raise TypeError("not an object")
+    mark = Offset(int(data["inode"]), int(data["offset"]), str(data.get("fingerprint", "")),
+                  int(data.get("length", 0)))
+    if min(mark.inode, mark.offset, mark.length) < 0:
+        raise ValueError("negative")
+    return mark
+
+
+def load_offset(path: str) -> tuple[LogState | None, str | None]:
+    """The committed state, or (None, warning) when it cannot be trusted.
+
+    Our format is JSON. pygtail's and logtail's two-line "inode\\noffset"
+    file is accepted too, so that switching from them resumes in place.
+    """
     try:
-        find_tool("postconf")
-        problem = postfix_not_configured(config_dir)
-        if problem:
-            raise PbsmtpError(problem)
-        value = postconf("mynetworks", config_dir)
-    except PbsmtpError as e:
-        if required:
-            raise
-        say(f"mynetworks is unknown, so it is not left out ({e}); --ignore-net still applies")
-        return []
-    nets, notes = parse_mynetworks(value)
-    for note in notes:
-        say(note)
-    return nets
+        text = read_state_file(path)
+    except OSError as e:
+        return None, f"cannot read offset file {path}: {e.strerror}"
+    if text is None:
+        return None, None
+    try:
+        data = json.loads(text)
+        previous = data.get("previous")
+        return LogState(_offset(data), _offset(previous) if previous else None), None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        parts = text.split()
+        if len(parts) == 2 and all(p.isdigit() for p in parts):
+            return LogState(Offset(int(parts[0]), int(parts[1]))), None
+    return None, f"offset file {path} is corrupt; re-reading the grace window"
 
 
-def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
-                   mynetworks: Sequence[tuple[bool, Network]], opts: Options, now: float,
-                   summary: Summary, say: Say, pending: Pending | None = None,
-                   events: list[Login | SessionEnd] | None = None) -> list[Login]:
-    """The logins in these lines that may go into the map. With ``events``,
-    also the logins that open a session (even if older than the grace
-    window, while younger than --max-session) and the session ends, in log
-    order, for pair_sessions."""
-    logins, exclusions = [], {}
-    patterns = tuple(patterns)       # once: the matchers' caches are keyed by it
-    talk = say is not quiet          # a quiet run formats no message per login
-    for raw in lines:
-        line = decode(raw)
-        login, reason = match_login(line, patterns, now, pending)
-        if reason:
-            say(f"ignored: {reason}: {line}")
-        if login is None:
-            if events is not None and reason is None:
-                end, reason = match_logout(line, patterns, now)
-                if reason:
-                    say(f"ignored: {reason}: {line}")
-                if end is not None:
-                    events.append(end)
-            continue
-        opens = events is not None and login.session is not None
-        # The cheap check first: in a first run or --reprocess most logins
-        # found are older than the window, and need no network lookup.
-        old = login.when < now - opts.grace
-        if old and not (opens and login.when > now - opts.max_session):
-            if talk:
-                say(f"skipped {login.ip} ({login.pattern}): login at "
-                    f"{human_time(login.when, now)} is older than the grace window")
-            continue
-        if login.ip not in exclusions:
-            exclusions[login.ip] = excluded_reason(login.ip, mynetworks, opts.ignore_nets,
-                                                   opts.ipv6_shared_keys)
-        why = exclusions[login.ip]
-        if why:
-            say(f"skipped {login.ip} ({login.pattern}): {why}")
-            if opens:
-                # Its key is taken (a process serves one client at a time):
-                # the session there ends, though this login opens none.
-                events.append(SessionEnd(login.session, login.when))
-            continue
-        if opens:
-            events.append(login)
-        if old:
-            if talk:
-                say(f"session of {login.ip} ({login.pattern}) opened at "
-                    f"{human_time(login.when, now)}: older than the grace window")
-            continue
-        if talk:
-            say(f"login {login.ip} user={login.user} at "
-                f"{human_time(login.when, now, opts.grace)} ({login.pattern})")
-        summary.logins += 1
-        logins.append(login)
-    return logins
+def offset_text(logfile: str, state: LogState) -> str:
+    data = {"log": os.path.abspath(logfile), **dataclasses.asdict(state.current),
+            "previous": state.previous and dataclasses.asdict(state.previous)}
+    return json.dumps(data) + "\n"
+
+
+def load_pending(path: str, now: float) -> Pending:
+    """Address lines of two-line servers still waiting for their success
+    line; a missing or unreadable file just means none."""
+    try:
+        rows = json.loads(read_state_file(path) or "[]")
+        pending = {(str(h), str(p), str(i)): (str(ip), int(t)) for h, p, i, ip, t in rows}
+    except (OSError, ValueError, TypeError):
+        return {}
+    return trim_pending({k: v for k, v in pending.items() if normalise_ip(v[0]) == v[0]}, now)
+
+
+def pending_text(pending: Pending) -> str:
+    return json.dumps([[*key, ip, when] for key, (ip, when) in sorted(pending.items())]) + "\n"
+
+
+def load_sessions(path: str) -> tuple[dict[SessionKey, Session], str | None]:
+    """The open sessions the last run left, and a warning if the file was
+    there but unusable (then none are open: their addresses expire a grace
+    window after their last refresh, as without sessions)."""
+    try:
+        text = read_state_file(path)
+    except OSError as e:
+        return {}, f"cannot read {path}: {e.strerror}; open sessions forgotten"
+    if text is None:
+        return {}, None
+    try:
+        sessions = {}
+        for row in json.loads(text):
+            key = tuple(str(k) for k in row["key"])
+            ip, user = str(row["ip"]), row["user"]
+            if len(key) != 4 or normalise_ip(ip) != ip or not isinstance(user, (str, type(None))):
+                raise ValueError(row)
+            sessions[key] = Session(key, ip, user, int(row["start"]), int(row["seen"]))
+    except (ValueError, TypeError, KeyError):
+        return {}, f"{path} is damaged; open sessions forgotten"
+    return sessions, None
+
+
+def sessions_text(sessions: Mapping[SessionKey, Session]) -> str:
+    return json.dumps([{"key": list(s.key), "ip": s.ip, "user": s.user, "start": s.start,
+                        "seen": s.seen} for _, s in sorted(sessions.items())]) + "\n"
+
+
+def load_cursor(path: str) -> tuple[str | None, str | None]:
+    """The committed cursor, or (None, warning) when it cannot be trusted."""
+    try:
+        data = json.loads(Path(path).read_text(errors="replace"))
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        return None, f"cannot read cursor file {path}: {e.strerror}"
+    except ValueError:
+        data = None
+    cursor = data.get("cursor") if isinstance(data, dict) else None
+    if cursor is None and isinstance(data, dict) and "cursor" in data:
+        return None, None
+    if not isinstance(cursor, str) or not _CURSOR.fullmatch(cursor):
+        return None, f"cursor file {path} is corrupt; re-reading the grace window"
+    return cursor, None
+
+
+def cursor_text(directory: str | None, cursor: str | None) -> str:
+    return json.dumps({"journal": directory and os.path.abspath(directory),
+                       "cursor": cursor}) + "\n"
+
+
+def _by_hand(data: object) -> ByHand:
+    if not isinstance(data, dict):
+        raise TypeError("not an object")
+    until = data.get("until")
+    record = ByHand(int(data["at"]), None if until is None else int(until), str(data["by"]))
+    if record.at < 0 or (record.until is not None and record.until < record.at):
+        raise ValueError("times out of order")
+    return record
+
+
+def load_manual(path: str) -> tuple[Manual, str | None]:
+    """The grants and revocations kept in the state directory, or (empty,
+    why) when the file cannot be trusted. Keys must be addresses as the map
+    holds them."""
+    try:
+        text = read_state_file(path)
+    except OSError as e:
+        return Manual(), f"cannot read {path}: {e.strerror}"
+    if text is None:
+        return Manual(), None
+    try:
+        data = json.loads(text)
+        manual = Manual({k: _by_hand(v) for k, v in data["grants"].items()},
+                        {k: _by_hand(v) for k, v in data["revokes"].items()})
+        if all(normalise_ip(ip) == ip for ip in [*manual.grants, *manual.revokes]):
+            return manual, None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        pass
+    return Manual(), f"{path} (the grants and revocations made by hand) is corrupt"
+
+
+def manual_text(manual: Manual) -> str:
+    return json.dumps({"grants": {ip: dataclasses.asdict(g) for ip, g in
+                                  sorted(manual.grants.items())},
+                       "revokes": {ip: dataclasses.asdict(r) for ip, r in
+                                   sorted(manual.revokes.items())}}, indent=1) + "\n"
 
 
 def load_map_cache(path: str) -> dict | None:
@@ -3989,9 +4098,6 @@ def save_map_cache(path: str, store: Store, plan: Plan, grace: int,
 # due. So every key of the map has a line with its value, and no address
 # leaves the map without its line coming due.
 ENTRIES_FORMAT = 2
-# Below this many entries, reading the whole cache costs less than the
-# postmap -q that merge_update needs to look up the changing keys.
-UPDATE_IN_PLACE_MIN = 10000
 
 
 @dataclasses.dataclass
@@ -4142,6 +4248,123 @@ def save_entries(path: str, store: Store, plan: Plan, body: str | None = None) -
         write_atomically(path, header + "\n" + body)
 
 
+###############################################################################
+# The run #####################################################################
+###############################################################################
+
+@dataclasses.dataclass
+class Summary:
+    lines: int = 0
+    logins: int = 0
+    added: int = 0
+    refreshed: int = 0
+    expired: int = 0
+    active: int = 0
+    sessions: int = 0            # sessions open after the run
+    locked_out: bool = False     # another run held the lock
+
+    def line(self) -> str:
+        if self.locked_out:
+            return "pbsmtp-batch: another run holds the lock; nothing done"
+        return (f"pbsmtp-batch: {self.lines} lines read, {self.logins} logins, "
+                f"{self.added} added, {self.refreshed} refreshed, "
+                f"{self.expired} expired, {self.active} active")
+
+
+def postfix_not_configured(config_dir: str | None) -> str | None:
+    """Why Postfix's tools cannot read their configuration (None: they can).
+
+    A Debian machine where postfix was installed with "No configuration" has
+    no main.cf, and every postconf and postmap call then fails."""
+    main_cf = os.path.join(config_dir or "/etc/postfix", "main.cf")
+    if os.path.isfile(main_cf):
+        return None
+    return (f"Postfix is not configured: {main_cf} does not exist (Debian: "
+            f"dpkg-reconfigure postfix; or name the instance with --postfix-config=DIR)")
+
+
+def read_mynetworks(config_dir: str | None, say: Say, required: bool = True
+                    ) -> list[tuple[bool, Network]]:
+    """Postfix's mynetworks. A host that feeds another MTA's table, or a
+    shared one, may have no Postfix at all, and a dry run may come before
+    Postfix is configured: then there is none to read (``say`` tells), and
+    leaving nothing out is harmless, since mynetworks relays anyway."""
+    try:
+        find_tool("postconf")
+        problem = postfix_not_configured(config_dir)
+        if problem:
+            raise PbsmtpError(problem)
+        value = postconf("mynetworks", config_dir)
+    except PbsmtpError as e:
+        if required:
+            raise
+        say(f"mynetworks is unknown, so it is not left out ({e}); --ignore-net still applies")
+        return []
+    nets, notes = parse_mynetworks(value)
+    for note in notes:
+        say(note)
+    return nets
+
+
+def collect_logins(lines: Iterable[str], patterns: Sequence[Pattern],
+                   mynetworks: Sequence[tuple[bool, Network]], opts: Options, now: float,
+                   summary: Summary, say: Say, pending: Pending | None = None,
+                   events: list[Login | SessionEnd] | None = None) -> list[Login]:
+    """The logins in these lines that may go into the map. With ``events``,
+    also the logins that open a session (even if older than the grace
+    window, while younger than --max-session) and the session ends, in log
+    order, for pair_sessions."""
+    logins, exclusions = [], {}
+    patterns = tuple(patterns)       # once: the matchers' caches are keyed by it
+    talk = say is not quiet          # a quiet run formats no message per login
+    for raw in lines:
+        line = decode(raw)
+        login, reason = match_login(line, patterns, now, pending)
+        if reason:
+            say(f"ignored: {reason}: {line}")
+        if login is None:
+            if events is not None and reason is None:
+                end, reason = match_logout(line, patterns, now)
+                if reason:
+                    say(f"ignored: {reason}: {line}")
+                if end is not None:
+                    events.append(end)
+            continue
+        opens = events is not None and login.session is not None
+        # The cheap check first: in a first run or --reprocess most logins
+        # found are older than the window, and need no network lookup.
+        old = login.when < now - opts.grace
+        if old and not (opens and login.when > now - opts.max_session):
+            if talk:
+                say(f"skipped {login.ip} ({login.pattern}): login at "
+                    f"{human_time(login.when, now)} is older than the grace window")
+            continue
+        if login.ip not in exclusions:
+            exclusions[login.ip] = excluded_reason(login.ip, mynetworks, opts.ignore_nets,
+                                                   opts.ipv6_shared_keys)
+        why = exclusions[login.ip]
+        if why:
+            say(f"skipped {login.ip} ({login.pattern}): {why}")
+            if opens:
+                # Its key is taken (a process serves one client at a time):
+                # the session there ends, though this login opens none.
+                events.append(SessionEnd(login.session, login.when))
+            continue
+        if opens:
+            events.append(login)
+        if old:
+            if talk:
+                say(f"session of {login.ip} ({login.pattern}) opened at "
+                    f"{human_time(login.when, now)}: older than the grace window")
+            continue
+        if talk:
+            say(f"login {login.ip} user={login.user} at "
+                f"{human_time(login.when, now, opts.grace)} ({login.pattern})")
+        summary.logins += 1
+        logins.append(login)
+    return logins
+
+
 def publish_with_state(store: Store, plan: Plan, warn: Say,
                        staged: Sequence[tuple[str, str]]) -> None:
     """Write the map, then the state: the state files are staged first, so a
@@ -4168,44 +4391,6 @@ def publish_with_state(store: Store, plan: Plan, warn: Say,
         for tmp, _ in tmps:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-
-
-def _by_hand(data: object) -> ByHand:
-    if not isinstance(data, dict):
-        raise TypeError("not an object")
-    until = data.get("until")
-    record = ByHand(int(data["at"]), None if until is None else int(until), str(data["by"]))
-    if record.at < 0 or (record.until is not None and record.until < record.at):
-        raise ValueError("times out of order")
-    return record
-
-
-def load_manual(path: str) -> tuple[Manual, str | None]:
-    """The grants and revocations kept in the state directory, or (empty,
-    why) when the file cannot be trusted. Keys must be addresses as the map
-    holds them."""
-    try:
-        text = read_state_file(path)
-    except OSError as e:
-        return Manual(), f"cannot read {path}: {e.strerror}"
-    if text is None:
-        return Manual(), None
-    try:
-        data = json.loads(text)
-        manual = Manual({k: _by_hand(v) for k, v in data["grants"].items()},
-                        {k: _by_hand(v) for k, v in data["revokes"].items()})
-        if all(normalise_ip(ip) == ip for ip in [*manual.grants, *manual.revokes]):
-            return manual, None
-    except (ValueError, TypeError, KeyError, AttributeError):
-        pass
-    return Manual(), f"{path} (the grants and revocations made by hand) is corrupt"
-
-
-def manual_text(manual: Manual) -> str:
-    return json.dumps({"grants": {ip: dataclasses.asdict(g) for ip, g in
-                                  sorted(manual.grants.items())},
-                       "revokes": {ip: dataclasses.asdict(r) for ip, r in
-                                   sorted(manual.revokes.items())}}, indent=1) + "\n"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -4300,7 +4485,7 @@ def run(opts: Options, now: float | None = None, say: Say = quiet, warn: Say = q
         with log_read_errors(opts.logfile):
             if not opts.journal:
                 source = FileSource(opts.logfile, saved, now - opts.grace, warn,
-                                    keywords=pattern_anchors(patterns), now=now,
+                                    anchors=pattern_anchors(patterns), now=now,
                                     rotated_dirs=opts.rotated_dirs)
             pending = load_pending(files.pending, now) if saved else {}
             events: list[Login | SessionEnd] | None = [] if opts.max_session else None
@@ -4613,17 +4798,8 @@ def open_sessions(opts: Options, warn: Say) -> list[Session]:
 
 
 ###############################################################################
-# The support desk: --explain, --grant, --revoke ##############################
+# The support desk: --explain, --grant, --revoke, --check-postfix #############
 ###############################################################################
-
-# --explain reads this much of the log before the grace window too, so that
-# a login that has just aged out is shown as "too old", not as nothing.
-EXPLAIN_LOOKBACK = 86400
-# How many of the address's last login lines, and refused lines, it shows.
-EXPLAIN_LINES = 5
-# How long --grant and --revoke wait for a run that holds the lock.
-MANUAL_LOCK_PATIENCE = 30.0
-
 
 def invoking_user(environ: Mapping[str, str] = os.environ) -> str:
     """Who ran this, for the record: the user sudo was run by, else the
@@ -4738,7 +4914,7 @@ def explain_lines(opts: Options, patterns: Sequence[Pattern], ip: str, now: floa
         if not os.path.isfile(opts.logfile) or not os.access(opts.logfile, os.R_OK):
             reason = "does not exist" if not os.path.exists(opts.logfile) else "cannot be read"
             raise PbsmtpError(f"log {opts.logfile} {reason}")
-        source = FileSource(opts.logfile, None, since, warn, keywords=pattern_anchors(patterns),
+        source = FileSource(opts.logfile, None, since, warn, anchors=pattern_anchors(patterns),
                             now=now, rotated_dirs=opts.rotated_dirs)
     logins: list[tuple[Login, str]] = []
     pending: Pending = {}
@@ -5020,10 +5196,37 @@ def check_postfix(opts: Options) -> list[Finding]:
 # The pattern tester ##########################################################
 ###############################################################################
 
+def match_sample(sample: Sample, patterns: Sequence[Pattern], now: float
+                 ) -> tuple[Login | None, str | None]:
+    """match_login for a pattern file's sample, after its earlier lines."""
+    pending: Pending = {}
+    for line in sample.before:
+        match_login(line, patterns, now, pending)
+    return match_login(sample.line, patterns, now, pending)
+
+
+# Sample lines may be years old: their sessions may last that long.
+MAX_SESSION_SAMPLES = 100 * 366 * 86400
+
+
+def match_logout_sample(sample: Sample, patterns: Sequence[Pattern], now: float) -> str | None:
+    """The session id a [[logout.sample]] ends: after the login lines in its
+    ``before``, the id of the session that pairing really ended (so the
+    whole key counts); without them, the id the line names."""
+    end, _ = match_logout(sample.line, patterns, now)
+    if end is None or not sample.before:
+        return end and end.key[3]
+    logins = [login for login, _ in (match_login(b, patterns, now) for b in sample.before)
+              if login is not None and login.session is not None]
+    plan = pair_sessions({}, [*logins, end], end.when, 1, MAX_SESSION_SAMPLES)
+    return next((s.key[3] for s, _, why in plan.ended if why == "logout"), None)
+
+
 # What a login line tends to say, for lines that no pattern matched: a login
 # word and an address. Lines that say why a login failed are left out.
 _LOGINISH = re.compile(r"(?i)\b(?:log(?:ged)?[ -]?in|auth\w*|user=)")
 _ADDRESSISH = re.compile(r"[0-9A-Fa-f:.]{2,}")
+
 # Dovecot 2.4's auth process logs a refused name verbatim: "Username character
 # disallowed by auth_username_chars ... (username: x, rip=...)".
 _FAILURE = re.compile(r"(?i)fail|fatal|invalid|denied|mismatch|unknown user|not found|abort|"
@@ -5080,10 +5283,6 @@ class PatternReport:
                 "sample_failures": list(failures)}
 
 
-# How many lines without a time --check-patterns keeps as examples.
-UNTIMED_EXAMPLES = 5
-
-
 def check_log(lines: Iterable[str], patterns: Sequence[Pattern], now: float) -> PatternReport:
     """What the patterns find in a log, and what looks like a login but
     matched nothing (to be read by a person: a heuristic, not a verdict)."""
@@ -5124,17 +5323,6 @@ def check_journal_patterns(opts: Options, patterns: Sequence[Pattern], now: floa
     return report
 
 
-# C0 controls, DEL and C1 controls (U+009B is a one-character CSI on many
-# terminals; rsyslog does not escape it in UTF-8 text).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def printable(text: str) -> str:
-    """A log line made safe to print on a terminal: control characters as
-    \\xNN."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
 def print_pattern_report(report: PatternReport, failures: Sequence[str],
                          shown: int | None = 20, echo: Say = print, every_pattern: bool = False
                          ) -> None:
@@ -5164,142 +5352,6 @@ def print_pattern_report(report: PatternReport, failures: Sequence[str],
 ###############################################################################
 # The command line ############################################################
 ###############################################################################
-
-# The classic daemon's config is Perl (pop-before-smtp-conf.pl). None of these
-# lines can be TOML, so a match is a Perl file, not a TOML syntax error.
-_PERL_CONFIG = re.compile(
-    r"\A#!.*\bperl\b"
-    r"|^\s*(?:use|require|no)\s+[A-Za-z][\w:]*[^=\n]*;"
-    r"|^\s*(?:my\s+|our\s+|local\s+)?[$@%][A-Za-z_]\w*(?:\{[^}\n]*\})?\s*[.|]?=[^=]"
-    r"|^\s*sub\s+\w+\s*(?:\{|$)",
-    re.MULTILINE)
-MIGRATION_SECTION = 'the README, "Migrating from the Perl pop-before-smtp"'
-
-
-def _config_callback(ctx: click.Context, param: click.Parameter, value: str | None):
-    """Load the config file (TOML, keys named like the long options) into
-    click's default_map, so that the command line and PBSMTP_* variables
-    still win over it."""
-    path = value or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
-    ctx.meta["pbsmtp.config"] = path
-    if path is None:
-        return None
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise click.ClickException(f"cannot read config file {path}: {e.strerror}")
-    if _PERL_CONFIG.search(raw.decode("utf-8", "replace")):
-        raise click.ClickException(
-            f"config file {path} is the classic pop-before-smtp Perl config "
-            f"(pop-before-smtp-conf.pl); pbsmtp-batch reads TOML: see {MIGRATION_SECTION}")
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise click.ClickException(f"config file {path}: {e}")
-    except UnicodeDecodeError:
-        raise click.ClickException(f"config file {path} is not UTF-8 text (TOML must be)")
-    # Keys are the long option names; "nowrite = true" works like --nowrite.
-    names, params = {}, {}
-    for param in ctx.command.params:
-        if isinstance(param, click.Option) and param.name not in (
-                "config", "now", "version", *BY_HAND_ACTIONS):
-            names.update({o.lstrip("-"): (param.name, True) for o in param.opts if o[:2] == "--"})
-            names.update({o.lstrip("-"): (param.name, False) for o in param.secondary_opts})
-            params[param.name] = param
-    default_map = {}
-    for key, val in data.items():
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise click.ClickException(f"config file {path}: unknown setting '{key}'{hint}")
-        name, positive = names[key]
-        kind, expected = _config_type(params[name])
-        if not isinstance(val, kind) or (kind is int and isinstance(val, bool)) or (
-                kind is list and not all(isinstance(v, str) for v in val)):
-            raise click.ClickException(f"config file {path}: '{key}' must be {expected}, "
-                                       f"not {val!r}")
-        default_map[name] = val if positive else not val
-    ctx.default_map = {**(ctx.default_map or {}), **default_map}
-    # Which key of the file gave each setting, for errors about its value.
-    ctx.meta["pbsmtp.config_keys"] = {name: key for key, (name, _) in names.items()
-                                      if key in data}
-    return path
-
-
-# Settings whose value is a number of seconds.
-_SECONDS = ("grace", "lock_timeout", "grant_for", "revoke_for", "max_session")
-
-
-def _config_type(param: click.Parameter) -> tuple[type, str]:
-    """What a config-file value of this option must be, and how to say it."""
-    if param.is_flag or isinstance(param.type, click.types.BoolParamType):
-        return bool, "true or false (no quotes)"
-    if param.multiple:
-        return list, 'a list of strings, e.g. ["..."]'
-    if param.name in _SECONDS:
-        return int, "a whole number of seconds (no quotes)"
-    return str, 'a string in quotes'
-
-
-def _now(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise click.ClickException(f"--now {value!r} is not an epoch time")
-
-
-def _no_daemon(ctx, param, value):
-    if value is not None:
-        raise click.UsageError(
-            f"--daemon={value}: pbsmtp-batch is not a daemon; each run does one pass and "
-            f"exits. Start it from cron (cron.d/pbsmtp-batch) or with the systemd path unit "
-            f"(systemd/pbsmtp-batch.path): see the README, \"Cron mode or path mode\"", ctx)
-    return value
-
-
-def _age(seconds: int | None) -> str:
-    if seconds is None:
-        return "-"
-    sign, seconds = ("-" if seconds < 0 else ""), abs(seconds)
-    return f"{sign}{seconds // 60}m{seconds % 60:02d}s"
-
-
-def iso_local(epoch: float) -> str:
-    """An epoch as local ISO 8601 time with its UTC offset."""
-    return dt.datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
-
-
-def human_time(epoch: float, now: float, grace: int | None = None) -> str:
-    """A login time for people: local ISO time, its age and (given the grace
-    window) the time left."""
-    text = f"{iso_local(epoch)} (age {_age(int(now - epoch))}"
-    if grace is not None:
-        text += f", left {_age(int(epoch + grace - now))}"
-    return text + ")"
-
-
-# Options that say what to do in this invocation, not how runs behave (see
-# opt): not read from PBSMTP_* variables, not listed by --dumpconfig.
-ACTIONS = (*(f.name for f in dataclasses.fields(Options) if f.metadata["action"]),
-           "daemon", "now", "version", "help")
-# Those that look at or change one address, or check Postfix, are not keys of
-# the config file either: a grant there would be made again by every run.
-BY_HAND_ACTIONS = ("explain_ip", "grant", "revoke", "postfix_check")
-
-
-def option_envvars(param: click.Parameter, prefix: str = "PBSMTP") -> list[str]:
-    """The environment variables an option is read from (none for actions)."""
-    if not isinstance(param, click.Option) or param.name in ACTIONS:
-        return []
-    if param.envvar:
-        return [param.envvar] if isinstance(param.envvar, str) else list(param.envvar)
-    if not param.allow_from_autoenv:
-        return []
-    return [f"{prefix}_{param.name.upper()}"]
-
 
 class ChangeLog:
     """--logto=FILE: every add and remove on its own line, as pop-before-smtp

@@ -33,7 +33,7 @@ GRACE = 1800
 def read_logins(log: Path, saved, now, pending):
     """What a run would find, through the module's own reader and matcher
     (``pending``: two-line servers' address lines, kept between runs)."""
-    reader = pb.FileSource(str(log), saved, now - GRACE, keywords=KEYWORDS)
+    reader = pb.FileSource(str(log), saved, now - GRACE, anchors=KEYWORDS)
     found = []
     for raw in reader:
         login, _ = pb.match_login(pb.decode(raw), PATTERNS, now, pending)

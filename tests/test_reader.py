@@ -91,7 +91,7 @@ MEASURE = r"""
 import resource, sys
 import pbsmtp_batch as pb
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-source = pb.FileSource(sys.argv[1], None, 0, keywords=pb.pattern_anchors(
+source = pb.FileSource(sys.argv[1], None, 0, anchors=pb.pattern_anchors(
     pb.load_patterns(pb.shipped_patterns_dir())))
 lines = list(source)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

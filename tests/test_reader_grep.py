@@ -42,7 +42,7 @@ def no_grep(monkeypatch, tmp_path):
 
 
 def read(path, saved=None):
-    source = pb.FileSource(str(path), saved, 0, keywords=ANCHORS)
+    source = pb.FileSource(str(path), saved, 0, anchors=ANCHORS)
     lines = list(source)
     return lines, source.lines_read, source.stats.long_lines, source.marks
 
@@ -120,13 +120,13 @@ def test_the_span_ends_where_the_survey_found_the_end(tmp_path):
     log = tmp_path / "mail.log"
     log.write_text(dovecot_login(NOW - 20, "192.0.2.1") + dovecot_login(NOW - 19, "192.0.2.2"))
     size = log.stat().st_size
-    source = pb.FileSource(str(log), None, 0, keywords=ANCHORS)
+    source = pb.FileSource(str(log), None, 0, anchors=ANCHORS)
     with open(log, "a") as f:
         f.write(dovecot_login(NOW - 18, "192.0.2.3"))
     lines = list(source)
     assert [line.split("rip=")[1].split(",")[0] for line in lines] == ["192.0.2.1", "192.0.2.2"]
     assert source.lines_read == 2 and source.marks[-1].offset == size
-    again = pb.FileSource(str(log), source.state(), 0, keywords=ANCHORS)
+    again = pb.FileSource(str(log), source.state(), 0, anchors=ANCHORS)
     assert ["192.0.2.3" in line for line in again] == [True]
 
 
@@ -163,12 +163,12 @@ def test_no_grep_outlives_its_read(tmp_path):
     with open(log, "wb") as f:
         genlog.generate(f, 3 * pb.BLOCK_BYTES, "rfc3164", NOW, 1800, 8, 500)
     before = children()
-    source = iter(pb.FileSource(str(log), None, 0, keywords=ANCHORS))
+    source = iter(pb.FileSource(str(log), None, 0, anchors=ANCHORS))
     next(source)
     assert children() - before            # grep is running
     source.close()                         # the consumer stops early
     assert children() == before
-    full = pb.FileSource(str(log), None, 0, keywords=ANCHORS)
+    full = pb.FileSource(str(log), None, 0, anchors=ANCHORS)
     assert list(full) and children() == before
 
 

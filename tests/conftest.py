@@ -306,3 +306,21 @@ def tmpfs(tmp_path):
     yield mount
     for path in reversed(mounted):
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture(scope="module")
+def memcached():
+    """A private memcached on 127.0.0.1 for the module's tests: HOST:PORT."""
+    binary = require("memcached", "memcached")
+    workdir = daemons.make_workdir("pbsmtp-mc-")
+    port = daemons.free_port()
+    proc = None
+    try:
+        proc = daemons.start_process([binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0",
+                                      "-t", "1", "-m", "16", "-u", "nobody"],
+                                     os.path.join(workdir, "memcached.log"))
+        daemons.wait_for_port("127.0.0.1", port, proc.pid)
+        yield f"127.0.0.1:{port}"
+    finally:
+        daemons.stop_process(proc)
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -259,23 +259,6 @@ def test_pgsql_map_grants_relay_through_postfix(pg, site):
 # memcached ###################################################################
 ###############################################################################
 
-@pytest.fixture(scope="module")
-def memcached():
-    binary = require("memcached", "memcached")
-    workdir = daemons.make_workdir("pbsmtp-mc-")
-    port = daemons.free_port()
-    proc = None
-    try:
-        proc = daemons.start_process([binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0",
-                                      "-t", "1", "-m", "16", "-u", "nobody"],
-                                     os.path.join(workdir, "memcached.log"))
-        daemons.wait_for_port("127.0.0.1", port, proc.pid)
-        yield f"127.0.0.1:{port}"
-    finally:
-        daemons.stop_process(proc)
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
 def mc_get(server, key):
     host, port = server.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=5) as s:

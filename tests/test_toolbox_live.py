@@ -113,52 +113,37 @@ def test_grant_and_revoke_are_logged_through_syslog_with_the_invoking_user(site,
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def test_grant_and_check_postfix_with_the_memcache_backend(site):
+def test_grant_and_check_postfix_with_the_memcache_backend(site, memcached):
     """A real memcached on loopback: a grant is a key Postfix's memcache:
     table finds, and --check-postfix checks that table's key_format."""
-    binary = require("memcached", "memcached")
-    workdir = daemons.make_workdir("pbsmtp-mc-")
-    port = daemons.free_port()
-    pid = None
-    try:
-        proc = daemons.start_process([binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0",
-                                      "-t", "1", "-m", "16", "-u", "nobody"],
-                                     os.path.join(workdir, "memcached.log"))
-        pid = proc.pid
-        daemons.wait_for_port("127.0.0.1", port, pid)
-        cf = os.path.join(workdir, "pbs.memcache.cf")
-        with open(cf, "w") as f:
-            f.write(f"memcache = inet:127.0.0.1:{port}\nkey_format = pbsmtp:%s\n")
-        os.chmod(cf, 0o644)
-        (site.conf / "main.cf").write_text(
-            f"mynetworks = 127.0.0.1/32\nsmtpd_relay_restrictions = permit_mynetworks, "
-            f"check_client_access memcache:{cf}, reject_unauth_destination\n")
-        os.utime(site.conf / "main.cf", (NOW, NOW))
-        args = ["--backend=memcache", f"--memcache-server=127.0.0.1:{port}",
-                f"--state-dir={site.state}", f"--postfix-config={site.conf}",
-                f"--logfile={site.log}"]
-        ok(invoke(*args, "--grant=192.0.2.10"))
-        found = subprocess.run([pb.find_tool("postmap"), "-c", str(site.conf), "-q",
-                                "192.0.2.10", f"memcache:{cf}"], capture_output=True,
-                               text=True)
-        assert found.returncode == 0 and found.stdout.strip().isdigit(), found
-        result = ok(invoke(*args, "--check-postfix"))
-        assert f"ok: postmap -q reads memcache:{cf}" in result.stdout.splitlines()
-        assert "FAIL" not in result.stdout
-        result = invoke(*args, "--memcache-prefix=relay:", "--check-postfix")
-        assert result.exit_code == 1
-        assert (f"FAIL: {cf}: key_format = pbsmtp:%s, but --memcache-prefix is relay: "
-                f"(key_format must be relay:%s)") in result.stdout.splitlines()
-        # A revocation takes the key away at once (not when its TTL ends),
-        # and out of the index that --list reads.
-        ok(invoke(*args, "--revoke=192.0.2.10"))
-        found = subprocess.run([pb.find_tool("postmap"), "-c", str(site.conf), "-q",
-                                "192.0.2.10", f"memcache:{cf}"], capture_output=True,
-                               text=True)
-        assert (found.returncode, found.stdout) == (1, ""), found
-        assert "192.0.2.10" not in ok(invoke(*args, "--list")).stdout
-    finally:
-        if pid is not None:
-            daemons.stop_pid(pid, proc)
-            daemons.stop_session(pid)
-        shutil.rmtree(workdir, ignore_errors=True)
+    cf = str(site.root / "pbs.memcache.cf")
+    with open(cf, "w") as f:
+        f.write(f"memcache = inet:{memcached}\nkey_format = pbsmtp:%s\n")
+    os.chmod(cf, 0o644)
+    (site.conf / "main.cf").write_text(
+        f"mynetworks = 127.0.0.1/32\nsmtpd_relay_restrictions = permit_mynetworks, "
+        f"check_client_access memcache:{cf}, reject_unauth_destination\n")
+    os.utime(site.conf / "main.cf", (NOW, NOW))
+    args = ["--backend=memcache", f"--memcache-server={memcached}",
+            f"--state-dir={site.state}", f"--postfix-config={site.conf}",
+            f"--logfile={site.log}"]
+    ok(invoke(*args, "--grant=192.0.2.10"))
+    found = subprocess.run([pb.find_tool("postmap"), "-c", str(site.conf), "-q",
+                            "192.0.2.10", f"memcache:{cf}"], capture_output=True,
+                           text=True)
+    assert found.returncode == 0 and found.stdout.strip().isdigit(), found
+    result = ok(invoke(*args, "--check-postfix"))
+    assert f"ok: postmap -q reads memcache:{cf}" in result.stdout.splitlines()
+    assert "FAIL" not in result.stdout
+    result = invoke(*args, "--memcache-prefix=relay:", "--check-postfix")
+    assert result.exit_code == 1
+    assert (f"FAIL: {cf}: key_format = pbsmtp:%s, but --memcache-prefix is relay: "
+            f"(key_format must be relay:%s)") in result.stdout.splitlines()
+    # A revocation takes the key away at once (not when its TTL ends),
+    # and out of the index that --list reads.
+    ok(invoke(*args, "--revoke=192.0.2.10"))
+    found = subprocess.run([pb.find_tool("postmap"), "-c", str(site.conf), "-q",
+                            "192.0.2.10", f"memcache:{cf}"], capture_output=True,
+                           text=True)
+    assert (found.returncode, found.stdout) == (1, ""), found
+    assert "192.0.2.10" not in ok(invoke(*args, "--list")).stdout

@@ -1952,9 +1952,17 @@ class Store(Protocol):
     stamp()    for the map cache (see save_map_cache): what identifies the current
                version of the file ``path`` that holds the entries; None
                when there is none, and then every run reads the store (a
-               store that other hosts write must always be read).
+               store that other hosts write must always be read);
+    updates_by_key()  whether a run may publish only the changed keys of a
+               plan that holds no more (merge_update): the store's reader
+               sees the old entries until they change;
+    rebuildable    whether its entries come from this host's logs alone, so
+               that --reprocess may rebuild it when read() cannot read it;
+    set_aside()  for such a store: copy the unreadable file aside, and say
+               where (raises OSError).
     """
     needs_postfix: ClassVar[bool]
+    rebuildable: ClassVar[bool]
 
     @classmethod
     def from_options(cls, opts: Options) -> Store: ...
@@ -1963,6 +1971,8 @@ class Store(Protocol):
     def exists(self) -> bool: ...
     def check(self) -> None: ...
     def stamp(self) -> list[int] | None: ...
+    def updates_by_key(self) -> bool: ...
+    def set_aside(self) -> str: ...
 
 
 # Every --backend NAME, in the order --help lists them, with what it writes.
@@ -2168,6 +2178,7 @@ class PostfixMap:
     map_type: str
     config_dir: str | None = None
     needs_postfix: ClassVar[bool] = True
+    rebuildable: ClassVar[bool] = True
 
     @classmethod
     def from_options(cls, opts: Options) -> PostfixMap:
@@ -2211,6 +2222,19 @@ class PostfixMap:
         except OSError:
             return None
         return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+    def updates_by_key(self) -> bool:
+        """postmap -i and -d update a copy (cdb has no update)."""
+        return self.map_type != "cdb" and self.exists()
+
+    def set_aside(self) -> str:
+        aside = f"{self.path}.unreadable-{int(time.time())}"
+        try:
+            shutil.copy2(self.path, aside)
+        except OSError as e:
+            e.filename = aside
+            raise
+        return aside
 
 
 ###############################################################################
@@ -4626,8 +4650,7 @@ def merge_store(store: Store, entries_file: str, logins: list[Login], now: float
     too); else the entries are read whole (from the cache, or the store).
     While a grant or revocation made by hand is in force, the entries are
     read whole: apply_manual must see every entry of the map."""
-    updatable = (isinstance(store, PostfixMap) and store.map_type != "cdb" and store.exists()
-                 and not (manual.grants or manual.revokes))
+    updatable = store.updates_by_key() and not (manual.grants or manual.revokes)
     cache = open_entries(entries_file, store.stamp()) if updatable else None
     if cache is not None and cache.active >= UPDATE_IN_PLACE_MIN:
         try:
@@ -4660,20 +4683,18 @@ def read_store(store: Store, opts: Options, warn: Say) -> dict[str, str] | None:
     try:
         return store.read()
     except PbsmtpError as e:
-        if not isinstance(store, PostfixMap):
+        if not store.rebuildable:
             raise
         if not opts.reprocess:
             raise PbsmtpError(f"{e}; run pbsmtp-batch --reprocess to rebuild the map "
                               f"from the logs") from None
-        path = map_file(store.dbfile, store.map_type)
         if not opts.write:
             warn(f"{e}; --reprocess would copy it aside and rebuild it from the logs")
             return None
-        aside = f"{path}.unreadable-{int(time.time())}"
         try:
-            shutil.copy2(path, aside)
+            aside = store.set_aside()
         except OSError as copy_error:
-            raise PbsmtpError(f"{e}; cannot copy it aside to {aside}: "
+            raise PbsmtpError(f"{e}; cannot copy it aside to {copy_error.filename}: "
                               f"{copy_error.strerror}") from None
         warn(f"{e}; copied it to {aside} and rebuilt the map from the logs")
         return None

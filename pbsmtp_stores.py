@@ -30,12 +30,20 @@ from pbsmtp_batch import (DEFAULT_TABLE, Options, PbsmtpError, Plan, backend, ch
 
 class UnstampedStore:
     """What the stores here share: a run needs no Postfix on this host for
-    them (Postfix's mynetworks is left out when it can be read), and they
-    have no stamp for the map cache, so every run reads them."""
+    them (Postfix's mynetworks is left out when it can be read); they have
+    no stamp for the map cache, so every run reads them, and publish a whole
+    plan; one that cannot be read is an error (never set aside)."""
     needs_postfix: ClassVar[bool] = False
+    rebuildable: ClassVar[bool] = False      # an unreadable store is an error
 
     def stamp(self) -> list[int] | None:
         return None
+
+    def updates_by_key(self) -> bool:
+        return False
+
+    def set_aside(self) -> str:
+        raise NotImplementedError
 
 
 ###############################################################################

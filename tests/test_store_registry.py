@@ -38,9 +38,11 @@ def test_every_name_has_exactly_one_class_with_the_interface():
         pb.store_class(name)
     assert set(pb.BACKENDS) == set(pb.BACKEND_NAMES)
     for name, cls in pb.BACKENDS.items():
-        for member in ("from_options", "read", "publish", "exists", "check", "stamp"):
+        for member in ("from_options", "read", "publish", "exists", "check", "stamp",
+                       "updates_by_key", "set_aside"):
             assert callable(getattr(cls, member)), (name, member)
         assert cls.needs_postfix is (name == "postfix"), name
+        assert cls.rebuildable is (name == "postfix"), name
         assert cls.__module__ == ("pbsmtp_batch" if name == "postfix" else "pbsmtp_stores")
 
 

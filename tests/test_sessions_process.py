@@ -8,6 +8,8 @@ a message, which may carry a user name the client chose, can pick it. A
 logout never opens or extends a session.
 """
 
+import re
+
 import pytest
 
 import pbsmtp_batch as pb
@@ -218,5 +220,23 @@ def test_process_key_table_errors_name_the_file(tmp_path):
     ]:
         assert old in source
         path.write_text(source.replace(old, new, 1))
+        with pytest.raises(pb.PbsmtpError, match=str(path).replace(".", r"\.") + ".*" + message):
+            pb.load_pattern(str(path))
+
+
+def test_programs_says_whose_logins_open_a_session(tmp_path):
+    """courier.toml: only the IMAP daemons' logins open a session; a table
+    whose programs is not a regex is refused, naming the file."""
+    courier = pb.load_patterns(pb.shipped_patterns_dir(), ["courier"])
+    line = ("Nov 24 22:32:50 mail {}[30609]: LOGIN, user=alice, ip=[::ffff:192.0.2.156], "
+            "port=[46299], protocol=IMAP")
+    imap, _ = pb.match_login(line.format("imapd"), courier, NOW)
+    pop3, _ = pb.match_login(line.format("pop3d"), courier, NOW)
+    assert imap.session is not None and pop3.session is None and pop3.ip == imap.ip
+    source = (pb.Path(pb.shipped_patterns_dir()) / "courier.toml").read_text()
+    path = tmp_path / "courier.toml"
+    for new, message in [("programs = 5", "'programs' must be a regex"),
+                         ("programs = '(unclosed'", "programs")]:
+        path.write_text(re.sub(r"(?m)^programs = .*$", new, source, count=1))
         with pytest.raises(pb.PbsmtpError, match=str(path).replace(".", r"\.") + ".*" + message):
             pb.load_pattern(str(path))

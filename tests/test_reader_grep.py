@@ -97,18 +97,23 @@ def test_grep_finds_what_the_python_pre_filter_finds(tmp_path, monkeypatch, seed
     assert marks[-1].offset == log.read_bytes().rindex(b"\n") + 1
 
 
+def grep_blocks(log):
+    """The log's blocks of whole lines, and for each the lines grep vouches
+    for (None: grep could not, and Python reads that block)."""
+    with open(log, "rb", buffering=0) as raw:
+        blocks = list(pb.complete_blocks(pb.SpanReader(raw.fileno(), 0, log.stat().st_size),
+                                         0, False, pb.ReadStats()))
+        with pb.grep_lines(raw.fileno(), 0, ANCHORS) as found:
+            return blocks, [found.lines_in(block, end - len(block)) for block, end in blocks]
+
+
 def test_grep_vouches_for_every_block_of_a_plain_log(tmp_path):
     """The grep path really is taken: every block of a log much bigger than
     a block gets its candidates from grep, and they are the Python ones."""
     log = tmp_path / "mail.log"
     with open(log, "wb") as f:
         genlog.generate(f, 3 * pb.BLOCK_BYTES, "rfc3164", NOW, 1800, 7, 500)
-    raw = open(log, "rb", buffering=0)
-    blocks = list(pb.complete_blocks(pb.SpanReader(raw.fileno(), 0, log.stat().st_size),
-                                     0, False, pb.ReadStats()))
-    with pb.grep_lines(raw.fileno(), 0, ANCHORS) as found:
-        got = [found.lines_in(block, end - len(block)) for block, end in blocks]
-    raw.close()
+    blocks, got = grep_blocks(log)
     assert len(blocks) >= 3
     assert got == [pb.candidate_lines(block, ANCHORS) for block, _ in blocks]
     assert None not in got and sum(map(len, got)) > 100
@@ -143,12 +148,7 @@ def test_a_failing_grep_leaves_the_rest_to_python(tmp_path, monkeypatch):
     expected = read(log)
     assert len([line for line in expected[0] if "rip=192.0.2." in line]) >= 49
     monkeypatch.setattr(pb, "GREP_MEMORY", 8 << 20)
-    raw = open(log, "rb", buffering=0)
-    blocks = list(pb.complete_blocks(pb.SpanReader(raw.fileno(), 0, log.stat().st_size),
-                                     0, False, pb.ReadStats()))
-    with pb.grep_lines(raw.fileno(), 0, ANCHORS) as found:
-        got = [found.lines_in(block, end - len(block)) for block, end in blocks]
-    raw.close()
+    blocks, got = grep_blocks(log)
     assert None in got
     assert read(log) == expected
 
